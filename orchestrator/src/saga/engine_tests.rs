@@ -1,0 +1,325 @@
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::*;
+use crate::saga::{create_order, Step};
+use platform::Topics;
+
+fn def() -> SagaDefinition {
+    create_order::definition(&Topics::load(None).unwrap())
+}
+
+fn input() -> Map<String, Value> {
+    json!({"customer_id": "c-1", "amount_cents": 2800, "order_details": {"foodItems": []}})
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+/// Starts a saga at t=1000.
+fn started() -> (SagaState, Vec<Outgoing>) {
+    start(&def(), Uuid::new_v4(), input(), 1000)
+}
+
+/// Answers the command the saga waits on.
+fn answer(state: &SagaState, reply_type: &str, payload: Value, now: i64) -> (SagaState, Vec<Outgoing>) {
+    let pending = state.pending.expect("saga should be waiting");
+    let reply = Reply {
+        message_type: reply_type,
+        causation_id: Some(pending.command_id),
+        payload: &payload,
+    };
+    match on_reply(&def(), state, reply, Uuid::new_v4(), now) {
+        Decision::Applied { state, messages } => (state, messages),
+        Decision::Ignored(why) => panic!("reply {reply_type} was ignored: {why:?}"),
+    }
+}
+
+fn commands(messages: &[Outgoing]) -> Vec<&str> {
+    messages
+        .iter()
+        .filter(|m| !m.envelope.message_type.starts_with("saga."))
+        .map(|m| m.envelope.message_type.as_str())
+        .collect()
+}
+
+fn events(messages: &[Outgoing]) -> Vec<&str> {
+    messages
+        .iter()
+        .filter(|m| m.envelope.message_type.starts_with("saga."))
+        .map(|m| m.envelope.message_type.as_str())
+        .collect()
+}
+
+fn history(state: &SagaState) -> Vec<(String, StepKind, StepStatus)> {
+    state.steps.iter().map(|s| (s.name.clone(), s.kind, s.status)).collect()
+}
+
+use StepKind::{Compensation as C, Forward as F};
+use StepStatus::{Completed as Done, Failed as Fail};
+
+#[test]
+fn start_sends_create_order_to_the_order_topic_keyed_by_the_saga() {
+    let (state, messages) = started();
+    assert_eq!(state.status, SagaStatus::Started);
+    assert_eq!(commands(&messages), vec!["create_order"]);
+    assert_eq!(events(&messages), vec!["saga.started"]);
+    let cmd = messages.iter().find(|m| m.envelope.message_type == "create_order").unwrap();
+    assert_eq!(cmd.topic, "order_commands");
+    assert_eq!(cmd.envelope.correlation_id, state.saga_id);
+    assert_eq!(cmd.envelope.causation_id, None);
+    assert_eq!(cmd.envelope.payload["customer_id"], "c-1");
+    assert_eq!(state.current_step(), Some("create_order"));
+    assert_eq!(state.pending.unwrap().command_id, cmd.envelope.message_id);
+}
+
+#[test]
+fn happy_path_runs_four_forward_steps_and_completes() {
+    let (s, _) = started();
+    let (s, m) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1001);
+    assert_eq!(commands(&m), vec!["get_payment_info"]);
+    assert_eq!(m[0].topic, "user_commands");
+    assert_eq!(m[0].envelope.payload["order_id"], "o-1", "context flows into later commands");
+    let (s, m) = answer(&s, "user.payment_info_retrieved", json!({"payment_method_id": "pm-1"}), 1002);
+    assert_eq!(commands(&m), vec!["authorize_payment"]);
+    assert_eq!(m[0].topic, "payment_commands");
+    assert_eq!(m[0].envelope.payload["amount_cents"], 2800);
+    let (s, m) = answer(&s, "payment.authorized", json!({"payment_id": "p-1"}), 1003);
+    assert_eq!(commands(&m), vec!["update_order_status"]);
+    assert_eq!(m[0].envelope.payload["status"], "CREATED", "fixed args are added");
+    let (s, m) = answer(&s, "order.status_updated", json!({}), 1004);
+    assert!(commands(&m).is_empty());
+    assert_eq!(events(&m), vec!["saga.completed"]);
+    assert_eq!(s.status, SagaStatus::Completed);
+    assert_eq!(s.completed_at, Some(1004));
+    assert_eq!(s.pending, None);
+    assert_eq!(s.current_step(), None);
+    assert_eq!(s.context_str("payment_id"), Some("p-1"));
+    assert_eq!(
+        history(&s),
+        vec![
+            ("create_order".into(), F, Done),
+            ("get_payment_info".into(), F, Done),
+            ("authorize_payment".into(), F, Done),
+            ("update_order_status".into(), F, Done),
+        ]
+    );
+    assert_eq!(s.steps[1].started_at, 1001);
+    assert_eq!(s.steps[1].finished_at, Some(1002));
+}
+
+#[test]
+fn each_command_answers_the_reply_that_caused_it() {
+    let (s, _) = started();
+    let payload = json!({"order_id": "o-1"});
+    let pending = s.pending.unwrap();
+    let reply_id = Uuid::new_v4();
+    let reply = Reply { message_type: "order.created", causation_id: Some(pending.command_id), payload: &payload };
+    let Decision::Applied { messages, .. } = on_reply(&def(), &s, reply, reply_id, 2) else { panic!() };
+    assert_eq!(messages[0].envelope.causation_id, Some(reply_id));
+}
+
+#[test]
+fn failed_order_creation_has_nothing_to_compensate() {
+    let (s, _) = started();
+    let (s, m) = answer(&s, "order.creation_failed", json!({"reason": "store closed"}), 1001);
+    assert!(commands(&m).is_empty());
+    assert_eq!(events(&m), vec!["saga.compensating", "saga.compensated"]);
+    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(s.error.as_deref(), Some("create_order failed: store closed"));
+    assert_eq!(history(&s), vec![("create_order".into(), F, Fail)]);
+}
+
+#[test]
+fn missing_payment_method_cancels_the_order() {
+    let (s, _) = started();
+    let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1001);
+    let (s, m) = answer(&s, "user.payment_info_failed", json!({"reason": "no payment method"}), 1002);
+    assert_eq!(s.status, SagaStatus::Compensating);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    assert_eq!(m[1].topic, "order_commands");
+    assert_eq!(m[1].envelope.payload["order_id"], "o-1");
+    assert_eq!(s.current_step(), Some("cancel_order"));
+    let (s, m) = answer(&s, "order.cancelled", json!({}), 1003);
+    assert_eq!(events(&m), vec!["saga.compensated"]);
+    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(s.error.as_deref(), Some("get_payment_info failed: no payment method"));
+    assert_eq!(
+        history(&s),
+        vec![
+            ("create_order".into(), F, Done),
+            ("get_payment_info".into(), F, Fail),
+            ("cancel_order".into(), C, Done),
+        ]
+    );
+}
+
+#[test]
+fn declined_payment_cancels_the_order_but_reverts_no_payment() {
+    let (s, _) = started();
+    let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (s, _) = answer(&s, "user.payment_info_retrieved", json!({}), 2);
+    let (s, m) = answer(&s, "payment.failed", json!({"reason": "card declined"}), 3);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    let (s, _) = answer(&s, "order.cancelled", json!({}), 4);
+    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(
+        history(&s),
+        vec![
+            ("create_order".into(), F, Done),
+            ("get_payment_info".into(), F, Done),
+            ("authorize_payment".into(), F, Fail),
+            ("cancel_order".into(), C, Done),
+        ]
+    );
+}
+
+#[test]
+fn failed_status_update_reverts_the_payment_then_cancels_the_order() {
+    let (s, _) = started();
+    let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (s, _) = answer(&s, "user.payment_info_retrieved", json!({}), 2);
+    let (s, _) = answer(&s, "payment.authorized", json!({"payment_id": "p-1"}), 3);
+    let (s, m) = answer(&s, "order.status_update_failed", json!({"reason": "no"}), 4);
+    assert_eq!(commands(&m), vec!["revert_payment"]);
+    assert_eq!(m[1].topic, "payment_commands");
+    assert_eq!(m[1].envelope.payload["payment_id"], "p-1");
+    let (s, m) = answer(&s, "payment.released", json!({}), 5);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    assert_eq!(s.status, SagaStatus::Compensating);
+    let (s, _) = answer(&s, "order.cancelled", json!({}), 6);
+    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(
+        history(&s),
+        vec![
+            ("create_order".into(), F, Done),
+            ("get_payment_info".into(), F, Done),
+            ("authorize_payment".into(), F, Done),
+            ("update_order_status".into(), F, Fail),
+            ("revert_payment".into(), C, Done),
+            ("cancel_order".into(), C, Done),
+        ]
+    );
+}
+
+#[test]
+fn a_failed_compensation_fails_the_saga_and_says_which() {
+    let (s, _) = started();
+    let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (s, _) = answer(&s, "user.payment_info_failed", json!({"reason": "no card"}), 2);
+    let (s, m) = answer(&s, "order.cancel_failed", json!({"reason": "already shipped"}), 3);
+    assert_eq!(s.status, SagaStatus::Failed);
+    assert_eq!(events(&m), vec!["saga.failed"]);
+    let error = s.error.unwrap();
+    assert!(error.starts_with("cancel_order failed: already shipped"), "{error}");
+    assert!(error.contains("get_payment_info failed: no card"), "{error}");
+    assert_eq!(s.pending, None);
+}
+
+#[test]
+fn a_duplicate_reply_is_ignored() {
+    let (s0, _) = started();
+    let first_command = s0.pending.unwrap().command_id;
+    let (s1, _) = answer(&s0, "order.created", json!({"order_id": "o-1"}), 1);
+    let payload = json!({"order_id": "o-2"});
+    let dup = Reply { message_type: "order.created", causation_id: Some(first_command), payload: &payload };
+    assert_eq!(on_reply(&def(), &s1, dup, Uuid::new_v4(), 2), Decision::Ignored(Ignored::NotAwaited));
+}
+
+#[test]
+fn a_reply_without_causation_is_ignored() {
+    let (s, _) = started();
+    let payload = json!({});
+    let r = Reply { message_type: "order.created", causation_id: None, payload: &payload };
+    assert_eq!(on_reply(&def(), &s, r, Uuid::new_v4(), 2), Decision::Ignored(Ignored::NotAwaited));
+}
+
+#[test]
+fn a_reply_of_the_wrong_type_is_ignored() {
+    let (s, _) = started();
+    let payload = json!({});
+    let r = Reply { message_type: "payment.authorized", causation_id: Some(s.pending.unwrap().command_id), payload: &payload };
+    assert_eq!(
+        on_reply(&def(), &s, r, Uuid::new_v4(), 2),
+        Decision::Ignored(Ignored::UnexpectedType("payment.authorized".into()))
+    );
+}
+
+#[test]
+fn a_finished_saga_ignores_everything() {
+    let (s, _) = started();
+    let (s, _) = answer(&s, "order.creation_failed", json!({}), 1);
+    let payload = json!({});
+    let r = Reply { message_type: "order.created", causation_id: Some(s.steps[0].command_id), payload: &payload };
+    assert_eq!(on_reply(&def(), &s, r, Uuid::new_v4(), 2), Decision::Ignored(Ignored::Terminal));
+}
+
+#[test]
+fn command_ids_are_stable_per_saga_and_step() {
+    let id = Uuid::new_v4();
+    let (a, ma) = start(&def(), id, input(), 1);
+    let (b, mb) = start(&def(), id, input(), 99);
+    assert_eq!(a.pending, b.pending);
+    assert_eq!(ma[1].envelope.message_id, mb[1].envelope.message_id);
+    assert_ne!(command_id(id, "cancel_order", C), command_id(id, "cancel_order", F));
+    assert_ne!(command_id(id, "create_order", F), command_id(Uuid::new_v4(), "create_order", F));
+}
+
+#[test]
+fn the_engine_interprets_any_definition() {
+    // A two-step saga of another kind, with no lifecycle topic: no engine change needed.
+    let def = SagaDefinition {
+        saga_type: "ship".into(),
+        lifecycle_topic: None,
+        steps: vec![
+            Step {
+                name: "reserve".into(),
+                command: CommandSpec::new("reserve", "stock"),
+                on_success: "reserved".into(),
+                on_failure: "not_reserved".into(),
+                compensation: Some(crate::saga::Compensation {
+                    name: "unreserve".into(),
+                    command: CommandSpec::new("unreserve", "stock"),
+                    on_success: "unreserved".into(),
+                    on_failure: None,
+                }),
+            },
+            Step {
+                name: "ship".into(),
+                command: CommandSpec::new("ship", "courier"),
+                on_success: "shipped".into(),
+                on_failure: "not_shipped".into(),
+                compensation: None,
+            },
+        ],
+    };
+    let (s, m) = start(&def, Uuid::new_v4(), Map::new(), 0);
+    assert_eq!(m.len(), 1, "no lifecycle events without a lifecycle topic");
+    let p = json!({});
+    let step = |s: &SagaState, t: &str| match on_reply(
+        &def,
+        s,
+        Reply { message_type: t, causation_id: Some(s.pending.unwrap().command_id), payload: &p },
+        Uuid::new_v4(),
+        1,
+    ) {
+        Decision::Applied { state, messages } => (state, messages),
+        other => panic!("{other:?}"),
+    };
+    let (s, _) = step(&s, "reserved");
+    let (s, m) = step(&s, "not_shipped");
+    assert_eq!(m[0].envelope.message_type, "unreserve");
+    assert_eq!(m[0].topic, "stock");
+    let (s, _) = step(&s, "unreserved");
+    assert_eq!(s.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn statuses_round_trip_through_their_names() {
+    for s in SagaStatus::ALL {
+        assert_eq!(SagaStatus::parse(s.as_str()), Some(s));
+    }
+    assert_eq!(SagaStatus::parse("completed"), None);
+    assert!(SagaStatus::Compensated.is_terminal());
+    assert!(!SagaStatus::Compensating.is_terminal());
+}

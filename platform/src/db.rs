@@ -1,0 +1,204 @@
+//! One database handle for SQLite (the default, a file) and PostgreSQL (production).
+//!
+//! Queries are written once, in the SQL both engines accept, and run through sqlx's `Any` driver;
+//! only the migrations differ per engine. SQLite allows one writer at a time, so for SQLite the
+//! handle keeps a single writer connection (no `SQLITE_BUSY` between our own connections) beside a
+//! pool of readers; for PostgreSQL both are the same pool.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::{Any, AnyPool, Executor};
+
+use crate::{Error, Result};
+
+/// Which engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn of(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Engine::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Engine::Postgres)
+        } else {
+            Err(Error::Database {
+                context: "choosing the engine".into(),
+                source: sqlx::Error::Configuration(
+                    "DATABASE_URL must start with sqlite: or postgres://".into(),
+                ),
+            })
+        }
+    }
+}
+
+/// The migrations of one component, for each engine.
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub postgres: &'static Migrator,
+}
+
+/// How a SQLite database trades durability for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// fsync at every commit: durable against power loss.
+    Full,
+    /// fsync at checkpoints (WAL): durable against a process crash, not against power loss.
+    Normal,
+}
+
+/// A connected, migrated database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// Transactions that write go here.
+    pub writer: AnyPool,
+    /// Reads that need no transaction (the HTTP API) go here.
+    pub reader: AnyPool,
+    pub engine: Engine,
+}
+
+/// The SQLite URL for a file, creating its folder.
+pub fn sqlite_url(path: &Path) -> Result<String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+    }
+    Ok(format!("sqlite://{}?mode=rwc", path.display()))
+}
+
+impl Db {
+    /// Connects to `url`, creating the database if needed, and runs the migrations.
+    pub async fn connect(url: &str, migrations: &Migrations, sqlite_sync: SqliteSync) -> Result<Self> {
+        install_default_drivers();
+        let engine = Engine::of(url)?;
+        if !Any::database_exists(url).await.unwrap_or(false) {
+            // Another process may create it at the same moment; connecting below tells.
+            let _ = Any::create_database(url).await;
+        }
+        let db = match engine {
+            Engine::Sqlite => {
+                let sync = match sqlite_sync {
+                    SqliteSync::Full => "PRAGMA synchronous = FULL",
+                    SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+                };
+                let options = move || {
+                    AnyPoolOptions::new().after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute(sync).await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            Ok(())
+                        })
+                    })
+                };
+                let writer = options()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(Error::db(format!("connecting to {}", redact(url))))?;
+                migrations.sqlite.run(&writer).await?;
+                let reader = options()
+                    .max_connections(4)
+                    .connect(url)
+                    .await
+                    .map_err(Error::db(format!("connecting to {}", redact(url))))?;
+                Db { writer, reader, engine }
+            }
+            Engine::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(Error::db(format!("connecting to {}", redact(url))))?;
+                migrations.postgres.run(&pool).await?;
+                Db {
+                    writer: pool.clone(),
+                    reader: pool,
+                    engine,
+                }
+            }
+        };
+        Ok(db)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A URL with its password hidden, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Replaces the database name of a PostgreSQL URL: `postgres://h/test` + `x` → `postgres://h/x`.
+/// Used to give each component (and each test) a database of its own on one server.
+pub fn with_database_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn database_names_are_replaced() {
+        assert_eq!(with_database_name("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database_name("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_database_name("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn engines_are_told_apart() {
+        assert_eq!(Engine::of("sqlite://a.db").unwrap(), Engine::Sqlite);
+        assert_eq!(Engine::of("postgres://h/db").unwrap(), Engine::Postgres);
+        assert!(Engine::of("mysql://h/db").is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! Kafka clients configured the one way this system uses them.
+//!
+//! - Consumers are at-least-once: offsets are *stored* by [`run_consumer`] only after the handler
+//!   has committed its effect, and auto-commit only ever commits stored offsets.
+//! - Producers are idempotent with `acks=all`, so a retried send never duplicates or reorders.
+//! - A message that cannot be handled goes to the dead-letter topic with headers saying where it
+//!   came from and why, and the partition moves on.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result, Topics};
+
+/// Kafka connection settings shared by every binary (`KAFKA_BROKERS`, `KAFKA_CONFIG`, `TOPICS_FILE`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers of the Kafka cluster, e.g. `kafka:9092`.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// Extra librdkafka properties for every client, `key=value` pairs separated by commas
+    /// (e.g. `security.protocol=SASL_SSL,sasl.mechanism=PLAIN`).
+    #[arg(long, env = "KAFKA_CONFIG", default_value = "")]
+    pub kafka_config: String,
+    /// A topics.json to use instead of the built-in one.
+    #[arg(long, env = "TOPICS_FILE")]
+    pub topics_file: Option<String>,
+    /// Create missing topics from topics.json at start-up with the Admin API.
+    #[arg(long, env = "CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+}
+
+impl KafkaArgs {
+    pub fn settings(&self) -> Result<KafkaSettings> {
+        Ok(KafkaSettings {
+            brokers: self.kafka_brokers.clone(),
+            overrides: parse_overrides(&self.kafka_config)?,
+            embedded: false,
+        })
+    }
+}
+
+/// Parses `key=value,key=value`.
+pub fn parse_overrides(s: &str) -> Result<Vec<(String, String)>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(Error::KafkaConfig(pair.to_string())),
+        })
+        .collect()
+}
+
+/// Where the brokers are and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    /// librdkafka properties applied last to every client, so an operator can override anything.
+    pub overrides: Vec<(String, String)>,
+    /// Tune clients for librdkafka's mock cluster (see `shared/KAFKA-NOTES.md`): its group joins
+    /// and fetches are slow with the defaults a real broker wants.
+    pub embedded: bool,
+}
+
+impl KafkaSettings {
+    pub fn embedded(brokers: impl Into<String>) -> Self {
+        KafkaSettings {
+            brokers: brokers.into(),
+            overrides: Vec::new(),
+            embedded: true,
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.overrides {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// An idempotent, `acks=all` producer.
+    pub fn producer(&self) -> Result<FutureProducer> {
+        let mut c = self.config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Replies and commands are latency-bound, not throughput-bound: send almost at once.
+            .set("linger.ms", "1")
+            // A delivery that cannot succeed in this time fails and is retried by the caller
+            // (the outbox keeps it), instead of hiding in librdkafka's queue for 5 minutes.
+            .set("message.timeout.ms", "30000");
+        self.finish(c)
+            .create()
+            .map_err(Error::kafka("creating producer"))
+    }
+
+    /// An at-least-once consumer in `group`, subscribed to `topics`.
+    pub fn consumer(&self, group: &str, topics: &[&str]) -> Result<StreamConsumer> {
+        let mut c = self.config();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "500")
+            .set("auto.offset.reset", "earliest");
+        if self.embedded {
+            // The mock cluster waits session.timeout.ms - 1 s on every membership change, and does
+            // not wake a waiting fetch when data arrives.
+            c.set("session.timeout.ms", "3000")
+                .set("heartbeat.interval.ms", "300")
+                .set("fetch.wait.max.ms", "2");
+        }
+        let consumer: StreamConsumer = self
+            .finish(c)
+            .create()
+            .map_err(Error::kafka(format!("creating consumer for group {group}")))?;
+        consumer
+            .subscribe(topics)
+            .map_err(Error::kafka(format!("subscribing to {topics:?}")))?;
+        Ok(consumer)
+    }
+
+    /// Creates every topic of `topics.json` that does not exist yet. Existing topics are left as
+    /// they are, so every process can call this at start-up.
+    pub async fn ensure_topics(&self, topics: &Topics) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .finish(self.config())
+            .create()
+            .map_err(Error::kafka("creating admin client"))?;
+        let retention: Vec<String> = topics.all().iter().map(|t| t.retention_ms.to_string()).collect();
+        let new_topics: Vec<NewTopic> = topics
+            .all()
+            .iter()
+            .zip(&retention)
+            .map(|(t, retention)| {
+                let mut nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor))
+                    .set("retention.ms", retention);
+                for (k, v) in &t.config {
+                    nt = nt.set(k, v);
+                }
+                nt
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&new_topics, &opts)
+            .await
+            .map_err(Error::kafka("creating topics"))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(Error::Kafka {
+                        context: format!("creating topic {name}"),
+                        source: rdkafka::error::KafkaError::AdminOp(code),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a handler decided about one message.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Handled (its effect is committed, or it was a duplicate): store the offset.
+    Done,
+    /// Cannot be handled: publish it to the dead-letter topic, then store the offset.
+    DeadLetter(String),
+    /// Not handled because the process is stopping: do not store the offset, so the message is
+    /// delivered again after the restart.
+    Abandoned,
+}
+
+/// Handles one message. Implementations retry their own transient failures (a database that is
+/// briefly away) and return [`Disposition::Abandoned`] only when shutdown interrupts them.
+pub trait MessageHandler: Send + Sync {
+    fn handle(&self, message: &BorrowedMessage<'_>) -> impl Future<Output = Disposition> + Send;
+}
+
+/// Publishes messages that cannot be handled to the dead-letter topic.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    source: String,
+}
+
+impl DeadLetters {
+    /// `source` names the component that gave up on the message (e.g. `orchestrator`).
+    pub fn new(producer: FutureProducer, topic: impl Into<String>, source: impl Into<String>) -> Self {
+        DeadLetters {
+            producer,
+            topic: topic.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Copies the original bytes, key and headers, adding `dlq.*` headers with the source topic,
+    /// partition, offset, the component and the error. Retries until it is delivered or `cancel`
+    /// fires, because dropping a message nobody could handle would lose it.
+    pub async fn publish(&self, message: &BorrowedMessage<'_>, error: &str, cancel: &CancellationToken) -> bool {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        headers = headers
+            .insert(Header { key: "dlq.source.topic", value: Some(message.topic()) })
+            .insert(Header { key: "dlq.source.partition", value: Some(&partition) })
+            .insert(Header { key: "dlq.source.offset", value: Some(&offset) })
+            .insert(Header { key: "dlq.component", value: Some(&self.source) })
+            .insert(Header { key: "dlq.error", value: Some(error) });
+        let payload = message.payload().unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let record = FutureRecord::to(&self.topic)
+                .payload(payload)
+                .key(key)
+                .headers(headers.clone());
+            match self.producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        error,
+                        "message dead-lettered"
+                    );
+                    return true;
+                }
+                Err((e, _)) => {
+                    tracing::error!(error = %e, "cannot publish to the dead-letter topic; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// The consume loop every component uses: receive, handle, dead-letter if needed, store the
+/// offset only after the handler is done. Stops when `cancel` fires, then commits stored offsets.
+pub async fn run_consumer<H: MessageHandler>(
+    consumer: StreamConsumer,
+    handler: H,
+    dead_letters: DeadLetters,
+    cancel: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let store = match handler.handle(&message).await {
+            Disposition::Done => true,
+            Disposition::DeadLetter(reason) => dead_letters.publish(&message, &reason, &cancel).await,
+            Disposition::Abandoned => false,
+        };
+        if !store {
+            break;
+        }
+        if let Err(e) = consumer.store_offset_from_message(&message) {
+            tracing::warn!(error = %e, "cannot store offset");
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last auto-commit is also a (harmless) error here.
+        tracing::debug!(error = %e, "final offset commit");
+    }
+    consumer.unsubscribe();
+}
+
+/// Flushes a producer on shutdown so nothing it accepted is lost.
+pub fn flush(producer: &FutureProducer) {
+    if let Err(e) = producer.flush(Duration::from_secs(10)) {
+        tracing::warn!(error = %e, "producer flush on shutdown");
+    }
+}
+
+/// Whether the cluster answers a metadata request in time.
+pub async fn reachable(producer: &FutureProducer) -> bool {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_and_reject_garbage() {
+        let o = parse_overrides(" a=1, b.c = x=y ,").unwrap();
+        assert_eq!(o, vec![("a".into(), "1".into()), ("b.c".into(), "x=y".into())]);
+        assert!(parse_overrides("novalue").is_err());
+        assert!(parse_overrides("=v").is_err());
+        assert!(parse_overrides("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,130 @@
+//! `topics.json`: the single source of topic names and settings.
+//!
+//! Code never spells a topic name; it asks [`Topics`] for the topic by its role
+//! (`topics.order_commands.name`). The file at the repository root is compiled in as the default,
+//! and `TOPICS_FILE` can point a deployment at its own copy (other names, more partitions, a
+//! higher replication factor) without a rebuild.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The `topics.json` at the repository root, as compiled into every binary.
+pub const DEFAULT_TOPICS_JSON: &str = include_str!("../../topics.json");
+
+/// One topic: its name on the broker and how it is created.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// `retention.ms` on the broker.
+    pub retention_ms: i64,
+    /// Any further topic-level settings (`cleanup.policy`, `min.insync.replicas`, ...).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Every topic of the system, by role.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub order_commands: TopicSpec,
+    pub order_events: TopicSpec,
+    pub user_commands: TopicSpec,
+    pub user_events: TopicSpec,
+    pub payment_commands: TopicSpec,
+    pub payment_events: TopicSpec,
+    /// Saga lifecycle events published by the orchestrator (started, completed, compensated...).
+    pub notification_events: TopicSpec,
+    /// Messages that could not be handled, with headers saying where they came from and why.
+    pub dead_letter: TopicSpec,
+}
+
+impl Topics {
+    /// Parses and checks a `topics.json` document.
+    pub fn from_json(json: &str, origin: &str) -> Result<Self> {
+        let topics: Topics = serde_json::from_str(json).map_err(|source| Error::TopicsJson {
+            path: origin.to_string(),
+            source,
+        })?;
+        topics.validate()?;
+        Ok(topics)
+    }
+
+    /// The compiled-in `topics.json`, or the file named by `path` when given.
+    pub fn load(path: Option<&str>) -> Result<Self> {
+        match path {
+            None => Self::from_json(DEFAULT_TOPICS_JSON, "topics.json (built in)"),
+            Some(path) => {
+                let json = std::fs::read_to_string(path).map_err(|source| Error::TopicsFile {
+                    path: path.to_string(),
+                    source,
+                })?;
+                Self::from_json(&json, path)
+            }
+        }
+    }
+
+    /// All topics, for creating them.
+    pub fn all(&self) -> [&TopicSpec; 8] {
+        [
+            &self.order_commands,
+            &self.order_events,
+            &self.user_commands,
+            &self.user_events,
+            &self.payment_commands,
+            &self.payment_events,
+            &self.notification_events,
+            &self.dead_letter,
+        ]
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for t in self.all() {
+            if t.name.is_empty() || t.partitions < 1 || t.replication_factor < 1 {
+                return Err(Error::TopicsInvalid(format!(
+                    "topic {:?} needs a name, partitions >= 1 and replication_factor >= 1",
+                    t.name
+                )));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(Error::TopicsInvalid(format!(
+                    "topic name {:?} is used for two roles",
+                    t.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_topics_file_is_valid_and_complete() {
+        let topics = Topics::load(None).unwrap();
+        assert_eq!(topics.order_commands.name, "order_commands");
+        assert_eq!(topics.all().len(), 8);
+        assert!(topics.all().iter().all(|t| t.partitions >= 1));
+    }
+
+    #[test]
+    fn a_name_used_twice_is_rejected() {
+        let doc = DEFAULT_TOPICS_JSON.replace(r#""name": "user_commands""#, r#""name": "order_commands""#);
+        let err = Topics::from_json(&doc, "test").unwrap_err();
+        assert!(err.to_string().contains("two roles"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let doc = DEFAULT_TOPICS_JSON.replace("\"retention_ms\": 604800000 }", "\"retention_ms\": 604800000, \"retension\": 1 }");
+        assert!(Topics::from_json(&doc, "test").is_err());
+    }
+}
