@@ -1,1 +1,56 @@
-fn main() {}
+//! `cargo run --release`: the whole system in one process, on embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use platform::db::SqliteSync;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "saga-system",
+    about = "The create-order saga system, all in one process, with an embedded Kafka"
+)]
+struct Args {
+    /// Address of the orchestrator's HTTP API.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// SQLite databases and the notification log go here.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Use PostgreSQL instead of SQLite: each component gets its own database on this server.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// SQLite only: `normal` survives a process crash, `full` also a power loss.
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
+    sqlite_synchronous: SqliteSync,
+    /// Print every notification line to stdout as well as to the log file.
+    #[arg(long, env = "NOTIFICATION_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    notification_stdout: bool,
+    /// A topics.json to use instead of the built-in one.
+    #[arg(long, env = "TOPICS_FILE")]
+    topics_file: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), saga_system::Error> {
+    platform::telemetry::init();
+    let args = Args::parse();
+    let config = saga_system::SystemConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        postgres_url: args.database_url.filter(|u| !u.is_empty()),
+        sqlite_sync: args.sqlite_synchronous,
+        notification_stdout: args.notification_stdout,
+        topics: platform::Topics::load(args.topics_file.as_deref())?,
+    };
+    let cancel = platform::shutdown::on_signal();
+    let system = saga_system::System::start(&config, &cancel).await?;
+    tracing::info!(
+        api = %format!("http://{}", system.addr()),
+        notifications = %config.data_dir.join("notifications.log").display(),
+        "saga system ready; Ctrl-C to stop"
+    );
+    system.wait().await;
+    Ok(())
+}

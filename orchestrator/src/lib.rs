@@ -1,1 +1,22 @@
+//! # The saga orchestrator
+//!
+//! ## Layout
+//! - [`saga`]: the pure part. Saga types declared as data, and the engine that moves a saga
+//!   from one state to the next. No I/O; unit-tested on every path.
+//! - [`store`]: where state is stored — sagas, inbox and outbox — one transaction per change.
+//! - [`replies`]: where replies are handled — the consumer of the `*_events` topics.
+//! - [`relay`]: where commands are sent — the outbox relay that publishes to the `*_commands`
+//!   topics.
+//! - [`http`]: the API — `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
+//! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
+
+pub mod app;
+mod error;
+pub mod http;
+pub mod relay;
+pub mod replies;
 pub mod saga;
+pub mod store;
+
+pub use app::{Config, Orchestrator};
+pub use error::{Error, Result};

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::{Any, AnyPool, Executor};
 
@@ -76,7 +76,11 @@ pub fn sqlite_url(path: &Path) -> Result<String> {
 
 impl Db {
     /// Connects to `url`, creating the database if needed, and runs the migrations.
-    pub async fn connect(url: &str, migrations: &Migrations, sqlite_sync: SqliteSync) -> Result<Self> {
+    pub async fn connect(
+        url: &str,
+        migrations: &Migrations,
+        sqlite_sync: SqliteSync,
+    ) -> Result<Self> {
         install_default_drivers();
         let engine = Engine::of(url)?;
         if !Any::database_exists(url).await.unwrap_or(false) {
@@ -111,7 +115,11 @@ impl Db {
                     .connect(url)
                     .await
                     .map_err(Error::db(format!("connecting to {}", redact(url))))?;
-                Db { writer, reader, engine }
+                Db {
+                    writer,
+                    reader,
+                    engine,
+                }
             }
             Engine::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -180,15 +188,24 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 
     #[test]
     fn database_names_are_replaced() {
-        assert_eq!(with_database_name("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database_name("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_database_name("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database_name("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
         assert_eq!(
             with_database_name("postgres://u@h/test?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"

@@ -43,7 +43,9 @@ impl EmbeddedKafka {
         // SAFETY: the native pointer is valid while `host` lives.
         let cluster = unsafe { rd::rd_kafka_handle_mock_cluster(host.client().native_ptr()) };
         if cluster.is_null() {
-            return Err(Error::Embedded("librdkafka did not create a mock cluster".into()));
+            return Err(Error::Embedded(
+                "librdkafka did not create a mock cluster".into(),
+            ));
         }
         // SAFETY: `cluster` is valid; the returned string is owned by the cluster.
         let bootstrap = unsafe { CStr::from_ptr(rd::rd_kafka_mock_cluster_bootstraps(cluster)) }
@@ -77,11 +79,16 @@ impl EmbeddedKafka {
             let name = CString::new(t.name.as_str())
                 .map_err(|_| Error::Embedded(format!("topic name {:?} contains NUL", t.name)))?;
             // SAFETY: `cluster` is valid and `name` is a NUL-terminated string.
-            let err = unsafe { rd::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), t.partitions, 1) };
+            let err = unsafe {
+                rd::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), t.partitions, 1)
+            };
             if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
                 && err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS
             {
-                return Err(Error::Embedded(format!("creating topic {}: error {err:?}", t.name)));
+                return Err(Error::Embedded(format!(
+                    "creating topic {}: error {err:?}",
+                    t.name
+                )));
             }
         }
         Ok(())

@@ -55,7 +55,9 @@ pub fn parse_overrides(s: &str) -> Result<Vec<(String, String)>> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
             _ => Err(Error::KafkaConfig(pair.to_string())),
         })
         .collect()
@@ -141,14 +143,22 @@ impl KafkaSettings {
             .finish(self.config())
             .create()
             .map_err(Error::kafka("creating admin client"))?;
-        let retention: Vec<String> = topics.all().iter().map(|t| t.retention_ms.to_string()).collect();
+        let retention: Vec<String> = topics
+            .all()
+            .iter()
+            .map(|t| t.retention_ms.to_string())
+            .collect();
         let new_topics: Vec<NewTopic> = topics
             .all()
             .iter()
             .zip(&retention)
             .map(|(t, retention)| {
-                let mut nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor))
-                    .set("retention.ms", retention);
+                let mut nt = NewTopic::new(
+                    &t.name,
+                    t.partitions,
+                    TopicReplication::Fixed(t.replication_factor),
+                )
+                .set("retention.ms", retention);
                 for (k, v) in &t.config {
                     nt = nt.set(k, v);
                 }
@@ -204,7 +214,11 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// `source` names the component that gave up on the message (e.g. `orchestrator`).
-    pub fn new(producer: FutureProducer, topic: impl Into<String>, source: impl Into<String>) -> Self {
+    pub fn new(
+        producer: FutureProducer,
+        topic: impl Into<String>,
+        source: impl Into<String>,
+    ) -> Self {
         DeadLetters {
             producer,
             topic: topic.into(),
@@ -215,21 +229,44 @@ impl DeadLetters {
     /// Copies the original bytes, key and headers, adding `dlq.*` headers with the source topic,
     /// partition, offset, the component and the error. Retries until it is delivered or `cancel`
     /// fires, because dropping a message nobody could handle would lose it.
-    pub async fn publish(&self, message: &BorrowedMessage<'_>, error: &str, cancel: &CancellationToken) -> bool {
+    pub async fn publish(
+        &self,
+        message: &BorrowedMessage<'_>,
+        error: &str,
+        cancel: &CancellationToken,
+    ) -> bool {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for h in original.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         headers = headers
-            .insert(Header { key: "dlq.source.topic", value: Some(message.topic()) })
-            .insert(Header { key: "dlq.source.partition", value: Some(&partition) })
-            .insert(Header { key: "dlq.source.offset", value: Some(&offset) })
-            .insert(Header { key: "dlq.component", value: Some(&self.source) })
-            .insert(Header { key: "dlq.error", value: Some(error) });
+            .insert(Header {
+                key: "dlq.source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "dlq.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "dlq.source.offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "dlq.component",
+                value: Some(&self.source),
+            })
+            .insert(Header {
+                key: "dlq.error",
+                value: Some(error),
+            });
         let payload = message.payload().unwrap_or_default();
         let key = message.key().unwrap_or_default();
         let mut delay = Duration::from_millis(100);
@@ -285,7 +322,9 @@ pub async fn run_consumer<H: MessageHandler>(
         };
         let store = match handler.handle(&message).await {
             Disposition::Done => true,
-            Disposition::DeadLetter(reason) => dead_letters.publish(&message, &reason, &cancel).await,
+            Disposition::DeadLetter(reason) => {
+                dead_letters.publish(&message, &reason, &cancel).await
+            }
             Disposition::Abandoned => false,
         };
         if !store {
@@ -329,7 +368,10 @@ mod tests {
     #[test]
     fn overrides_parse_and_reject_garbage() {
         let o = parse_overrides(" a=1, b.c = x=y ,").unwrap();
-        assert_eq!(o, vec![("a".into(), "1".into()), ("b.c".into(), "x=y".into())]);
+        assert_eq!(
+            o,
+            vec![("a".into(), "1".into()), ("b.c".into(), "x=y".into())]
+        );
         assert!(parse_overrides("novalue").is_err());
         assert!(parse_overrides("=v").is_err());
         assert!(parse_overrides("").unwrap().is_empty());

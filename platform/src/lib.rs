@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod envelope;
 mod error;
 pub mod kafka;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

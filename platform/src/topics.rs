@@ -117,14 +117,18 @@ mod tests {
 
     #[test]
     fn a_name_used_twice_is_rejected() {
-        let doc = DEFAULT_TOPICS_JSON.replace(r#""name": "user_commands""#, r#""name": "order_commands""#);
+        let doc = DEFAULT_TOPICS_JSON
+            .replace(r#""name": "user_commands""#, r#""name": "order_commands""#);
         let err = Topics::from_json(&doc, "test").unwrap_err();
         assert!(err.to_string().contains("two roles"), "{err}");
     }
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let doc = DEFAULT_TOPICS_JSON.replace("\"retention_ms\": 604800000 }", "\"retention_ms\": 604800000, \"retension\": 1 }");
+        let doc = DEFAULT_TOPICS_JSON.replace(
+            "\"retention_ms\": 604800000 }",
+            "\"retention_ms\": 604800000, \"retension\": 1 }",
+        );
         assert!(Topics::from_json(&doc, "test").is_err());
     }
 }

@@ -1,1 +1,65 @@
+//! # Stub services driven by the create-order saga
+//!
+//! Stand-ins for the real order, user, payment and notification services: each consumes its
+//! `*_commands` topic in its own consumer group, keeps its own state in its own database, and
+//! replies on its `*_events` topic. Their deterministic test behaviours (like a payment
+//! provider's test cards) let every saga path be driven from `POST /orders`:
+//!
+//! | `customer_id` prefix | effect                                                      |
+//! |----------------------|-------------------------------------------------------------|
+//! | `noorder-`           | the order service cannot create the order                   |
+//! | `nocard-`            | the user service has no payment method                      |
+//! | `declined-`          | the payment service declines (so does any amount > 1,000,000 cents) |
+//! | `noupdate-`          | the order service cannot confirm the order                  |
+//!
+//! ## Layout
+//! - [`runtime`]: what every command service shares: consume, handle once, reply.
+//! - [`order`], [`user`], [`payment`]: the business rules of each.
+//! - [`notification`]: logs every message of every topic as a JSON line.
 
+mod error;
+pub mod notification;
+pub mod order;
+pub mod payment;
+pub mod runtime;
+pub mod user;
+
+pub use error::{Error, Result};
+pub use runtime::{ServiceConfig, ServiceHandle};
+
+use platform::db::SqliteSync;
+use platform::kafka::KafkaArgs;
+
+/// Settings of a standalone command service binary.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// `postgres://...` in production, or `sqlite://path?mode=rwc`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// SQLite only: `normal` survives a process crash, `full` also a power loss.
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
+    pub sqlite_synchronous: SqliteSync,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Runs one command service as its own process until Ctrl-C or SIGTERM.
+pub async fn run_standalone<S: runtime::CommandService>(
+    service: S,
+    args: ServiceArgs,
+) -> Result<()> {
+    let topics = platform::Topics::load(args.kafka.topics_file.as_deref())?;
+    let kafka = args.kafka.settings()?;
+    if args.kafka.create_topics {
+        kafka.ensure_topics(&topics).await?;
+    }
+    let cancel = platform::shutdown::on_signal();
+    let config = ServiceConfig {
+        database_url: args.database_url,
+        sqlite_sync: args.sqlite_synchronous,
+        kafka,
+        topics,
+    };
+    runtime::start(service, &config, cancel).await?.wait().await;
+    Ok(())
+}

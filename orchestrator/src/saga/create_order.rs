@@ -55,7 +55,8 @@ pub fn definition(topics: &Topics) -> SagaDefinition {
             },
             Step {
                 name: "update_order_status".into(),
-                command: CommandSpec::new("update_order_status", orders).with_arg("status", json!("CREATED")),
+                command: CommandSpec::new("update_order_status", orders)
+                    .with_arg("status", json!("CREATED")),
                 on_success: "order.status_updated".into(),
                 on_failure: "order.status_update_failed".into(),
                 compensation: None,

@@ -62,7 +62,12 @@ pub enum Decision {
 }
 
 /// Starts a saga: the first step's command, and a `saga.started` event.
-pub fn start(def: &SagaDefinition, saga_id: Uuid, input: Map<String, Value>, now: i64) -> (SagaState, Vec<Outgoing>) {
+pub fn start(
+    def: &SagaDefinition,
+    saga_id: Uuid,
+    input: Map<String, Value>,
+    now: i64,
+) -> (SagaState, Vec<Outgoing>) {
     let mut state = SagaState {
         saga_id,
         saga_type: def.saga_type.clone(),
@@ -78,14 +83,28 @@ pub fn start(def: &SagaDefinition, saga_id: Uuid, input: Map<String, Value>, now
     let mut messages = Vec::new();
     lifecycle(def, &state, "saga.started", now, &mut messages);
     match def.steps.first() {
-        Some(_) => send(def, &mut state, 0, StepKind::Forward, None, now, &mut messages),
+        Some(_) => send(
+            def,
+            &mut state,
+            0,
+            StepKind::Forward,
+            None,
+            now,
+            &mut messages,
+        ),
         None => finish(def, &mut state, SagaStatus::Completed, now, &mut messages),
     }
     (state, messages)
 }
 
 /// Applies a reply to a saga.
-pub fn on_reply(def: &SagaDefinition, current: &SagaState, reply: Reply<'_>, reply_id: Uuid, now: i64) -> Decision {
+pub fn on_reply(
+    def: &SagaDefinition,
+    current: &SagaState,
+    reply: Reply<'_>,
+    reply_id: Uuid,
+    now: i64,
+) -> Decision {
     let Some(pending) = current.pending else {
         return Decision::Ignored(Ignored::Terminal);
     };
@@ -104,7 +123,9 @@ pub fn on_reply(def: &SagaDefinition, current: &SagaState, reply: Reply<'_>, rep
         StepKind::Forward => (step.on_success.as_str(), Some(step.on_failure.as_str())),
         StepKind::Compensation => match &step.compensation {
             Some(c) => (c.on_success.as_str(), c.on_failure.as_deref()),
-            None => return Decision::Ignored(Ignored::UnexpectedType(reply.message_type.to_string())),
+            None => {
+                return Decision::Ignored(Ignored::UnexpectedType(reply.message_type.to_string()))
+            }
         },
     };
     let succeeded = if reply.message_type == success {
@@ -119,8 +140,17 @@ pub fn on_reply(def: &SagaDefinition, current: &SagaState, reply: Reply<'_>, rep
     state.updated_at = now;
     let mut messages = Vec::new();
     let error = (!succeeded).then(|| reason(reply));
-    if let Some(record) = state.steps.iter_mut().rev().find(|s| s.command_id == pending.command_id) {
-        record.status = if succeeded { StepStatus::Completed } else { StepStatus::Failed };
+    if let Some(record) = state
+        .steps
+        .iter_mut()
+        .rev()
+        .find(|s| s.command_id == pending.command_id)
+    {
+        record.status = if succeeded {
+            StepStatus::Completed
+        } else {
+            StepStatus::Failed
+        };
         record.finished_at = Some(now);
         record.error = error.clone();
     }
@@ -134,24 +164,61 @@ pub fn on_reply(def: &SagaDefinition, current: &SagaState, reply: Reply<'_>, rep
             }
             let next = pending.step_index + 1;
             if next < def.steps.len() {
-                send(def, &mut state, next, StepKind::Forward, causation, now, &mut messages);
+                send(
+                    def,
+                    &mut state,
+                    next,
+                    StepKind::Forward,
+                    causation,
+                    now,
+                    &mut messages,
+                );
             } else {
                 finish(def, &mut state, SagaStatus::Completed, now, &mut messages);
             }
         }
         (StepKind::Forward, false) => {
-            state.error = Some(format!("{} failed: {}", step.name, error.unwrap_or_default()));
+            state.error = Some(format!(
+                "{} failed: {}",
+                step.name,
+                error.unwrap_or_default()
+            ));
             state.status = SagaStatus::Compensating;
             lifecycle(def, &state, "saga.compensating", now, &mut messages);
-            compensate_below(def, &mut state, pending.step_index, causation, now, &mut messages);
+            compensate_below(
+                def,
+                &mut state,
+                pending.step_index,
+                causation,
+                now,
+                &mut messages,
+            );
         }
         (StepKind::Compensation, true) => {
-            compensate_below(def, &mut state, pending.step_index, causation, now, &mut messages);
+            compensate_below(
+                def,
+                &mut state,
+                pending.step_index,
+                causation,
+                now,
+                &mut messages,
+            );
         }
         (StepKind::Compensation, false) => {
-            let name = step.compensation.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
-            let cause = state.error.take().map(|e| format!(" (compensating because {e})")).unwrap_or_default();
-            state.error = Some(format!("{name} failed: {}{cause}", error.unwrap_or_default()));
+            let name = step
+                .compensation
+                .as_ref()
+                .map(|c| c.name.as_str())
+                .unwrap_or_default();
+            let cause = state
+                .error
+                .take()
+                .map(|e| format!(" (compensating because {e})"))
+                .unwrap_or_default();
+            state.error = Some(format!(
+                "{name} failed: {}{cause}",
+                error.unwrap_or_default()
+            ));
             finish(def, &mut state, SagaStatus::Failed, now, &mut messages);
         }
     }
@@ -180,11 +247,21 @@ fn compensate_below(
     let next = (0..below).rev().find(|&j| {
         def.steps[j].compensation.is_some()
             && state.steps.iter().any(|r| {
-                r.kind == StepKind::Forward && r.step_index == j && r.status == StepStatus::Completed
+                r.kind == StepKind::Forward
+                    && r.step_index == j
+                    && r.status == StepStatus::Completed
             })
     });
     match next {
-        Some(j) => send(def, state, j, StepKind::Compensation, causation, now, messages),
+        Some(j) => send(
+            def,
+            state,
+            j,
+            StepKind::Compensation,
+            causation,
+            now,
+            messages,
+        ),
         None => finish(def, state, SagaStatus::Compensated, now, messages),
     }
 }
@@ -237,7 +314,13 @@ fn send(
     });
 }
 
-fn finish(def: &SagaDefinition, state: &mut SagaState, status: SagaStatus, now: i64, messages: &mut Vec<Outgoing>) {
+fn finish(
+    def: &SagaDefinition,
+    state: &mut SagaState,
+    status: SagaStatus,
+    now: i64,
+    messages: &mut Vec<Outgoing>,
+) {
     state.status = status;
     state.pending = None;
     state.completed_at = Some(now);
@@ -251,8 +334,16 @@ fn finish(def: &SagaDefinition, state: &mut SagaState, status: SagaStatus, now: 
 }
 
 /// A lifecycle event for people and other systems following sagas (the notification service).
-fn lifecycle(def: &SagaDefinition, state: &SagaState, event: &str, now: i64, messages: &mut Vec<Outgoing>) {
-    let Some(topic) = &def.lifecycle_topic else { return };
+fn lifecycle(
+    def: &SagaDefinition,
+    state: &SagaState,
+    event: &str,
+    now: i64,
+    messages: &mut Vec<Outgoing>,
+) {
+    let Some(topic) = &def.lifecycle_topic else {
+        return;
+    };
     messages.push(Outgoing {
         topic: topic.clone(),
         envelope: Envelope {

@@ -22,7 +22,12 @@ fn started() -> (SagaState, Vec<Outgoing>) {
 }
 
 /// Answers the command the saga waits on.
-fn answer(state: &SagaState, reply_type: &str, payload: Value, now: i64) -> (SagaState, Vec<Outgoing>) {
+fn answer(
+    state: &SagaState,
+    reply_type: &str,
+    payload: Value,
+    now: i64,
+) -> (SagaState, Vec<Outgoing>) {
     let pending = state.pending.expect("saga should be waiting");
     let reply = Reply {
         message_type: reply_type,
@@ -52,7 +57,11 @@ fn events(messages: &[Outgoing]) -> Vec<&str> {
 }
 
 fn history(state: &SagaState) -> Vec<(String, StepKind, StepStatus)> {
-    state.steps.iter().map(|s| (s.name.clone(), s.kind, s.status)).collect()
+    state
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.kind, s.status))
+        .collect()
 }
 
 use StepKind::{Compensation as C, Forward as F};
@@ -64,7 +73,10 @@ fn start_sends_create_order_to_the_order_topic_keyed_by_the_saga() {
     assert_eq!(state.status, SagaStatus::Started);
     assert_eq!(commands(&messages), vec!["create_order"]);
     assert_eq!(events(&messages), vec!["saga.started"]);
-    let cmd = messages.iter().find(|m| m.envelope.message_type == "create_order").unwrap();
+    let cmd = messages
+        .iter()
+        .find(|m| m.envelope.message_type == "create_order")
+        .unwrap();
     assert_eq!(cmd.topic, "order_commands");
     assert_eq!(cmd.envelope.correlation_id, state.saga_id);
     assert_eq!(cmd.envelope.causation_id, None);
@@ -79,14 +91,25 @@ fn happy_path_runs_four_forward_steps_and_completes() {
     let (s, m) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1001);
     assert_eq!(commands(&m), vec!["get_payment_info"]);
     assert_eq!(m[0].topic, "user_commands");
-    assert_eq!(m[0].envelope.payload["order_id"], "o-1", "context flows into later commands");
-    let (s, m) = answer(&s, "user.payment_info_retrieved", json!({"payment_method_id": "pm-1"}), 1002);
+    assert_eq!(
+        m[0].envelope.payload["order_id"], "o-1",
+        "context flows into later commands"
+    );
+    let (s, m) = answer(
+        &s,
+        "user.payment_info_retrieved",
+        json!({"payment_method_id": "pm-1"}),
+        1002,
+    );
     assert_eq!(commands(&m), vec!["authorize_payment"]);
     assert_eq!(m[0].topic, "payment_commands");
     assert_eq!(m[0].envelope.payload["amount_cents"], 2800);
     let (s, m) = answer(&s, "payment.authorized", json!({"payment_id": "p-1"}), 1003);
     assert_eq!(commands(&m), vec!["update_order_status"]);
-    assert_eq!(m[0].envelope.payload["status"], "CREATED", "fixed args are added");
+    assert_eq!(
+        m[0].envelope.payload["status"], "CREATED",
+        "fixed args are added"
+    );
     let (s, m) = answer(&s, "order.status_updated", json!({}), 1004);
     assert!(commands(&m).is_empty());
     assert_eq!(events(&m), vec!["saga.completed"]);
@@ -114,19 +137,33 @@ fn each_command_answers_the_reply_that_caused_it() {
     let payload = json!({"order_id": "o-1"});
     let pending = s.pending.unwrap();
     let reply_id = Uuid::new_v4();
-    let reply = Reply { message_type: "order.created", causation_id: Some(pending.command_id), payload: &payload };
-    let Decision::Applied { messages, .. } = on_reply(&def(), &s, reply, reply_id, 2) else { panic!() };
+    let reply = Reply {
+        message_type: "order.created",
+        causation_id: Some(pending.command_id),
+        payload: &payload,
+    };
+    let Decision::Applied { messages, .. } = on_reply(&def(), &s, reply, reply_id, 2) else {
+        panic!()
+    };
     assert_eq!(messages[0].envelope.causation_id, Some(reply_id));
 }
 
 #[test]
 fn failed_order_creation_has_nothing_to_compensate() {
     let (s, _) = started();
-    let (s, m) = answer(&s, "order.creation_failed", json!({"reason": "store closed"}), 1001);
+    let (s, m) = answer(
+        &s,
+        "order.creation_failed",
+        json!({"reason": "store closed"}),
+        1001,
+    );
     assert!(commands(&m).is_empty());
     assert_eq!(events(&m), vec!["saga.compensating", "saga.compensated"]);
     assert_eq!(s.status, SagaStatus::Compensated);
-    assert_eq!(s.error.as_deref(), Some("create_order failed: store closed"));
+    assert_eq!(
+        s.error.as_deref(),
+        Some("create_order failed: store closed")
+    );
     assert_eq!(history(&s), vec![("create_order".into(), F, Fail)]);
 }
 
@@ -134,7 +171,12 @@ fn failed_order_creation_has_nothing_to_compensate() {
 fn missing_payment_method_cancels_the_order() {
     let (s, _) = started();
     let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1001);
-    let (s, m) = answer(&s, "user.payment_info_failed", json!({"reason": "no payment method"}), 1002);
+    let (s, m) = answer(
+        &s,
+        "user.payment_info_failed",
+        json!({"reason": "no payment method"}),
+        1002,
+    );
     assert_eq!(s.status, SagaStatus::Compensating);
     assert_eq!(commands(&m), vec!["cancel_order"]);
     assert_eq!(m[1].topic, "order_commands");
@@ -143,7 +185,10 @@ fn missing_payment_method_cancels_the_order() {
     let (s, m) = answer(&s, "order.cancelled", json!({}), 1003);
     assert_eq!(events(&m), vec!["saga.compensated"]);
     assert_eq!(s.status, SagaStatus::Compensated);
-    assert_eq!(s.error.as_deref(), Some("get_payment_info failed: no payment method"));
+    assert_eq!(
+        s.error.as_deref(),
+        Some("get_payment_info failed: no payment method")
+    );
     assert_eq!(
         history(&s),
         vec![
@@ -206,13 +251,29 @@ fn failed_status_update_reverts_the_payment_then_cancels_the_order() {
 fn a_failed_compensation_fails_the_saga_and_says_which() {
     let (s, _) = started();
     let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1);
-    let (s, _) = answer(&s, "user.payment_info_failed", json!({"reason": "no card"}), 2);
-    let (s, m) = answer(&s, "order.cancel_failed", json!({"reason": "already shipped"}), 3);
+    let (s, _) = answer(
+        &s,
+        "user.payment_info_failed",
+        json!({"reason": "no card"}),
+        2,
+    );
+    let (s, m) = answer(
+        &s,
+        "order.cancel_failed",
+        json!({"reason": "already shipped"}),
+        3,
+    );
     assert_eq!(s.status, SagaStatus::Failed);
     assert_eq!(events(&m), vec!["saga.failed"]);
     let error = s.error.unwrap();
-    assert!(error.starts_with("cancel_order failed: already shipped"), "{error}");
-    assert!(error.contains("get_payment_info failed: no card"), "{error}");
+    assert!(
+        error.starts_with("cancel_order failed: already shipped"),
+        "{error}"
+    );
+    assert!(
+        error.contains("get_payment_info failed: no card"),
+        "{error}"
+    );
     assert_eq!(s.pending, None);
 }
 
@@ -222,23 +283,41 @@ fn a_duplicate_reply_is_ignored() {
     let first_command = s0.pending.unwrap().command_id;
     let (s1, _) = answer(&s0, "order.created", json!({"order_id": "o-1"}), 1);
     let payload = json!({"order_id": "o-2"});
-    let dup = Reply { message_type: "order.created", causation_id: Some(first_command), payload: &payload };
-    assert_eq!(on_reply(&def(), &s1, dup, Uuid::new_v4(), 2), Decision::Ignored(Ignored::NotAwaited));
+    let dup = Reply {
+        message_type: "order.created",
+        causation_id: Some(first_command),
+        payload: &payload,
+    };
+    assert_eq!(
+        on_reply(&def(), &s1, dup, Uuid::new_v4(), 2),
+        Decision::Ignored(Ignored::NotAwaited)
+    );
 }
 
 #[test]
 fn a_reply_without_causation_is_ignored() {
     let (s, _) = started();
     let payload = json!({});
-    let r = Reply { message_type: "order.created", causation_id: None, payload: &payload };
-    assert_eq!(on_reply(&def(), &s, r, Uuid::new_v4(), 2), Decision::Ignored(Ignored::NotAwaited));
+    let r = Reply {
+        message_type: "order.created",
+        causation_id: None,
+        payload: &payload,
+    };
+    assert_eq!(
+        on_reply(&def(), &s, r, Uuid::new_v4(), 2),
+        Decision::Ignored(Ignored::NotAwaited)
+    );
 }
 
 #[test]
 fn a_reply_of_the_wrong_type_is_ignored() {
     let (s, _) = started();
     let payload = json!({});
-    let r = Reply { message_type: "payment.authorized", causation_id: Some(s.pending.unwrap().command_id), payload: &payload };
+    let r = Reply {
+        message_type: "payment.authorized",
+        causation_id: Some(s.pending.unwrap().command_id),
+        payload: &payload,
+    };
     assert_eq!(
         on_reply(&def(), &s, r, Uuid::new_v4(), 2),
         Decision::Ignored(Ignored::UnexpectedType("payment.authorized".into()))
@@ -250,8 +329,15 @@ fn a_finished_saga_ignores_everything() {
     let (s, _) = started();
     let (s, _) = answer(&s, "order.creation_failed", json!({}), 1);
     let payload = json!({});
-    let r = Reply { message_type: "order.created", causation_id: Some(s.steps[0].command_id), payload: &payload };
-    assert_eq!(on_reply(&def(), &s, r, Uuid::new_v4(), 2), Decision::Ignored(Ignored::Terminal));
+    let r = Reply {
+        message_type: "order.created",
+        causation_id: Some(s.steps[0].command_id),
+        payload: &payload,
+    };
+    assert_eq!(
+        on_reply(&def(), &s, r, Uuid::new_v4(), 2),
+        Decision::Ignored(Ignored::Terminal)
+    );
 }
 
 #[test]
@@ -261,8 +347,14 @@ fn command_ids_are_stable_per_saga_and_step() {
     let (b, mb) = start(&def(), id, input(), 99);
     assert_eq!(a.pending, b.pending);
     assert_eq!(ma[1].envelope.message_id, mb[1].envelope.message_id);
-    assert_ne!(command_id(id, "cancel_order", C), command_id(id, "cancel_order", F));
-    assert_ne!(command_id(id, "create_order", F), command_id(Uuid::new_v4(), "create_order", F));
+    assert_ne!(
+        command_id(id, "cancel_order", C),
+        command_id(id, "cancel_order", F)
+    );
+    assert_ne!(
+        command_id(id, "create_order", F),
+        command_id(Uuid::new_v4(), "create_order", F)
+    );
 }
 
 #[test]
@@ -299,7 +391,11 @@ fn the_engine_interprets_any_definition() {
     let step = |s: &SagaState, t: &str| match on_reply(
         &def,
         s,
-        Reply { message_type: t, causation_id: Some(s.pending.unwrap().command_id), payload: &p },
+        Reply {
+            message_type: t,
+            causation_id: Some(s.pending.unwrap().command_id),
+            payload: &p,
+        },
         Uuid::new_v4(),
         1,
     ) {

@@ -45,7 +45,10 @@ impl SagaStatus {
 
     /// No further message changes a saga in a terminal status.
     pub fn is_terminal(self) -> bool {
-        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed)
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed
+        )
     }
 }
 

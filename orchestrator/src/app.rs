@@ -1,0 +1,129 @@
+//! Assembly: builds the orchestrator from its configuration and runs its three tasks — the HTTP
+//! server, the reply consumer and the outbox relay — until the cancellation token fires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use platform::db::{Db, SqliteSync};
+use platform::kafka::{DeadLetters, KafkaSettings};
+use platform::Topics;
+
+use crate::http::{self, AppState};
+use crate::relay::Relay;
+use crate::replies::ReplyHandler;
+use crate::saga::create_order;
+use crate::store::{SagaStore, MIGRATIONS};
+use crate::{Error, Result};
+
+/// Everything the orchestrator needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the HTTP API listens; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub sqlite_sync: SqliteSync,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    /// The consumer group shared by all orchestrator instances.
+    pub group_id: String,
+}
+
+/// A running orchestrator.
+pub struct Orchestrator {
+    addr: SocketAddr,
+    store: SagaStore,
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+}
+
+impl Orchestrator {
+    /// Connects, migrates, binds the listener and starts the tasks. Returns once the API accepts
+    /// connections.
+    pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self> {
+        let db = Db::connect(&config.database_url, &MIGRATIONS, config.sqlite_sync).await?;
+        let store = SagaStore::new(db);
+        let definition = Arc::new(create_order::definition(&config.topics));
+        let producer = config.kafka.producer()?;
+        let relay = Relay::new(store.clone(), producer.clone());
+        let reply_topics = create_order::reply_topics(&config.topics);
+        let topic_refs: Vec<&str> = reply_topics.iter().map(String::as_str).collect();
+        let consumer = config.kafka.consumer(&config.group_id, &topic_refs)?;
+        let dead_letters = DeadLetters::new(
+            producer.clone(),
+            &config.topics.dead_letter.name,
+            "orchestrator",
+        );
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(relay.clone().run(cancel.clone()));
+        let handler = ReplyHandler {
+            store: store.clone(),
+            definition: definition.clone(),
+            relay: relay.clone(),
+            cancel: cancel.clone(),
+        };
+        tasks.spawn(platform::kafka::run_consumer(
+            consumer,
+            handler,
+            dead_letters,
+            cancel.clone(),
+        ));
+        let app = http::router(AppState {
+            store: store.clone(),
+            definition,
+            relay,
+            producer,
+        });
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+        tracing::info!(%addr, "orchestrator listening");
+        Ok(Orchestrator {
+            addr,
+            store,
+            tasks,
+            cancel,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> &SagaStore {
+        &self.store
+    }
+
+    /// Waits for every task to finish (they stop when the token fires), then closes the database.
+    pub async fn wait(mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "orchestrator task panicked");
+                self.cancel.cancel();
+            }
+        }
+        self.store.db().close().await;
+    }
+
+    /// Stops the orchestrator and waits until it has stopped.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.wait().await;
+    }
+}

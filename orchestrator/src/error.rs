@@ -1,0 +1,33 @@
+/// Everything that can go wrong in the orchestrator, with the context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Platform(#[from] platform::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("saga {saga_id} has an unreadable stored state: {source}")]
+    CorruptState {
+        saga_id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("saga {0} was changed by someone else; retry")]
+    Conflict(uuid::Uuid),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Error {
+    /// Whether trying again later can succeed (the database is back, the conflict is gone).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Database(_) | Error::Conflict(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

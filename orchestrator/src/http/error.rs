@@ -1,0 +1,95 @@
+//! The API's errors: a status code and a clear JSON message for the client, and never the text of
+//! an internal error (that is logged once, here).
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The client sent something wrong; the message says what.
+    #[error("{message}")]
+    Client { status: StatusCode, message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The database is away for now; the client may retry.
+    #[error("unavailable: {0}")]
+    Unavailable(crate::Error),
+    #[error("internal: {0}")]
+    Internal(crate::Error),
+}
+
+impl ApiError {
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        if e.is_transient() {
+            ApiError::Unavailable(e)
+        } else {
+            ApiError::Internal(e)
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let message = match &r {
+            JsonRejection::MissingJsonContentType(_) => {
+                "expected Content-Type: application/json".to_string()
+            }
+            JsonRejection::JsonSyntaxError(_) => format!("malformed JSON: {}", r.body_text()),
+            JsonRejection::JsonDataError(_) => format!("invalid request: {}", r.body_text()),
+            _ => r.body_text(),
+        };
+        ApiError::Client {
+            status: r.status(),
+            message,
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(format!("invalid query: {}", r.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::Client { status, message } => (status, message),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %e, "request failed: storage unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily unavailable; retry later".to_string(),
+                )
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_string(),
+                )
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP front: `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
+
+mod error;
+mod health;
+mod orders;
+mod sagas;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::Router;
+use rdkafka::producer::FutureProducer;
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::relay::Relay;
+use crate::saga::SagaDefinition;
+use crate::store::SagaStore;
+
+/// Request bodies larger than this are refused with 413: an order is a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SagaStore,
+    pub definition: Arc<SagaDefinition>,
+    pub relay: Relay,
+    /// Used by `/health` to ask the cluster for metadata.
+    pub producer: FutureProducer,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(orders::router())
+        .merge(sagas::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `Json` whose rejections are [`ApiError`]s (JSON bodies with clear messages).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}
+
+/// `Query` whose rejections are [`ApiError`]s.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(v))
+    }
+}

@@ -1,0 +1,51 @@
+//! The orchestrator as its own process, for a real deployment (Kafka cluster + PostgreSQL).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use platform::db::SqliteSync;
+use platform::kafka::KafkaArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", about = "The create-order saga orchestrator")]
+struct Args {
+    /// Address of the HTTP API.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// `postgres://...` in production, or `sqlite://path?mode=rwc`.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// SQLite only: `normal` survives a process crash, `full` also a power loss.
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
+    sqlite_synchronous: SqliteSync,
+    /// The consumer group of all orchestrator instances.
+    #[arg(long, env = "ORCHESTRATOR_GROUP", default_value = "saga-orchestrator")]
+    group_id: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    platform::telemetry::init();
+    let args = Args::parse();
+    let topics = platform::Topics::load(args.kafka.topics_file.as_deref())?;
+    let kafka = args.kafka.settings()?;
+    if args.kafka.create_topics {
+        kafka.ensure_topics(&topics).await?;
+    }
+    let cancel = platform::shutdown::on_signal();
+    let config = orchestrator::Config {
+        listen: args.listen,
+        database_url: args.database_url,
+        sqlite_sync: args.sqlite_synchronous,
+        kafka,
+        topics,
+        group_id: args.group_id,
+    };
+    orchestrator::Orchestrator::start(config, cancel)
+        .await?
+        .wait()
+        .await;
+    Ok(())
+}

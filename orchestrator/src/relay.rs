@@ -1,0 +1,154 @@
+//! Where commands are sent: the outbox relay.
+//!
+//! It publishes committed outbox rows to Kafka in the order they were written and stamps them as
+//! sent. It wakes when a transaction wrote new rows ([`Relay::notify`]) and also polls, so rows
+//! left by a crash (written, never published) go out after a restart. A crash between publishing
+//! and stamping publishes a row twice; receivers de-duplicate on the message id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use platform::retry::{self, Retried};
+
+use crate::store::SagaStore;
+
+/// Rows published per round trip to the database.
+const BATCH: i64 = 500;
+/// How often the relay looks for rows nobody told it about.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct Relay {
+    store: SagaStore,
+    producer: FutureProducer,
+    wake: Arc<Notify>,
+}
+
+impl Relay {
+    pub fn new(store: SagaStore, producer: FutureProducer) -> Self {
+        Relay {
+            store,
+            producer,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Tells the relay that new rows are committed. Never lost: if the relay is busy, it runs
+    /// another round when it is done.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Publishes until `cancel` fires. A round in progress is finished first, so nothing is left
+    /// half-sent.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut failures = retry::policy_iter();
+        loop {
+            let rows = match retry::until_cancelled(
+                &cancel,
+                "reading the outbox",
+                |e: &crate::Error| e.is_transient(),
+                || self.store.unsent(BATCH),
+            )
+            .await
+            {
+                Retried::Ok(rows) => rows,
+                Retried::Permanent(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+                Retried::Cancelled => break,
+            };
+            if rows.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            let full_batch = rows.len() as i64 == BATCH;
+            let (sent, failed) = self.publish(&rows).await;
+            if let Retried::Cancelled = retry::until_cancelled(
+                &cancel,
+                "marking outbox rows sent",
+                |e: &crate::Error| e.is_transient(),
+                || self.store.mark_sent(&sent, platform::time::now_ms()),
+            )
+            .await
+            {
+                break;
+            }
+            if failed > 0 {
+                let delay = failures.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    failed,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "outbox rows not published; retrying"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            } else {
+                failures = retry::policy_iter();
+                if !full_batch {
+                    // Let replies that arrived meanwhile batch up for the next round.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        platform::kafka::flush(&self.producer);
+    }
+
+    /// Hands every row to the producer first, then waits for the deliveries, so a batch costs one
+    /// round trip to the broker rather than one per row. Returns the ids delivered and how many
+    /// were not.
+    async fn publish(&self, rows: &[crate::store::OutboxRow]) -> (Vec<i64>, usize) {
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut failed = 0;
+        for row in rows {
+            let mut record = FutureRecord::to(&row.topic)
+                .key(&row.key)
+                .payload(&row.payload);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push((row.id, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        tracing::warn!(error = %e, topic = %row.topic, "cannot enqueue outbox row");
+                        failed += 1;
+                        break;
+                    }
+                }
+            }
+            if failed > 0 {
+                // Keep per-saga order: nothing after a row that could not be enqueued.
+                break;
+            }
+        }
+        let mut sent = Vec::with_capacity(pending.len());
+        for (id, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(_)) => sent.push(id),
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, "outbox row delivery failed");
+                    failed += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        (sent, failed)
+    }
+}

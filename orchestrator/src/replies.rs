@@ -1,0 +1,83 @@
+//! Where replies are handled: the consumer of the participants' `*_events` topics.
+//!
+//! Each reply is applied by the pure engine inside one database transaction (inbox + saga +
+//! outbox); only after that commits does the consume loop store the Kafka offset. A crash at any
+//! point therefore redelivers the reply, and the inbox makes the redelivery change nothing.
+
+use std::sync::Arc;
+
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use platform::kafka::{Disposition, MessageHandler};
+use platform::retry::{self, Retried};
+use platform::Envelope;
+
+use crate::relay::Relay;
+use crate::saga::{engine, SagaDefinition};
+use crate::store::{ReplyOutcome, SagaStore};
+
+pub struct ReplyHandler {
+    pub store: SagaStore,
+    pub definition: Arc<SagaDefinition>,
+    pub relay: Relay,
+    pub cancel: CancellationToken,
+}
+
+impl MessageHandler for ReplyHandler {
+    async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
+        let reply = match Envelope::from_bytes(message.payload()) {
+            Ok(e) => e,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+        let span = tracing::info_span!(
+            "reply",
+            saga_id = %reply.correlation_id,
+            message_type = %reply.message_type,
+            topic = message.topic(),
+            offset = message.offset(),
+        );
+        self.apply(&reply).instrument(span).await
+    }
+}
+
+impl ReplyHandler {
+    async fn apply(&self, reply: &Envelope) -> Disposition {
+        let outcome = retry::until_cancelled(
+            &self.cancel,
+            "applying a reply",
+            |e: &crate::Error| e.is_transient(),
+            || {
+                let now = platform::time::now_ms();
+                self.store.apply_reply(reply, now, move |state| {
+                    engine::on_reply(&self.definition, state, reply.into(), reply.message_id, now)
+                })
+            },
+        )
+        .await;
+        match outcome {
+            Retried::Ok(ReplyOutcome::Applied { status, messages }) => {
+                if messages > 0 {
+                    self.relay.notify();
+                }
+                tracing::debug!(status = status.as_str(), "reply applied");
+                Disposition::Done
+            }
+            Retried::Ok(ReplyOutcome::Duplicate) => {
+                tracing::debug!("duplicate reply ignored");
+                Disposition::Done
+            }
+            Retried::Ok(ReplyOutcome::Ignored(why)) => {
+                tracing::info!(reason = ?why, "reply ignored");
+                Disposition::Done
+            }
+            Retried::Ok(ReplyOutcome::UnknownSaga) => {
+                Disposition::DeadLetter(format!("no saga with id {}", reply.correlation_id))
+            }
+            Retried::Permanent(e) => Disposition::DeadLetter(e.to_string()),
+            Retried::Cancelled => Disposition::Abandoned,
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Where saga state is stored: sagas, the inbox and the outbox, in one database.
+//!
+//! Every change a saga goes through is one transaction: a new saga with its first command, or a
+//! reply recorded in the inbox together with the saga update and the commands it causes. The relay
+//! later publishes the outbox; nothing is published that is not committed, and nothing committed is
+//! left unpublished.
+
+use serde_json::Value;
+use sqlx::{Any, AnyPool, Row, Transaction};
+use uuid::Uuid;
+
+use platform::db::{Db, Migrations};
+use platform::Envelope;
+
+use crate::saga::engine::Outgoing;
+use crate::saga::{Decision, Ignored, SagaState, SagaStatus};
+use crate::{Error, Result};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The orchestrator's migrations.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
+
+/// What happened to a `POST /orders`.
+#[derive(Debug)]
+pub enum Created {
+    New,
+    /// The idempotency key was used before; this is the saga it started.
+    Existing(SagaState),
+}
+
+/// What happened to a reply.
+#[derive(Debug, PartialEq)]
+pub enum ReplyOutcome {
+    Applied {
+        status: SagaStatus,
+        messages: usize,
+    },
+    /// Its message id is in the inbox already.
+    Duplicate,
+    /// Recorded, but the saga was not waiting for it.
+    Ignored(Ignored),
+    /// No saga has the reply's correlation id.
+    UnknownSaga,
+}
+
+/// A row of the outbox, ready to publish.
+#[derive(Debug)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SagaStore {
+    db: Db,
+}
+
+impl SagaStore {
+    pub fn new(db: Db) -> Self {
+        SagaStore { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Stores a new saga and its first messages in one transaction. With an idempotency key that
+    /// was used before, stores nothing and returns the saga the key started.
+    pub async fn create(
+        &self,
+        state: &SagaState,
+        customer_id: &str,
+        idempotency_key: Option<&str>,
+        messages: &[Outgoing],
+    ) -> Result<Created> {
+        let mut tx = self.db.writer.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(state.saga_id.to_string())
+        .bind(&state.saga_type)
+        .bind(state.status.as_str())
+        .bind(customer_id)
+        .bind(idempotency_key)
+        .bind(to_json(state))
+        .bind(state.created_at)
+        .bind(state.updated_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let key = idempotency_key.unwrap_or_default();
+            let existing = self.by_idempotency_key(key).await?;
+            // The key's row exists (that is why the insert did nothing).
+            return existing
+                .map(Created::Existing)
+                .ok_or(Error::Conflict(state.saga_id));
+        }
+        insert_outbox(&mut tx, messages, state.created_at).await?;
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
+    pub async fn by_idempotency_key(&self, key: &str) -> Result<Option<SagaState>> {
+        let row = sqlx::query("SELECT saga_id, state FROM sagas WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.db.writer)
+            .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    pub async fn get(&self, saga_id: Uuid) -> Result<Option<SagaState>> {
+        let row = sqlx::query("SELECT saga_id, state FROM sagas WHERE saga_id = $1")
+            .bind(saga_id.to_string())
+            .fetch_optional(&self.db.reader)
+            .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Newest first, optionally only those in `status`.
+    pub async fn list(&self, status: Option<SagaStatus>, limit: i64) -> Result<Vec<SagaState>> {
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(
+                    "SELECT saga_id, state FROM sagas WHERE status = $1 ORDER BY created_at DESC, saga_id DESC LIMIT $2",
+                )
+                .bind(status.as_str())
+                .bind(limit)
+                .fetch_all(&self.db.reader)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT saga_id, state FROM sagas ORDER BY created_at DESC, saga_id DESC LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.db.reader)
+                    .await?
+            }
+        };
+        rows.iter().map(decode).collect()
+    }
+
+    /// Handles one reply in one transaction: records it in the inbox (a duplicate stops here),
+    /// lets `decide` compute the saga's next state, stores it under optimistic concurrency, and
+    /// writes the resulting messages to the outbox.
+    pub async fn apply_reply(
+        &self,
+        reply: &Envelope,
+        now: i64,
+        decide: impl FnOnce(&SagaState) -> Decision,
+    ) -> Result<ReplyOutcome> {
+        let mut tx = self.db.writer.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO inbox (message_id, saga_id, message_type, received_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(reply.message_id.to_string())
+        .bind(reply.correlation_id.to_string())
+        .bind(&reply.message_type)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if fresh == 0 {
+            tx.rollback().await?;
+            return Ok(ReplyOutcome::Duplicate);
+        }
+        let row = sqlx::query("SELECT saga_id, state, version FROM sagas WHERE saga_id = $1")
+            .bind(reply.correlation_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(ReplyOutcome::UnknownSaga);
+        };
+        let current = decode(&row)?;
+        let version: i64 = row.try_get("version")?;
+        match decide(&current) {
+            Decision::Ignored(why) => {
+                tx.commit().await?;
+                Ok(ReplyOutcome::Ignored(why))
+            }
+            Decision::Applied { state, messages } => {
+                let updated = sqlx::query(
+                    "UPDATE sagas SET status = $1, state = $2, version = version + 1, updated_at = $3 \
+                     WHERE saga_id = $4 AND version = $5",
+                )
+                .bind(state.status.as_str())
+                .bind(to_json(&state))
+                .bind(state.updated_at)
+                .bind(state.saga_id.to_string())
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    tx.rollback().await?;
+                    return Err(Error::Conflict(state.saga_id));
+                }
+                insert_outbox(&mut tx, &messages, now).await?;
+                tx.commit().await?;
+                Ok(ReplyOutcome::Applied {
+                    status: state.status,
+                    messages: messages.len(),
+                })
+            }
+        }
+    }
+
+    /// The oldest unpublished outbox rows, in the order they were written.
+    pub async fn unsent(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query("SELECT id, topic, msg_key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.db.writer)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    id: r.try_get("id")?,
+                    topic: r.try_get("topic")?,
+                    key: r.try_get("msg_key")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks outbox rows as published.
+    pub async fn mark_sent(&self, ids: &[i64], now: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = sqlx::QueryBuilder::<Any>::new("UPDATE outbox SET sent_at = ");
+        q.push_bind(now).push(" WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(*id);
+        }
+        sep.push_unseparated(")");
+        q.build().execute(&self.db.writer).await?;
+        Ok(())
+    }
+
+    /// Number of outbox rows not yet published (for tests and health checks).
+    pub async fn unsent_count(&self) -> Result<i64> {
+        count(
+            &self.db.reader,
+            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL",
+        )
+        .await
+    }
+}
+
+async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await?)
+}
+
+async fn insert_outbox(
+    tx: &mut Transaction<'_, Any>,
+    messages: &[Outgoing],
+    now: i64,
+) -> Result<()> {
+    for m in messages {
+        sqlx::query(
+            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(m.envelope.message_id.to_string())
+        .bind(&m.topic)
+        .bind(m.envelope.key())
+        .bind(m.envelope.to_json())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn to_json(state: &SagaState) -> String {
+    serde_json::to_string(state).unwrap_or_else(|_| Value::Null.to_string())
+}
+
+fn decode(row: &sqlx::any::AnyRow) -> Result<SagaState> {
+    let id: String = row.try_get("saga_id")?;
+    let json: String = row.try_get("state")?;
+    serde_json::from_str(&json).map_err(|source| Error::CorruptState {
+        saga_id: id,
+        source,
+    })
+}

@@ -1,0 +1,19 @@
+//! The order service as its own process.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "order-service",
+    about = "Stub order service of the create-order saga"
+)]
+struct Args {
+    #[command(flatten)]
+    service: services::ServiceArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), services::Error> {
+    platform::telemetry::init();
+    services::run_standalone(services::order::OrderService, Args::parse().service).await
+}

@@ -1,0 +1,19 @@
+//! The payment service as its own process.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "payment-service",
+    about = "Stub payment service of the create-order saga"
+)]
+struct Args {
+    #[command(flatten)]
+    service: services::ServiceArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), services::Error> {
+    platform::telemetry::init();
+    services::run_standalone(services::payment::PaymentService, Args::parse().service).await
+}

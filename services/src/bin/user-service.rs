@@ -1,0 +1,19 @@
+//! The user service as its own process.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "user-service",
+    about = "Stub user service of the create-order saga"
+)]
+struct Args {
+    #[command(flatten)]
+    service: services::ServiceArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), services::Error> {
+    platform::telemetry::init();
+    services::run_standalone(services::user::UserService, Args::parse().service).await
+}

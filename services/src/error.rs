@@ -1,0 +1,23 @@
+/// Everything that can go wrong in a stub service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Platform(#[from] platform::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot write {path}: {source}")]
+    Log {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Database(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

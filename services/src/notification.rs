@@ -1,0 +1,169 @@
+//! The notification service: one JSON line per message on every command, event, lifecycle and
+//! dead-letter topic, to a log file and (optionally) stdout, so `tail -f` shows sagas moving.
+//!
+//! It has its own consumer group, so it sees every message without taking any from the
+//! orchestrator or the services.
+
+use std::path::PathBuf;
+
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::Message;
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
+use platform::{Envelope, Topics};
+
+use crate::runtime::ServiceHandle;
+use crate::{Error, Result};
+
+pub const NAME: &str = "notification-service";
+
+/// Where the notification service writes.
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    pub log_file: PathBuf,
+    /// Also print every line to stdout (the default for the standalone binary).
+    pub stdout: bool,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+}
+
+struct Notifier {
+    file: Mutex<tokio::fs::File>,
+    path: String,
+    stdout: bool,
+    dead_letter_topic: String,
+    cancel: CancellationToken,
+}
+
+/// Starts the notification service.
+pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Result<ServiceHandle> {
+    let path = config.log_file.display().to_string();
+    let log_err = |source| Error::Log {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = config
+        .log_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        tokio::fs::create_dir_all(dir).await.map_err(log_err)?;
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.log_file)
+        .await
+        .map_err(log_err)?;
+    let t = &config.topics;
+    let topics = [
+        &t.order_commands,
+        &t.order_events,
+        &t.user_commands,
+        &t.user_events,
+        &t.payment_commands,
+        &t.payment_events,
+        &t.notification_events,
+        &t.dead_letter,
+    ];
+    let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+    let consumer = config.kafka.consumer(NAME, &names)?;
+    let producer = config.kafka.producer()?;
+    // A message the notifier cannot read is still logged; dead-lettering happens only if the log
+    // itself cannot be written, which the handler retries instead.
+    let dead_letters = DeadLetters::new(producer, &t.dead_letter.name, NAME);
+    let notifier = Notifier {
+        file: Mutex::new(file),
+        path,
+        stdout: config.stdout,
+        dead_letter_topic: t.dead_letter.name.clone(),
+        cancel: cancel.clone(),
+    };
+    let token = cancel.clone();
+    let join: JoinHandle<()> = tokio::spawn(async move {
+        platform::kafka::run_consumer(consumer, notifier, dead_letters, token).await;
+        tracing::info!(service = NAME, "stopped");
+    });
+    tracing::info!(service = NAME, log = %config.log_file.display(), "started");
+    Ok(ServiceHandle::new(NAME, cancel, join))
+}
+
+impl MessageHandler for Notifier {
+    async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
+        let line = describe(message, message.topic() == self.dead_letter_topic);
+        let mut text = line.to_string();
+        text.push('\n');
+        let written = platform::retry::until_cancelled(
+            &self.cancel,
+            "writing the notification log",
+            |_| true,
+            || async {
+                let mut f = self.file.lock().await;
+                f.write_all(text.as_bytes()).await?;
+                f.flush().await
+            },
+        )
+        .await;
+        match written {
+            platform::retry::Retried::Ok(()) => {
+                if self.stdout {
+                    print!("{text}");
+                }
+                Disposition::Done
+            }
+            _ => {
+                tracing::warn!(path = %self.path, "notification log not written");
+                Disposition::Abandoned
+            }
+        }
+    }
+}
+
+/// The log line for one message.
+fn describe(message: &BorrowedMessage<'_>, dead_letter: bool) -> Value {
+    let mut line = Map::new();
+    line.insert(
+        "time".into(),
+        json!(platform::time::rfc3339(platform::time::now_ms())),
+    );
+    line.insert("topic".into(), json!(message.topic()));
+    line.insert("partition".into(), json!(message.partition()));
+    line.insert("offset".into(), json!(message.offset()));
+    match Envelope::from_bytes(message.payload()) {
+        Ok(e) => {
+            line.insert("type".into(), json!(e.message_type));
+            line.insert("saga_id".into(), json!(e.correlation_id));
+            line.insert("message_id".into(), json!(e.message_id));
+            line.insert("causation_id".into(), json!(e.causation_id));
+            line.insert("payload".into(), e.payload);
+        }
+        Err(reason) => {
+            let raw = message
+                .payload()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let raw: String = raw.chars().take(1024).collect();
+            line.insert("type".into(), json!(null));
+            line.insert("unreadable".into(), json!(reason));
+            line.insert("raw".into(), json!(raw));
+        }
+    }
+    if dead_letter {
+        let mut dlq = Map::new();
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                if let Some(k) = h.key.strip_prefix("dlq.") {
+                    let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                    dlq.insert(k.to_string(), json!(v));
+                }
+            }
+        }
+        line.insert("dead_letter".into(), Value::Object(dlq));
+    }
+    Value::Object(line)
+}

@@ -1,0 +1,243 @@
+//! What every command-handling stub service shares: consume its `*_commands` topic in its own
+//! consumer group, handle each command exactly once against its own database, reply on its
+//! `*_events` topic.
+//!
+//! Exactly once, over at-least-once delivery: the effect and the reply are committed together
+//! with the command id in `processed_commands`. A redelivered command (a crash before the offset
+//! was stored, or the orchestrator re-sending) finds its id there and gets the stored reply again,
+//! with the same message id, so the orchestrator's inbox drops it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde_json::Value;
+use sqlx::{Any, Row, Transaction};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use platform::db::{Db, Migrations, SqliteSync};
+use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
+use platform::retry::{self, Retried};
+use platform::{Envelope, TopicSpec, Topics};
+
+use crate::{Error, Result};
+
+/// What a service decided about a command.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Reply with this event type and payload.
+    Reply(&'static str, Value),
+    /// The command is not one this service handles, or is malformed: dead-letter it.
+    Reject(String),
+}
+
+/// One stub service: its name, its topics, its tables and its business rules.
+pub trait CommandService: Send + Sync + 'static {
+    /// Also the consumer group and the component named in dead letters.
+    const NAME: &'static str;
+    fn migrations() -> Migrations;
+    fn commands(topics: &Topics) -> &TopicSpec;
+    fn replies(topics: &Topics) -> &TopicSpec;
+    /// Applies `command` inside `tx` and says what to reply. Runs at most once per command id.
+    fn handle(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        command: &Envelope,
+    ) -> impl Future<Output = Result<Outcome>> + Send;
+}
+
+/// Where a service keeps its state and how it reaches Kafka.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub database_url: String,
+    pub sqlite_sync: SqliteSync,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+}
+
+/// A running service task.
+pub struct ServiceHandle {
+    pub name: &'static str,
+    cancel: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl ServiceHandle {
+    pub fn new(name: &'static str, cancel: CancellationToken, join: JoinHandle<()>) -> Self {
+        ServiceHandle { name, cancel, join }
+    }
+
+    /// Waits until the service has stopped (after its token fired).
+    pub async fn wait(self) {
+        if let Err(e) = self.join.await {
+            tracing::error!(service = self.name, error = %e, "service task panicked");
+        }
+    }
+
+    /// Stops the service and waits for it.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.wait().await;
+    }
+}
+
+/// Connects `service` to its database and topics and runs it until `cancel` fires.
+pub async fn start<S: CommandService>(
+    service: S,
+    config: &ServiceConfig,
+    cancel: CancellationToken,
+) -> Result<ServiceHandle> {
+    let db = Db::connect(&config.database_url, &S::migrations(), config.sqlite_sync).await?;
+    let producer = config.kafka.producer()?;
+    let consumer = config
+        .kafka
+        .consumer(S::NAME, &[&S::commands(&config.topics).name])?;
+    let dead_letters = DeadLetters::new(producer.clone(), &config.topics.dead_letter.name, S::NAME);
+    let runner = Runner {
+        service: Arc::new(service),
+        db: db.clone(),
+        producer: producer.clone(),
+        reply_topic: S::replies(&config.topics).name.clone(),
+        cancel: cancel.clone(),
+    };
+    let token = cancel.clone();
+    let join = tokio::spawn(async move {
+        platform::kafka::run_consumer(consumer, runner, dead_letters, token).await;
+        platform::kafka::flush(&producer);
+        db.close().await;
+        tracing::info!(service = S::NAME, "stopped");
+    });
+    tracing::info!(service = S::NAME, "started");
+    Ok(ServiceHandle {
+        name: S::NAME,
+        cancel,
+        join,
+    })
+}
+
+struct Runner<S> {
+    service: Arc<S>,
+    db: Db,
+    producer: FutureProducer,
+    reply_topic: String,
+    cancel: CancellationToken,
+}
+
+impl<S: CommandService> MessageHandler for Runner<S> {
+    async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
+        let command = match Envelope::from_bytes(message.payload()) {
+            Ok(c) => c,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+        let span = tracing::info_span!(
+            "command",
+            service = S::NAME,
+            saga_id = %command.correlation_id,
+            command = %command.message_type,
+        );
+        self.process(&command).instrument(span).await
+    }
+}
+
+impl<S: CommandService> Runner<S> {
+    async fn process(&self, command: &Envelope) -> Disposition {
+        let reply = retry::until_cancelled(
+            &self.cancel,
+            "handling a command",
+            Error::is_transient,
+            || self.handle_once(command),
+        )
+        .await;
+        let reply = match reply {
+            Retried::Ok(Ok(reply)) => reply,
+            Retried::Ok(Err(reason)) => return Disposition::DeadLetter(reason),
+            Retried::Permanent(e) => return Disposition::DeadLetter(e.to_string()),
+            Retried::Cancelled => return Disposition::Abandoned,
+        };
+        if self.publish(&reply).await {
+            tracing::debug!(reply = %reply.message_type, "replied");
+            Disposition::Done
+        } else {
+            Disposition::Abandoned
+        }
+    }
+
+    /// One transaction: the stored reply if the command was seen before, else the effect, the
+    /// record of the command and its reply. `Ok(Err(_))` rejects the command.
+    async fn handle_once(&self, command: &Envelope) -> Result<Result<Envelope, String>> {
+        let mut tx = self.db.writer.begin().await?;
+        let seen = sqlx::query("SELECT reply FROM processed_commands WHERE command_id = $1")
+            .bind(command.message_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = seen {
+            tx.commit().await?;
+            let stored: String = row.try_get("reply")?;
+            tracing::info!("command seen before; sending the same reply again");
+            return Ok(
+                serde_json::from_str(&stored).map_err(|e| format!("stored reply unreadable: {e}"))
+            );
+        }
+        let (reply_type, payload) = match self.service.handle(&mut tx, command).await? {
+            Outcome::Reply(t, p) => (t, p),
+            Outcome::Reject(reason) => {
+                tx.rollback().await?;
+                return Ok(Err(reason));
+            }
+        };
+        let reply = Envelope::reply_to(command, reply_type, payload);
+        sqlx::query(
+            "INSERT INTO processed_commands (command_id, command_type, saga_id, reply, processed_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(command.message_id.to_string())
+        .bind(&command.message_type)
+        .bind(command.correlation_id.to_string())
+        .bind(reply.to_json())
+        .bind(platform::time::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(reply))
+    }
+
+    /// Publishes the reply, retrying until it is delivered or the service stops.
+    async fn publish(&self, reply: &Envelope) -> bool {
+        let payload = reply.to_json();
+        let key = reply.key();
+        let sent = retry::until_cancelled(
+            &self.cancel,
+            "publishing a reply",
+            |_| true,
+            || async {
+                let record = FutureRecord::to(&self.reply_topic)
+                    .key(&key)
+                    .payload(&payload);
+                self.producer
+                    .send(record, Duration::from_secs(5))
+                    .await
+                    .map_err(|(e, _)| e)
+            },
+        )
+        .await;
+        matches!(sent, Retried::Ok(_))
+    }
+}
+
+/// A string field of a command payload, or a rejection naming it.
+pub fn field<'a>(command: &'a Envelope, name: &str) -> Result<&'a str, String> {
+    command
+        .payload
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            format!(
+                "{} command has no string field {name:?}",
+                command.message_type
+            )
+        })
+}

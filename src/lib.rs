@@ -1,0 +1,176 @@
+//! # The whole saga system in one process, on embedded defaults
+//!
+//! `cargo run --release` starts, in this order: an embedded Kafka (librdkafka's in-memory mock
+//! cluster, for development only) with the topics of `topics.json`; the order, user, payment and
+//! notification services, each with its own Kafka clients, consumer group and database; and the
+//! orchestrator with its HTTP API. They share nothing but the broker: the same components run as
+//! separate processes against a real Kafka and PostgreSQL in production (see `docker-compose.yml`).
+//!
+//! The end-to-end tests start the system through [`System::start`] too, or component by
+//! component through the configs of [`SystemConfig`], so they exercise exactly what runs here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use platform::db::{self, SqliteSync};
+use platform::embedded::EmbeddedKafka;
+use platform::kafka::KafkaSettings;
+use platform::Topics;
+use services::notification::NotificationConfig;
+use services::{ServiceConfig, ServiceHandle};
+
+/// Errors of starting the system; each names the component that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Platform(#[from] platform::Error),
+    #[error("orchestrator: {0}")]
+    Orchestrator(#[from] orchestrator::Error),
+    #[error("services: {0}")]
+    Services(#[from] services::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the system keeps its state and listens.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    pub listen: SocketAddr,
+    /// SQLite files and the notification log go here.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL to use instead of SQLite. Each component gets a database of its own on
+    /// that server, named after the URL's database plus a suffix (`saga` → `saga_orchestrator`,
+    /// `saga_orders`, ...), created if missing.
+    pub postgres_url: Option<String>,
+    pub sqlite_sync: SqliteSync,
+    pub notification_stdout: bool,
+    pub topics: Topics,
+}
+
+impl SystemConfig {
+    /// The database URL of one component (`orchestrator`, `orders`, `users`, `payments`).
+    pub fn database_url(&self, component: &str) -> Result<String> {
+        match &self.postgres_url {
+            Some(url) => {
+                let base = url
+                    .split('?')
+                    .next()
+                    .and_then(|u| u.rsplit_once('/'))
+                    .map(|(_, name)| name)
+                    .filter(|n| !n.is_empty() && !n.contains(':') && !n.contains('@'))
+                    .unwrap_or("saga");
+                Ok(db::with_database_name(url, &format!("{base}_{component}")))
+            }
+            None => Ok(db::sqlite_url(
+                &self.data_dir.join(format!("{component}.db")),
+            )?),
+        }
+    }
+
+    pub fn orchestrator(&self, kafka: KafkaSettings) -> Result<orchestrator::Config> {
+        Ok(orchestrator::Config {
+            listen: self.listen,
+            database_url: self.database_url("orchestrator")?,
+            sqlite_sync: self.sqlite_sync,
+            kafka,
+            topics: self.topics.clone(),
+            group_id: "saga-orchestrator".into(),
+        })
+    }
+
+    pub fn service(&self, component: &str, kafka: KafkaSettings) -> Result<ServiceConfig> {
+        Ok(ServiceConfig {
+            database_url: self.database_url(component)?,
+            sqlite_sync: self.sqlite_sync,
+            kafka,
+            topics: self.topics.clone(),
+        })
+    }
+
+    pub fn notification(&self, kafka: KafkaSettings) -> NotificationConfig {
+        NotificationConfig {
+            log_file: self.data_dir.join("notifications.log"),
+            stdout: self.notification_stdout,
+            kafka,
+            topics: self.topics.clone(),
+        }
+    }
+}
+
+/// Starts the four stub services against `kafka`.
+pub async fn start_services(
+    config: &SystemConfig,
+    kafka: &KafkaSettings,
+    cancel: &CancellationToken,
+) -> Result<Vec<ServiceHandle>> {
+    use services::runtime::start;
+    Ok(vec![
+        services::notification::start(config.notification(kafka.clone()), cancel.child_token())
+            .await?,
+        start(
+            services::order::OrderService,
+            &config.service("orders", kafka.clone())?,
+            cancel.child_token(),
+        )
+        .await?,
+        start(
+            services::user::UserService,
+            &config.service("users", kafka.clone())?,
+            cancel.child_token(),
+        )
+        .await?,
+        start(
+            services::payment::PaymentService,
+            &config.service("payments", kafka.clone())?,
+            cancel.child_token(),
+        )
+        .await?,
+    ])
+}
+
+/// The running system.
+pub struct System {
+    pub kafka: EmbeddedKafka,
+    pub orchestrator: orchestrator::Orchestrator,
+    pub services: Vec<ServiceHandle>,
+}
+
+impl System {
+    /// Starts everything; returns when the API accepts connections.
+    pub async fn start(config: &SystemConfig, cancel: &CancellationToken) -> Result<Self> {
+        let kafka = EmbeddedKafka::start(1)?;
+        kafka.create_topics(&config.topics)?;
+        tracing::warn!(
+            bootstrap = kafka.bootstrap_servers(),
+            "embedded Kafka started: librdkafka's in-memory mock cluster, for development only; \
+             messages are lost when this process stops"
+        );
+        let services = start_services(config, &kafka.settings(), cancel).await?;
+        let orchestrator = orchestrator::Orchestrator::start(
+            config.orchestrator(kafka.settings())?,
+            cancel.child_token(),
+        )
+        .await?;
+        Ok(System {
+            kafka,
+            orchestrator,
+            services,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.orchestrator.local_addr()
+    }
+
+    /// Waits until every component has stopped (after `cancel` fired): the orchestrator first,
+    /// so that it sends nothing to services that are gone, then the services, then the broker.
+    pub async fn wait(self) {
+        self.orchestrator.wait().await;
+        for s in self.services {
+            s.stop().await;
+        }
+        drop(self.kafka);
+    }
+}
