@@ -26,7 +26,11 @@ pub enum Error {
 impl Error {
     /// Whether trying again later can succeed (the database is back, the conflict is gone).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Database(_) | Error::Conflict(_))
+        match self {
+            Error::Database(e) => platform::db::is_transient(e),
+            Error::Conflict(_) => true,
+            _ => false,
+        }
     }
 }
 

@@ -150,6 +150,32 @@ impl Db {
     }
 }
 
+/// Whether a database error can pass by itself: the connection dropped, the server is
+/// restarting, the pool is exhausted, a lock or serialization conflict. Anything else (a
+/// constraint, a syntax error, a decoding error) will fail the same way again.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exception (08), insufficient resources (53), operator
+            // intervention such as a shutdown (57), serialization failure or deadlock (40).
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
+            if code.len() == 5 {
+                ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c))
+            } else {
+                code.parse::<i32>()
+                    .map(|n| matches!(n & 0xff, 5 | 6))
+                    .unwrap_or(false)
+            }
+        }
+        _ => false,
+    }
+}
+
 /// A URL with its password hidden, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -16,7 +16,10 @@ pub enum Error {
 impl Error {
     /// Whether trying again later can succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Database(_))
+        match self {
+            Error::Database(e) => platform::db::is_transient(e),
+            _ => false,
+        }
     }
 }
 

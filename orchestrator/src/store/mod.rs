@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 use sqlx::{Any, AnyPool, Row, Transaction};
+
 use uuid::Uuid;
 
 use platform::db::{Db, Migrations};
@@ -238,14 +239,18 @@ impl SagaStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut q = sqlx::QueryBuilder::<Any>::new("UPDATE outbox SET sent_at = ");
-        q.push_bind(now).push(" WHERE id IN (");
-        let mut sep = q.separated(", ");
+        // `$n` placeholders for every id (the `Any` driver's QueryBuilder writes `?`, which
+        // PostgreSQL does not accept); the values are still bound, never formatted in.
+        let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now);
         for id in ids {
-            sep.push_bind(*id);
+            q = q.bind(*id);
         }
-        sep.push_unseparated(")");
-        q.build().execute(&self.db.writer).await?;
+        q.execute(&self.db.writer).await?;
         Ok(())
     }
 

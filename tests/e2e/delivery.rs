@@ -1,0 +1,237 @@
+//! At-least-once delivery with exactly-once effects: duplicated replies, re-sent commands,
+//! retried POSTs, and messages nobody can read.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The orchestrator's view of a saga that must not change: the API body and the row version.
+async fn snapshot(app: &TestApp, id: &str) -> (Value, i64) {
+    let (_, saga) = app.get_saga(id).await;
+    let db = app.db("orchestrator").await;
+    let version = count(&db, "SELECT version FROM sagas WHERE saga_id = $1", id).await;
+    (saga, version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_reply_changes_nothing() {
+    let app = spawn_app().await;
+    let id = app.start_saga("c-dup").await;
+    app.wait_terminal(&id).await;
+    let before = snapshot(&app, &id).await;
+    let orchestrator_db = app.db("orchestrator").await;
+    let outbox_before = count(
+        &orchestrator_db,
+        "SELECT COUNT(*) FROM outbox WHERE msg_key = $1",
+        &id,
+    )
+    .await;
+    let inbox_before = count(
+        &orchestrator_db,
+        "SELECT COUNT(*) FROM inbox WHERE saga_id = $1",
+        &id,
+    )
+    .await;
+
+    // The exact reply the order service sent for create_order, delivered a second time.
+    let orders = app.db("orders").await;
+    let reply = scalar(
+        &orders,
+        "SELECT reply FROM processed_commands WHERE saga_id = $1 AND command_type = 'create_order'",
+        &id,
+    )
+    .await
+    .expect("stored reply");
+    let topic = app.config.topics.order_events.name.clone();
+    app.produce(&topic, &id, reply.as_bytes()).await;
+
+    // The same reply again under a new message id (a participant that re-sends): the inbox lets
+    // it through, and the engine ignores it because the saga is not waiting for it.
+    let mut resent: Value = serde_json::from_str(&reply).unwrap();
+    resent["message_id"] = Value::String(uuid::Uuid::new_v4().to_string());
+    resent["payload"]["order_id"] = Value::String("forged".into());
+    app.produce(&topic, &id, resent.to_string().as_bytes())
+        .await;
+    app.sync_orchestrator(&topic, &id).await;
+
+    assert_eq!(snapshot(&app, &id).await, before, "saga unchanged");
+    assert_eq!(
+        count(
+            &orchestrator_db,
+            "SELECT COUNT(*) FROM outbox WHERE msg_key = $1",
+            &id
+        )
+        .await,
+        outbox_before
+    );
+    assert_eq!(
+        count(
+            &orchestrator_db,
+            "SELECT COUNT(*) FROM inbox WHERE saga_id = $1",
+            &id
+        )
+        .await,
+        inbox_before + 1,
+        "only the re-sent reply with a new id is recorded"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_command_gets_the_same_reply_and_one_effect() {
+    let app = spawn_app().await;
+    let id = app.start_saga("c-redeliver").await;
+    app.wait_terminal(&id).await;
+    let db = app.db("orchestrator").await;
+    let command = scalar(
+        &db,
+        "SELECT payload FROM outbox WHERE msg_key = $1 AND topic = 'payment_commands'",
+        &id,
+    )
+    .await
+    .expect("authorize_payment in the outbox");
+    let topic = app.config.topics.payment_commands.name.clone();
+    app.produce(&topic, &id, command.as_bytes()).await;
+    // The payment service answers the re-sent command with its stored reply: same message id,
+    // so the orchestrator's inbox drops it.
+    let command_id = serde_json::from_str::<Value>(&command).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lines = app.notifications(&id, 12).await;
+    let replies: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "payment.authorized" && l["causation_id"] == command_id.as_str())
+        .collect();
+    assert_eq!(replies.len(), 2, "the command was answered twice");
+    assert_eq!(
+        replies[0]["message_id"], replies[1]["message_id"],
+        "with the same reply"
+    );
+    let payments = app.db("payments").await;
+    assert_eq!(
+        count(
+            &payments,
+            "SELECT COUNT(*) FROM payments WHERE saga_id = $1",
+            &id
+        )
+        .await,
+        1
+    );
+    app.sync_orchestrator(&app.config.topics.payment_events.name, &id)
+        .await;
+    let (_, saga) = app.get_saga(&id).await;
+    assert_eq!(saga["status"], "COMPLETED");
+    assert_eq!(steps(&saga).len(), 4);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_post_with_the_same_idempotency_key_returns_the_same_saga() {
+    let app = spawn_app().await;
+    let post = |key: &'static str, customer: &'static str| {
+        app.client
+            .post(app.url("/orders"))
+            .header("Idempotency-Key", key)
+            .json(&order_body(customer))
+            .send()
+    };
+    let first = post("key-1", "c-idem").await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first_location = first.headers()["location"].to_str().unwrap().to_string();
+    let first: Value = first.json().await.unwrap();
+    let id = first["saga_id"].as_str().unwrap().to_string();
+    assert_eq!(first_location, format!("/sagas/{id}"));
+    app.wait_terminal(&id).await;
+
+    let again = post("key-1", "c-idem").await.unwrap();
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["saga_id"], id.as_str());
+    assert_eq!(
+        again["status"], "COMPLETED",
+        "the retry reports where the saga is now"
+    );
+
+    let misuse = post("key-1", "someone-else").await.unwrap();
+    assert_eq!(misuse.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let misuse: Value = misuse.json().await.unwrap();
+    assert!(misuse["error"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+
+    let other = post("key-2", "c-idem").await.unwrap();
+    let other: Value = other.json().await.unwrap();
+    assert_ne!(
+        other["saga_id"],
+        id.as_str(),
+        "another key starts another saga"
+    );
+
+    let db = app.db("orchestrator").await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM sagas WHERE customer_id = $1",
+            "c-idem"
+        )
+        .await,
+        2
+    );
+    let orders = app.db("orders").await;
+    assert_eq!(
+        count(
+            &orders,
+            "SELECT COUNT(*) FROM orders WHERE saga_id = $1",
+            &id
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves_on() {
+    let app = spawn_app().await;
+    let topic = app.config.topics.user_events.name.clone();
+    let key = uuid::Uuid::new_v4().to_string();
+    app.produce(&topic, &key, b"{this is not json").await;
+    let headers = app.wait_dead_letter(b"{this is not json").await;
+    assert_eq!(headers["dlq.source.topic"], topic);
+    assert_eq!(headers["dlq.component"], "orchestrator");
+    assert!(
+        headers["dlq.error"].contains("not a valid envelope"),
+        "{headers:?}"
+    );
+    assert!(headers["dlq.source.offset"].parse::<i64>().is_ok());
+    assert!(headers["dlq.source.partition"].parse::<i32>().is_ok());
+
+    // A well-formed reply for a saga nobody started, on the same partition, after the garbage.
+    let orphan = serde_json::json!({
+        "message_id": uuid::Uuid::new_v4(),
+        "type": "user.payment_info_retrieved",
+        "correlation_id": key,
+        "causation_id": uuid::Uuid::new_v4(),
+        "timestamp": "2026-01-01T00:00:00Z",
+        "payload": {}
+    })
+    .to_string();
+    app.produce(&topic, &key, orphan.as_bytes()).await;
+    let headers = app.wait_dead_letter(orphan.as_bytes()).await;
+    assert!(headers["dlq.error"].contains("no saga"), "{headers:?}");
+
+    // Services dead-letter what they cannot read too, and keep serving.
+    let commands = app.config.topics.order_commands.name.clone();
+    app.produce(&commands, &key, b"garbage for the order service")
+        .await;
+    let headers = app.wait_dead_letter(b"garbage for the order service").await;
+    assert_eq!(headers["dlq.component"], "order-service");
+
+    let id = app.start_saga("c-after-garbage").await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    app.stop().await;
+}

@@ -1,0 +1,398 @@
+//! `spawn_app()`: the real system, started the way `cargo run` starts it, but with its own
+//! embedded Kafka, its own databases (SQLite in a temporary folder, or fresh PostgreSQL databases
+//! when `TEST_DATABASE_URL` is set) and its HTTP API on port 0, so tests run in parallel.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use platform::db::SqliteSync;
+use platform::embedded::EmbeddedKafka;
+use platform::Topics;
+use saga_system::SystemConfig;
+use services::ServiceHandle;
+
+/// The components a test can leave out or restart.
+pub const ALL_SERVICES: [&str; 4] = ["notification", "orders", "users", "payments"];
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: reqwest::Client,
+    pub kafka: EmbeddedKafka,
+    pub config: SystemConfig,
+    pub orchestrator: Option<orchestrator::Orchestrator>,
+    pub services: HashMap<&'static str, ServiceHandle>,
+    cancel: CancellationToken,
+    _databases: DropDatabases,
+    _dir: tempfile::TempDir,
+}
+
+/// Drops a test's PostgreSQL databases when the test ends, passed or failed.
+struct DropDatabases(Vec<String>);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        let Some(base) = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            return;
+        };
+        let names: Vec<String> = self
+            .0
+            .iter()
+            .map(|u| u.rsplit('/').next().unwrap_or_default().to_string())
+            .collect();
+        let dropper = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(pool) = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&base)
+                    .await
+                else {
+                    return;
+                };
+                for name in names {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&pool)
+                            .await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// Starts everything.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&ALL_SERVICES).await
+}
+
+/// Starts the orchestrator and only the named services.
+pub async fn spawn_app_with(services: &[&'static str]) -> TestApp {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut pg_databases = Vec::new();
+    let postgres_url = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|base| {
+            let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            pg_databases = ["orchestrator", "orders", "users", "payments"]
+                .iter()
+                .map(|c| platform::db::with_database_name(&base, &format!("{name}_{c}")))
+                .collect();
+            platform::db::with_database_name(&base, &name)
+        });
+    let config = SystemConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        postgres_url,
+        sqlite_sync: SqliteSync::Normal,
+        notification_stdout: false,
+        topics: Topics::load(None).unwrap(),
+    };
+    let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
+    kafka.create_topics(&config.topics).expect("topics");
+    let cancel = CancellationToken::new();
+    let mut app = TestApp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        kafka,
+        config,
+        orchestrator: None,
+        services: HashMap::new(),
+        cancel,
+        _databases: DropDatabases(pg_databases),
+        _dir: dir,
+    };
+    for s in services {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn start_orchestrator(&mut self) {
+        let config = self.config.orchestrator(self.kafka.settings()).unwrap();
+        let o = orchestrator::Orchestrator::start(config, self.cancel.child_token())
+            .await
+            .expect("orchestrator starts");
+        self.addr = o.local_addr();
+        self.orchestrator = Some(o);
+    }
+
+    pub async fn stop_orchestrator(&mut self) {
+        if let Some(o) = self.orchestrator.take() {
+            o.stop().await;
+        }
+    }
+
+    pub async fn start_service(&mut self, name: &'static str) {
+        let kafka = self.kafka.settings();
+        let token = self.cancel.child_token();
+        let handle = match name {
+            "notification" => {
+                services::notification::start(self.config.notification(kafka), token).await
+            }
+            "orders" => {
+                let c = self.config.service("orders", kafka).unwrap();
+                services::runtime::start(services::order::OrderService, &c, token).await
+            }
+            "users" => {
+                let c = self.config.service("users", kafka).unwrap();
+                services::runtime::start(services::user::UserService, &c, token).await
+            }
+            "payments" => {
+                let c = self.config.service("payments", kafka).unwrap();
+                services::runtime::start(services::payment::PaymentService, &c, token).await
+            }
+            other => panic!("unknown service {other}"),
+        };
+        self.services.insert(name, handle.expect("service starts"));
+    }
+
+    /// Stops everything; the test's databases go when `self` is dropped.
+    pub async fn stop(mut self) {
+        self.stop_orchestrator().await;
+        for (_, s) in self.services.drain() {
+            s.stop().await;
+        }
+    }
+
+    /// A connection to one component's database, to check its effects directly.
+    pub async fn db(&self, component: &str) -> AnyPool {
+        let url = self.config.database_url(component).unwrap();
+        AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("test db connection")
+    }
+
+    pub async fn post_order(&self, customer_id: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url("/orders"))
+            .json(&order_body(customer_id))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Starts a saga and returns its id.
+    pub async fn start_saga(&self, customer_id: &str) -> String {
+        let (status, body) = self.post_order(customer_id).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["saga_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get_saga(&self, id: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .get(self.url(&format!("/sagas/{id}")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the API until `done` holds for the saga, or panics after `timeout`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.get_saga(id).await;
+            if status == StatusCode::OK && done(&body) {
+                return body;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "saga {id} did not get there in {timeout:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the saga is COMPLETED, COMPENSATED or FAILED.
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_for(id, Duration::from_secs(30), |s| {
+            matches!(
+                s["status"].as_str(),
+                Some("COMPLETED" | "COMPENSATED" | "FAILED")
+            )
+        })
+        .await
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.bootstrap_servers())
+            .create()
+            .unwrap()
+    }
+
+    /// Writes raw bytes onto a topic, as a misbehaving producer would.
+    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.producer()
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("test produce");
+    }
+
+    /// Waits until the dead-letter topic holds a message whose payload is `payload`; returns its
+    /// `dlq.*` headers.
+    pub async fn wait_dead_letter(&self, payload: &[u8]) -> HashMap<String, String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.bootstrap_servers())
+            .set("group.id", "test-dlq-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        let topic = &self.config.topics.dead_letter;
+        for p in 0..topic.partitions {
+            tpl.add_partition_offset(&topic.name, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            if m.payload() == Some(payload) {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for h in h.iter() {
+                        headers.insert(
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                return headers;
+            }
+        }
+        panic!(
+            "{:?} never reached the dead-letter topic",
+            String::from_utf8_lossy(payload)
+        );
+    }
+
+    /// Returns once the orchestrator has handled everything written before now to the partition
+    /// of `key` on `topic`: writes an unreadable sentinel there and waits for it to be
+    /// dead-lettered (one partition is handled in order).
+    pub async fn sync_orchestrator(&self, topic: &str, key: &str) {
+        let sentinel = format!("sentinel-{}", uuid::Uuid::new_v4());
+        self.produce(topic, key, sentinel.as_bytes()).await;
+        let headers = self.wait_dead_letter(sentinel.as_bytes()).await;
+        assert_eq!(
+            headers.get("dlq.component").map(String::as_str),
+            Some("orchestrator")
+        );
+    }
+
+    /// Lines of the notification log that mention `saga_id`, once at least `min` are there.
+    pub async fn notifications(&self, saga_id: &str, min: usize) -> Vec<Value> {
+        let path = self.config.data_dir.join("notifications.log");
+        let start = Instant::now();
+        loop {
+            let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["saga_id"] == saga_id)
+                .collect();
+            if lines.len() >= min || start.elapsed() > Duration::from_secs(20) {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn order_body(customer_id: &str) -> Value {
+    json!({
+        "customer_id": customer_id,
+        "order_details": {
+            "foodItems": [{"name": "Burger", "price": 12.5, "quantity": 2}],
+            "storeLocation": "Campus Store",
+            "deliveryLocation": "Library",
+            "deliveryFee": 3.0
+        }
+    })
+}
+
+/// `(name, kind, status)` of every step, in order.
+pub fn steps(saga: &Value) -> Vec<(String, String, String)> {
+    saga["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["kind"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn step(name: &str, kind: &str, status: &str) -> (String, String, String) {
+    (name.into(), kind.into(), status.into())
+}
+
+/// One column of one row, as text.
+pub async fn scalar(pool: &AnyPool, sql: &str, arg: &str) -> Option<String> {
+    sqlx::query(sql)
+        .bind(arg)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+}
+
+pub async fn count(pool: &AnyPool, sql: &str, arg: &str) -> i64 {
+    sqlx::query(sql)
+        .bind(arg)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
+}

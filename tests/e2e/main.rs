@@ -1,0 +1,10 @@
+//! End-to-end tests: the real system (embedded Kafka, real databases, HTTP on port 0), driven
+//! over HTTP and checked through the API and the components' databases.
+//!
+//! Set `TEST_DATABASE_URL=postgres://...` to run every test against PostgreSQL instead of SQLite.
+
+mod api;
+mod delivery;
+mod helpers;
+mod restart;
+mod saga_paths;
