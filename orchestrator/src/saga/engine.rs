@@ -52,6 +52,8 @@ pub enum Ignored {
 }
 
 /// What the engine decided about a reply.
+// Made once per reply and moved, never copied: boxing the state would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Applied {

@@ -31,7 +31,7 @@ pub const MIGRATIONS: Migrations = Migrations {
 pub enum Created {
     New,
     /// The idempotency key was used before; this is the saga it started.
-    Existing(SagaState),
+    Existing(Box<SagaState>),
 }
 
 /// What happened to a reply.
@@ -103,7 +103,7 @@ impl SagaStore {
             let existing = self.by_idempotency_key(key).await?;
             // The key's row exists (that is why the insert did nothing).
             return existing
-                .map(Created::Existing)
+                .map(|s| Created::Existing(Box::new(s)))
                 .ok_or(Error::Conflict(state.saga_id));
         }
         insert_outbox(&mut tx, messages, state.created_at).await?;

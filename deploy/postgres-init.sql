@@ -1,0 +1,5 @@
+-- One database per component: the orchestrator and each service own their data.
+CREATE DATABASE orchestrator;
+CREATE DATABASE orders;
+CREATE DATABASE users;
+CREATE DATABASE payments;
