@@ -6,9 +6,8 @@ WORKDIR /src
 # librdkafka is built from source by rdkafka-sys (bundled): it needs a C toolchain, make and
 # cmake-free ./configure, all in the rust image.
 COPY . .
-RUN cargo build --release --locked \
-        -p orchestrator --bin orchestrator \
-        -p services --bin order-service --bin user-service --bin payment-service --bin notification-service \
+RUN cargo build --release --locked -p saga-system \
+        --bin orchestrator --bin order-service --bin user-service --bin payment-service --bin notification-service \
     && mkdir /out \
     && cp target/release/orchestrator target/release/order-service target/release/user-service \
           target/release/payment-service target/release/notification-service /out/

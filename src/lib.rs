@@ -47,6 +47,7 @@ pub struct SystemConfig {
     pub sqlite_sync: SqliteSync,
     pub notification_stdout: bool,
     pub topics: Topics,
+    pub policy: orchestrator::Policy,
 }
 
 impl SystemConfig {
@@ -77,6 +78,7 @@ impl SystemConfig {
             kafka,
             topics: self.topics.clone(),
             group_id: "saga-orchestrator".into(),
+            policy: self.policy,
         })
     }
 

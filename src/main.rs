@@ -30,6 +30,8 @@ struct Args {
     /// A topics.json to use instead of the built-in one.
     #[arg(long, env = "TOPICS_FILE")]
     topics_file: Option<String>,
+    #[command(flatten)]
+    policy: orchestrator::app::PolicyArgs,
 }
 
 #[tokio::main]
@@ -43,6 +45,7 @@ async fn main() -> Result<(), saga_system::Error> {
         sqlite_sync: args.sqlite_synchronous,
         notification_stdout: args.notification_stdout,
         topics: platform::Topics::load(args.topics_file.as_deref())?,
+        policy: args.policy.policy(),
     };
     let cancel = platform::shutdown::on_signal();
     let system = saga_system::System::start(&config, &cancel).await?;

@@ -15,7 +15,9 @@ use crate::http::{self, AppState};
 use crate::relay::Relay;
 use crate::replies::ReplyHandler;
 use crate::saga::create_order;
+use crate::saga::engine::Policy;
 use crate::store::{SagaStore, MIGRATIONS};
+use crate::timers::Timers;
 use crate::{Error, Result};
 
 /// Everything the orchestrator needs to start.
@@ -29,6 +31,8 @@ pub struct Config {
     pub topics: Topics,
     /// The consumer group shared by all orchestrator instances.
     pub group_id: String,
+    /// Deadlines, retries and limits.
+    pub policy: Policy,
 }
 
 /// A running orchestrator.
@@ -67,9 +71,17 @@ impl Orchestrator {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(relay.clone().run(cancel.clone()));
+        let timers = Timers {
+            store: store.clone(),
+            definition: definition.clone(),
+            policy: config.policy,
+            relay: relay.clone(),
+        };
+        tasks.spawn(timers.run(cancel.clone()));
         let handler = ReplyHandler {
             store: store.clone(),
             definition: definition.clone(),
+            policy: config.policy,
             relay: relay.clone(),
             cancel: cancel.clone(),
         };
@@ -82,6 +94,7 @@ impl Orchestrator {
         let app = http::router(AppState {
             store: store.clone(),
             definition,
+            policy: config.policy,
             relay,
             producer,
         });
@@ -125,5 +138,41 @@ impl Orchestrator {
     pub async fn stop(self) {
         self.cancel.cancel();
         self.wait().await;
+    }
+}
+
+/// Deadlines and retries, from flags or the environment (defaults: [`Policy::default`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// How long to wait for a reply before re-sending a command (doubles per attempt).
+    #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = Policy::default().step_timeout_ms)]
+    pub step_timeout_ms: i64,
+    /// The longest wait between two sendings of a command.
+    #[arg(long, env = "MAX_STEP_TIMEOUT_MS", default_value_t = Policy::default().max_step_timeout_ms)]
+    pub max_step_timeout_ms: i64,
+    /// Sendings of a forward command before its step counts as failed.
+    #[arg(long, env = "MAX_STEP_ATTEMPTS", default_value_t = Policy::default().max_attempts)]
+    pub max_step_attempts: u32,
+    /// First delay before re-sending a compensation that failed (doubles per attempt).
+    #[arg(long, env = "RETRY_DELAY_MS", default_value_t = Policy::default().retry_delay_ms)]
+    pub retry_delay_ms: i64,
+    /// How long a compensation is retried before the saga is FAILED.
+    #[arg(long, env = "COMPENSATION_LIMIT_MS", default_value_t = Policy::default().compensation_limit_ms)]
+    pub compensation_limit_ms: i64,
+    /// A saga not COMPLETED after this long is compensated.
+    #[arg(long, env = "SAGA_TIMEOUT_MS", default_value_t = Policy::default().saga_timeout_ms)]
+    pub saga_timeout_ms: i64,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            step_timeout_ms: self.step_timeout_ms.max(1),
+            max_step_timeout_ms: self.max_step_timeout_ms.max(1),
+            max_attempts: self.max_step_attempts.max(1),
+            retry_delay_ms: self.retry_delay_ms.max(1),
+            compensation_limit_ms: self.compensation_limit_ms.max(0),
+            saga_timeout_ms: self.saga_timeout_ms.max(1),
+        }
     }
 }

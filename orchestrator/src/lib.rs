@@ -7,6 +7,7 @@
 //! - [`replies`]: where replies are handled — the consumer of the `*_events` topics.
 //! - [`relay`]: where commands are sent — the outbox relay that publishes to the `*_commands`
 //!   topics.
+//! - [`timers`]: where time is handled — re-sends, give-ups, saga deadlines.
 //! - [`http`]: the API — `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
 //! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
 
@@ -17,6 +18,8 @@ pub mod relay;
 pub mod replies;
 pub mod saga;
 pub mod store;
+pub mod timers;
 
 pub use app::{Config, Orchestrator};
 pub use error::{Error, Result};
+pub use saga::engine::Policy;

@@ -16,12 +16,14 @@ use platform::retry::{self, Retried};
 use platform::Envelope;
 
 use crate::relay::Relay;
-use crate::saga::{engine, SagaDefinition};
+use crate::saga::engine::{self, Policy};
+use crate::saga::SagaDefinition;
 use crate::store::{ReplyOutcome, SagaStore};
 
 pub struct ReplyHandler {
     pub store: SagaStore,
     pub definition: Arc<SagaDefinition>,
+    pub policy: Policy,
     pub relay: Relay,
     pub cancel: CancellationToken,
 }
@@ -52,7 +54,14 @@ impl ReplyHandler {
             || {
                 let now = platform::time::now_ms();
                 self.store.apply_reply(reply, now, move |state| {
-                    engine::on_reply(&self.definition, state, reply.into(), reply.message_id, now)
+                    engine::on_reply(
+                        &self.definition,
+                        &self.policy,
+                        state,
+                        reply.into(),
+                        reply.message_id,
+                        now,
+                    )
                 })
             },
         )

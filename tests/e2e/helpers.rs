@@ -105,6 +105,7 @@ pub async fn spawn_app_with(services: &[&'static str]) -> TestApp {
         sqlite_sync: SqliteSync::Normal,
         notification_stdout: false,
         topics: Topics::load(None).unwrap(),
+        policy: orchestrator::Policy::default(),
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
     kafka.create_topics(&config.topics).expect("topics");

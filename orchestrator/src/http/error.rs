@@ -14,6 +14,12 @@ pub enum ApiError {
     Client { status: StatusCode, message: String },
     #[error("not found: {0}")]
     NotFound(String),
+    /// The saga is not in a state that allows the request; the body carries its status.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        status: crate::saga::SagaStatus,
+    },
     /// The database is away for now; the client may retry.
     #[error("unavailable: {0}")]
     Unavailable(crate::Error),
@@ -72,9 +78,17 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Conflict { message, status } = &self {
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({ "error": message, "status": status })),
+            )
+                .into_response();
+        }
         let (status, message) = match self {
             ApiError::Client { status, message } => (status, message),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
+            ApiError::Conflict { message, .. } => (StatusCode::CONFLICT, message),
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, "request failed: storage unavailable");
                 (

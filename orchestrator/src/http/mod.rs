@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 pub use error::ApiError;
 
 use crate::relay::Relay;
+use crate::saga::engine::Policy;
 use crate::saga::SagaDefinition;
 use crate::store::SagaStore;
 
@@ -27,6 +28,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub store: SagaStore,
     pub definition: Arc<SagaDefinition>,
+    pub policy: Policy,
     pub relay: Relay,
     /// Used by `/health` to ask the cluster for metadata.
     pub producer: FutureProducer,

@@ -145,7 +145,7 @@ async fn create_order(
         tracing::info_span!("create_order", saga_id = %saga_id, customer_id = %order.customer_id);
     async move {
         let input = saga_input(&order, amount_cents);
-        let (state, messages) = engine::start(&app.definition, saga_id, input, platform::time::now_ms());
+        let (state, messages) = engine::start(&app.definition, &app.policy, saga_id, input, platform::time::now_ms());
         match app.store.create(&state, &order.customer_id, key.as_deref(), &messages).await? {
             Created::New => {
                 app.relay.notify();

@@ -1,13 +1,16 @@
 //! `GET /sagas/{id}` and `GET /sagas`: where a saga is and what happened to it.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, ApiQuery, AppState};
-use crate::saga::{SagaState, SagaStatus, StepKind, StepStatus};
+use crate::saga::engine::{self, Ignored};
+use crate::saga::{Attempt, SagaState, SagaStatus, StepKind, StepStatus};
+use crate::store::Changed;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -16,6 +19,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sagas", get(list_sagas))
         .route("/sagas/{saga_id}", get(get_saga))
+        .route("/sagas/{saga_id}/cancel", post(cancel_saga))
+        .route("/sagas/{saga_id}/retry", post(retry_saga))
 }
 
 /// A saga as the API shows it.
@@ -29,11 +34,16 @@ pub struct SagaView {
     order_id: Option<String>,
     payment_id: Option<String>,
     amount_cents: Option<i64>,
+    /// Why compensation started: the failed step, the deadline.
     error: Option<String>,
+    /// Why the saga is FAILED: the compensation that could not be done.
+    compensation_error: Option<String>,
     steps: Vec<StepView>,
     created_at: String,
     updated_at: String,
     completed_at: Option<String>,
+    /// When a saga still running is compensated.
+    deadline_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +55,25 @@ struct StepView {
     started_at: String,
     finished_at: Option<String>,
     error: Option<String>,
+    /// Every sending of the command and how it ended.
+    history: Vec<AttemptView>,
+}
+
+#[derive(Debug, Serialize)]
+struct AttemptView {
+    attempt: u32,
+    sent_at: String,
+    outcome: Option<String>,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        AttemptView {
+            attempt: a.number,
+            sent_at: platform::time::rfc3339(a.sent_at),
+            outcome: a.outcome.clone(),
+        }
+    }
 }
 
 impl From<&SagaState> for SagaView {
@@ -60,6 +89,7 @@ impl From<&SagaState> for SagaView {
             payment_id: s.context_str("payment_id").map(str::to_string),
             amount_cents: s.context_i64("amount_cents"),
             error: s.error.clone(),
+            compensation_error: s.compensation_error.clone(),
             steps: s
                 .steps
                 .iter()
@@ -71,21 +101,29 @@ impl From<&SagaState> for SagaView {
                     started_at: time(r.started_at),
                     finished_at: r.finished_at.map(time),
                     error: r.error.clone(),
+                    history: r.attempt_log.iter().map(AttemptView::from).collect(),
                 })
                 .collect(),
             created_at: time(s.created_at),
             updated_at: time(s.updated_at),
             completed_at: s.completed_at.map(time),
+            deadline_at: match s.status {
+                SagaStatus::Started => s.deadline_at.map(time),
+                _ => None,
+            },
         }
     }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::bad_request("saga id must be a UUID"))
 }
 
 async fn get_saga(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SagaView>, ApiError> {
-    let saga_id =
-        Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("saga id must be a UUID"))?;
+    let saga_id = parse_id(&id)?;
     match app.store.get(saga_id).await? {
         Some(state) => Ok(Json(SagaView::from(&state))),
         None => Err(ApiError::NotFound(format!("no saga with id {saga_id}"))),
@@ -127,4 +165,85 @@ async fn list_sagas(
     Ok(Json(SagaList {
         sagas: sagas.iter().map(SagaView::from).collect(),
     }))
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    saga_id: Uuid,
+    status: SagaStatus,
+}
+
+/// `POST /sagas/{id}/cancel`: 202 when accepted (again), 409 with the status when the saga is
+/// compensating or has ended otherwise.
+async fn cancel_saga(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let saga_id = parse_id(&id)?;
+    let now = platform::time::now_ms();
+    let outcome = app
+        .store
+        .transition(saga_id, now, |s| {
+            engine::cancel(&app.definition, &app.policy, s, now)
+        })
+        .await?;
+    respond(&app, saga_id, outcome, "cancelled").await
+}
+
+/// `POST /sagas/{id}/retry`: re-drives the failed compensation of a `FAILED` saga.
+async fn retry_saga(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let saga_id = parse_id(&id)?;
+    let now = platform::time::now_ms();
+    let outcome = app
+        .store
+        .transition(saga_id, now, |s| {
+            engine::retry(&app.definition, &app.policy, s, now)
+        })
+        .await?;
+    respond(&app, saga_id, outcome, "retried").await
+}
+
+async fn respond(
+    app: &AppState,
+    saga_id: Uuid,
+    outcome: Option<Changed>,
+    verb: &str,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    match outcome {
+        None => Err(ApiError::NotFound(format!("no saga with id {saga_id}"))),
+        Some(Changed::Yes { status, messages }) => {
+            if messages > 0 {
+                app.relay.notify();
+            }
+            tracing::info!(saga_id = %saga_id, status = status.as_str(), "saga {verb}");
+            Ok((StatusCode::ACCEPTED, Json(Accepted { saga_id, status })))
+        }
+        Some(Changed::No(Ignored::AlreadyCancelled)) => {
+            let status = app
+                .store
+                .get(saga_id)
+                .await?
+                .map(|s| s.status)
+                .unwrap_or(SagaStatus::Cancelling);
+            Ok((StatusCode::ACCEPTED, Json(Accepted { saga_id, status })))
+        }
+        Some(Changed::No(Ignored::NotCancellable(status) | Ignored::NotRetryable(status))) => {
+            Err(ApiError::Conflict {
+                message: format!("the saga is {} and cannot be {verb}", status.as_str()),
+                status,
+            })
+        }
+        Some(Changed::No(other)) => Err(ApiError::Conflict {
+            message: format!("the saga cannot be {verb} now ({other:?})"),
+            status: app
+                .store
+                .get(saga_id)
+                .await?
+                .map(|s| s.status)
+                .unwrap_or(SagaStatus::Started),
+        }),
+    }
 }

@@ -11,7 +11,54 @@ use uuid::Uuid;
 use platform::Envelope;
 
 use super::definition::{CommandSpec, SagaDefinition};
-use super::state::{Pending, SagaState, SagaStatus, StepKind, StepRecord, StepStatus};
+use super::state::{
+    Abort, Attempt, Pending, SagaState, SagaStatus, StepKind, StepRecord, StepStatus,
+};
+
+/// Timing rules of every saga: deadlines, retries, limits. Part of the engine's input, so the
+/// engine stays pure and tests can shrink the times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// How long to wait for a reply to a command's first sending.
+    pub step_timeout_ms: i64,
+    /// Each re-send waits twice as long as the one before, up to this.
+    pub max_step_timeout_ms: i64,
+    /// Sendings of a forward command before the step counts as failed.
+    pub max_attempts: u32,
+    /// First delay before re-sending a compensation that failed; doubles up to
+    /// `max_step_timeout_ms`.
+    pub retry_delay_ms: i64,
+    /// How long a compensation is retried before the saga is `FAILED`.
+    pub compensation_limit_ms: i64,
+    /// A saga not `COMPLETED` after this long is compensated.
+    pub saga_timeout_ms: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            step_timeout_ms: 10_000,
+            max_step_timeout_ms: 60_000,
+            max_attempts: 5,
+            retry_delay_ms: 1_000,
+            compensation_limit_ms: 3_600_000,
+            saga_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl Policy {
+    /// How long attempt `n` of `command` waits: doubling from `base`, capped, with ±10 %
+    /// jitter derived from the command id (deterministic, yet different per saga, so sagas that
+    /// failed together do not retry together).
+    fn wait(&self, base: i64, command: Uuid, n: u32) -> i64 {
+        let doubled = base.saturating_mul(1i64 << (n.saturating_sub(1)).min(20));
+        let capped = doubled.min(self.max_step_timeout_ms.max(base));
+        let bits = Uuid::new_v5(&command, &n.to_be_bytes()).as_u128() as u64;
+        let jitter = 0.9 + (bits % 2001) as f64 / 10_000.0;
+        ((capped as f64) * jitter) as i64
+    }
+}
 
 /// A reply from a participant, as the engine needs it.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +86,8 @@ pub struct Outgoing {
     pub envelope: Envelope,
 }
 
-/// Why a reply changed nothing. None of these is an error: at-least-once delivery makes
-/// duplicates and late replies normal.
+/// Why an input changed nothing. None of these is an error: at-least-once delivery makes
+/// duplicates and late replies normal, and timers may fire early.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ignored {
     /// The saga has already ended.
@@ -49,10 +96,18 @@ pub enum Ignored {
     NotAwaited,
     /// The reply answers the awaited command but its type is neither success nor failure.
     UnexpectedType(String),
+    /// Nothing is due yet.
+    NotDue,
+    /// The saga is already being cancelled, or is cancelled.
+    AlreadyCancelled,
+    /// Cancel refused: the saga is compensating, compensated or failed.
+    NotCancellable(SagaStatus),
+    /// Retry refused: only a `FAILED` saga can be retried.
+    NotRetryable(SagaStatus),
 }
 
-/// What the engine decided about a reply.
-// Made once per reply and moved, never copied: boxing the state would only add an allocation.
+/// What the engine decided.
+// Made once per input and moved, never copied: boxing the state would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -66,6 +121,7 @@ pub enum Decision {
 /// Starts a saga: the first step's command, and a `saga.started` event.
 pub fn start(
     def: &SagaDefinition,
+    policy: &Policy,
     saga_id: Uuid,
     input: Map<String, Value>,
     now: i64,
@@ -78,30 +134,34 @@ pub fn start(
         steps: Vec::new(),
         pending: None,
         error: None,
+        compensation_error: None,
+        abort: None,
+        deadline_at: Some(now.saturating_add(policy.saga_timeout_ms)),
         created_at: now,
         updated_at: now,
         completed_at: None,
     };
-    let mut messages = Vec::new();
-    lifecycle(def, &state, "saga.started", now, &mut messages);
-    match def.steps.first() {
-        Some(_) => send(
-            def,
-            &mut state,
-            0,
-            StepKind::Forward,
-            None,
-            now,
-            &mut messages,
-        ),
-        None => finish(def, &mut state, SagaStatus::Completed, now, &mut messages),
+    let mut m = Machine {
+        def,
+        policy,
+        now,
+        state: &mut state,
+        messages: Vec::new(),
+    };
+    m.lifecycle("saga.started");
+    if def.steps.is_empty() {
+        m.finish(SagaStatus::Completed);
+    } else {
+        m.send(0, StepKind::Forward, None);
     }
+    let messages = m.messages;
     (state, messages)
 }
 
 /// Applies a reply to a saga.
 pub fn on_reply(
     def: &SagaDefinition,
+    policy: &Policy,
     current: &SagaState,
     reply: Reply<'_>,
     reply_id: Uuid,
@@ -140,90 +200,247 @@ pub fn on_reply(
 
     let mut state = current.clone();
     state.updated_at = now;
-    let mut messages = Vec::new();
-    let error = (!succeeded).then(|| reason(reply));
-    if let Some(record) = state
-        .steps
-        .iter_mut()
-        .rev()
-        .find(|s| s.command_id == pending.command_id)
-    {
-        record.status = if succeeded {
-            StepStatus::Completed
-        } else {
-            StepStatus::Failed
-        };
-        record.finished_at = Some(now);
-        record.error = error.clone();
-    }
+    let mut m = Machine {
+        def,
+        policy,
+        now,
+        state: &mut state,
+        messages: Vec::new(),
+    };
     let causation = Some(reply_id);
+    let index = pending.step_index;
+    if succeeded {
+        m.close_attempt(
+            pending.command_id,
+            StepStatus::Completed,
+            "succeeded".into(),
+            None,
+        );
+    }
     match (pending.kind, succeeded) {
         (StepKind::Forward, true) => {
             if let Value::Object(fields) = reply.payload {
                 for (k, v) in fields {
-                    state.context.insert(k.clone(), v.clone());
+                    m.state.context.insert(k.clone(), v.clone());
                 }
             }
-            let next = pending.step_index + 1;
-            if next < def.steps.len() {
-                send(
-                    def,
-                    &mut state,
-                    next,
-                    StepKind::Forward,
-                    causation,
-                    now,
-                    &mut messages,
-                );
+            if m.state.abort.is_some() {
+                // Cancelled or out of time while this step ran: it did run, so undo it too.
+                m.compensate_below(index + 1, causation);
+            } else if index + 1 < def.steps.len() {
+                m.send(index + 1, StepKind::Forward, causation);
             } else {
-                finish(def, &mut state, SagaStatus::Completed, now, &mut messages);
+                m.finish(SagaStatus::Completed);
             }
         }
         (StepKind::Forward, false) => {
-            state.error = Some(format!(
-                "{} failed: {}",
-                step.name,
-                error.unwrap_or_default()
-            ));
-            state.status = SagaStatus::Compensating;
-            lifecycle(def, &state, "saga.compensating", now, &mut messages);
-            compensate_below(
-                def,
-                &mut state,
-                pending.step_index,
-                causation,
-                now,
-                &mut messages,
+            let why = reason(reply);
+            m.close_attempt(
+                pending.command_id,
+                StepStatus::Failed,
+                format!("failed: {why}"),
+                Some(why.clone()),
             );
+            if m.state.abort.is_none() {
+                m.state.error = Some(format!("{} failed: {why}", step.name));
+                m.state.status = SagaStatus::Compensating;
+                m.lifecycle("saga.compensating");
+            }
+            m.compensate_below(index, causation);
         }
-        (StepKind::Compensation, true) => {
-            compensate_below(
-                def,
-                &mut state,
-                pending.step_index,
-                causation,
-                now,
-                &mut messages,
-            );
-        }
+        (StepKind::Compensation, true) => m.compensate_below(index, causation),
         (StepKind::Compensation, false) => {
-            let name = step
-                .compensation
-                .as_ref()
-                .map(|c| c.name.as_str())
-                .unwrap_or_default();
-            let cause = state
-                .error
-                .take()
-                .map(|e| format!(" (compensating because {e})"))
-                .unwrap_or_default();
-            state.error = Some(format!(
-                "{name} failed: {}{cause}",
-                error.unwrap_or_default()
-            ));
-            finish(def, &mut state, SagaStatus::Failed, now, &mut messages);
+            // Compensations must happen: a refusal is retried after a delay, until the limit.
+            let why = reason(reply);
+            m.note_attempt(
+                pending.command_id,
+                format!("failed: {why}"),
+                Some(why.clone()),
+            );
+            if m.compensation_out_of_time(&pending) {
+                m.give_up(&pending, &why);
+            } else if let Some(p) = m.state.pending.as_mut() {
+                p.deadline_at =
+                    now.saturating_add(policy.wait(policy.retry_delay_ms, p.command_id, p.attempt));
+            }
         }
     }
+    let messages = m.messages;
+    Decision::Applied { state, messages }
+}
+
+/// Acts on time passing: re-sends a command whose reply is overdue, gives up on it, or starts
+/// compensating a saga past its deadline.
+pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
+    if current.status.is_terminal() {
+        return Decision::Ignored(Ignored::Terminal);
+    }
+    let saga_overdue = current.status == SagaStatus::Started
+        && current.abort.is_none()
+        && current.deadline_at.is_some_and(|d| d <= now);
+    let step_overdue = current.pending.is_some_and(|p| p.deadline_at <= now);
+    if !saga_overdue && !step_overdue {
+        return Decision::Ignored(Ignored::NotDue);
+    }
+    let mut state = current.clone();
+    state.updated_at = now;
+    let mut m = Machine {
+        def,
+        policy,
+        now,
+        state: &mut state,
+        messages: Vec::new(),
+    };
+    if saga_overdue {
+        let seconds = policy.saga_timeout_ms / 1000;
+        m.state.abort = Some(Abort::Timeout);
+        m.state.status = SagaStatus::Compensating;
+        m.state.error = Some(format!("the saga did not complete within {seconds} s"));
+        m.lifecycle("saga.compensating");
+    }
+    if let (true, Some(pending)) = (step_overdue, m.state.pending) {
+        match pending.kind {
+            StepKind::Forward if m.state.abort.is_some() => {
+                // Cancelled or out of time: stop waiting, and undo the step in case it ran.
+                m.close_attempt(
+                    pending.command_id,
+                    StepStatus::Failed,
+                    "timed out".into(),
+                    Some("no reply before the deadline".into()),
+                );
+                m.mark_outcome_unknown(pending.command_id);
+                m.compensate_below(pending.step_index + 1, None);
+            }
+            StepKind::Forward if pending.attempt < policy.max_attempts => {
+                m.note_attempt(pending.command_id, "timed out".into(), None);
+                m.resend(pending);
+            }
+            StepKind::Forward => {
+                let why = format!("no reply after {} attempts", pending.attempt);
+                m.close_attempt(
+                    pending.command_id,
+                    StepStatus::Failed,
+                    "timed out".into(),
+                    Some(why.clone()),
+                );
+                m.mark_outcome_unknown(pending.command_id);
+                let name = def.steps[pending.step_index].name.clone();
+                m.state.error = Some(format!("{name} failed: {why}"));
+                m.state.status = SagaStatus::Compensating;
+                m.lifecycle("saga.compensating");
+                m.compensate_below(pending.step_index + 1, None);
+            }
+            StepKind::Compensation if m.compensation_out_of_time(&pending) => {
+                m.note_attempt(pending.command_id, "timed out".into(), None);
+                let last = m
+                    .last_error(pending.command_id)
+                    .unwrap_or_else(|| "no confirmation".into());
+                m.give_up(&pending, &last);
+            }
+            StepKind::Compensation => {
+                let waited = m
+                    .state
+                    .steps
+                    .iter()
+                    .rev()
+                    .find(|r| r.command_id == pending.command_id)
+                    .and_then(|r| r.attempt_log.last())
+                    .is_some_and(|a| a.outcome.is_none());
+                if waited {
+                    m.note_attempt(pending.command_id, "timed out".into(), None);
+                }
+                m.resend(pending);
+            }
+        }
+    }
+    let messages = m.messages;
+    Decision::Applied { state, messages }
+}
+
+/// `POST /sagas/{id}/cancel`: a running saga stops after the step in flight and is undone; a
+/// completed saga is undone. Ends `CANCELLED`.
+pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
+    match current.status {
+        SagaStatus::Started | SagaStatus::Completed => {}
+        SagaStatus::Cancelling | SagaStatus::Cancelled => {
+            return Decision::Ignored(Ignored::AlreadyCancelled)
+        }
+        other => return Decision::Ignored(Ignored::NotCancellable(other)),
+    }
+    let mut state = current.clone();
+    state.updated_at = now;
+    let mut m = Machine {
+        def,
+        policy,
+        now,
+        state: &mut state,
+        messages: Vec::new(),
+    };
+    m.state.abort = Some(Abort::Cancel);
+    m.state.status = SagaStatus::Cancelling;
+    m.lifecycle("saga.cancelling");
+    if current.status == SagaStatus::Completed {
+        m.state.completed_at = None;
+        m.compensate_below(def.steps.len(), None);
+    }
+    // A running saga keeps waiting for its step in flight (its reply or its deadline).
+    let messages = m.messages;
+    Decision::Applied { state, messages }
+}
+
+/// `POST /sagas/{id}/retry`: a `FAILED` saga tries its failed compensation again, with a fresh
+/// time limit, and carries on with the rest.
+pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
+    if current.status != SagaStatus::Failed {
+        return Decision::Ignored(Ignored::NotRetryable(current.status));
+    }
+    let Some(failed) = current
+        .steps
+        .iter()
+        .rev()
+        .find(|r| r.kind == StepKind::Compensation && r.status == StepStatus::Failed)
+        .cloned()
+    else {
+        return Decision::Ignored(Ignored::NotRetryable(current.status));
+    };
+    let mut state = current.clone();
+    state.updated_at = now;
+    state.completed_at = None;
+    state.compensation_error = None;
+    let mut m = Machine {
+        def,
+        policy,
+        now,
+        state: &mut state,
+        messages: Vec::new(),
+    };
+    m.state.status = if m.state.abort == Some(Abort::Cancel) {
+        SagaStatus::Cancelling
+    } else {
+        SagaStatus::Compensating
+    };
+    m.lifecycle("saga.retrying");
+    if let Some(r) = m
+        .state
+        .steps
+        .iter_mut()
+        .rev()
+        .find(|r| r.command_id == failed.command_id)
+    {
+        r.status = StepStatus::Running;
+        r.finished_at = None;
+    }
+    let pending = Pending {
+        command_id: failed.command_id,
+        step_index: failed.step_index,
+        kind: StepKind::Compensation,
+        causation_id: None,
+        attempt: failed.attempts,
+        first_sent_at: now,
+        deadline_at: now,
+    };
+    m.resend(pending);
+    let messages = m.messages;
     Decision::Applied { state, messages }
 }
 
@@ -236,131 +453,255 @@ pub fn command_id(saga_id: Uuid, step_name: &str, kind: StepKind) -> Uuid {
     Uuid::new_v5(&saga_id, format!("command:{kind}:{step_name}").as_bytes())
 }
 
-/// Sends the compensation of the newest completed step below `below`, or ends the saga
-/// `COMPENSATED` when none is left.
-fn compensate_below(
-    def: &SagaDefinition,
-    state: &mut SagaState,
-    below: usize,
-    causation: Option<Uuid>,
+/// One transition in progress: the state being changed and the messages it produces.
+struct Machine<'a> {
+    def: &'a SagaDefinition,
+    policy: &'a Policy,
     now: i64,
-    messages: &mut Vec<Outgoing>,
-) {
-    let next = (0..below).rev().find(|&j| {
-        def.steps[j].compensation.is_some()
-            && state.steps.iter().any(|r| {
-                r.kind == StepKind::Forward
-                    && r.step_index == j
-                    && r.status == StepStatus::Completed
-            })
-    });
-    match next {
-        Some(j) => send(
-            def,
-            state,
-            j,
-            StepKind::Compensation,
-            causation,
-            now,
-            messages,
-        ),
-        None => finish(def, state, SagaStatus::Compensated, now, messages),
-    }
+    state: &'a mut SagaState,
+    messages: Vec<Outgoing>,
 }
 
-fn send(
-    def: &SagaDefinition,
-    state: &mut SagaState,
-    index: usize,
-    kind: StepKind,
-    causation: Option<Uuid>,
-    now: i64,
-    messages: &mut Vec<Outgoing>,
-) {
-    let step = &def.steps[index];
-    let (name, spec): (&str, &CommandSpec) = match (kind, &step.compensation) {
-        (StepKind::Compensation, Some(c)) => (&c.name, &c.command),
-        _ => (&step.name, &step.command),
-    };
-    let id = command_id(state.saga_id, name, kind);
-    let mut payload = state.context.clone();
-    for (k, v) in &spec.args {
-        payload.insert(k.clone(), v.clone());
+impl Machine<'_> {
+    /// Sends the compensation of the newest step below `below` that ran (or may have run), or
+    /// ends the saga when none is left.
+    fn compensate_below(&mut self, below: usize, causation: Option<Uuid>) {
+        let state = &*self.state;
+        let next = (0..below.min(self.def.steps.len())).rev().find(|&j| {
+            self.def.steps[j].compensation.is_some()
+                && state.steps.iter().any(|r| {
+                    r.kind == StepKind::Forward
+                        && r.step_index == j
+                        && (r.status == StepStatus::Completed || r.outcome_unknown)
+                })
+                && !state.steps.iter().any(|r| {
+                    r.kind == StepKind::Compensation
+                        && r.step_index == j
+                        && r.status == StepStatus::Completed
+                })
+        });
+        match next {
+            Some(j) => self.send(j, StepKind::Compensation, causation),
+            None => {
+                let end = if self.state.abort == Some(Abort::Cancel) {
+                    SagaStatus::Cancelled
+                } else {
+                    SagaStatus::Compensated
+                };
+                self.finish(end);
+            }
+        }
     }
-    state.steps.push(StepRecord {
-        name: name.to_string(),
-        kind,
-        step_index: index,
-        status: StepStatus::Running,
-        command_id: id,
-        attempts: 1,
-        started_at: now,
-        finished_at: None,
-        error: None,
-    });
-    state.pending = Some(Pending {
-        command_id: id,
-        step_index: index,
-        kind,
-    });
-    messages.push(Outgoing {
-        topic: spec.topic.clone(),
-        envelope: Envelope {
-            message_id: id,
-            message_type: spec.command_type.clone(),
-            correlation_id: state.saga_id,
+
+    fn spec(&self, index: usize, kind: StepKind) -> (&str, &CommandSpec) {
+        let step = &self.def.steps[index];
+        match (kind, &step.compensation) {
+            (StepKind::Compensation, Some(c)) => (&c.name, &c.command),
+            _ => (&step.name, &step.command),
+        }
+    }
+
+    fn send(&mut self, index: usize, kind: StepKind, causation: Option<Uuid>) {
+        let (name, _) = self.spec(index, kind);
+        let name = name.to_string();
+        let id = command_id(self.state.saga_id, &name, kind);
+        let now = self.now;
+        self.state.steps.push(StepRecord {
+            name,
+            kind,
+            step_index: index,
+            status: StepStatus::Running,
+            command_id: id,
+            attempts: 0,
+            attempt_log: Vec::new(),
+            started_at: now,
+            finished_at: None,
+            error: None,
+            outcome_unknown: false,
+        });
+        let pending = Pending {
+            command_id: id,
+            step_index: index,
+            kind,
             causation_id: causation,
-            timestamp: platform::time::rfc3339(now),
-            payload: Value::Object(payload),
-        },
-    });
-}
+            attempt: 0,
+            first_sent_at: now,
+            deadline_at: now,
+        };
+        self.resend(pending);
+    }
 
-fn finish(
-    def: &SagaDefinition,
-    state: &mut SagaState,
-    status: SagaStatus,
-    now: i64,
-    messages: &mut Vec<Outgoing>,
-) {
-    state.status = status;
-    state.pending = None;
-    state.completed_at = Some(now);
-    state.updated_at = now;
-    let event = match status {
-        SagaStatus::Completed => "saga.completed",
-        SagaStatus::Compensated => "saga.compensated",
-        _ => "saga.failed",
-    };
-    lifecycle(def, state, event, now, messages);
-}
+    /// Sends (again) the command `pending` names: same id, next attempt, a new deadline.
+    fn resend(&mut self, mut pending: Pending) {
+        let now = self.now;
+        pending.attempt += 1;
+        pending.deadline_at = now.saturating_add(self.policy.wait(
+            self.policy.step_timeout_ms,
+            pending.command_id,
+            pending.attempt,
+        ));
+        if let Some(r) = self
+            .state
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|r| r.command_id == pending.command_id)
+        {
+            r.attempts = pending.attempt;
+            r.attempt_log.push(Attempt {
+                number: pending.attempt,
+                sent_at: now,
+                outcome: None,
+            });
+        }
+        self.state.pending = Some(pending);
+        let (_, spec) = self.spec(pending.step_index, pending.kind);
+        let mut payload = self.state.context.clone();
+        for (k, v) in &spec.args {
+            payload.insert(k.clone(), v.clone());
+        }
+        let (topic, command_type) = (spec.topic.clone(), spec.command_type.clone());
+        self.messages.push(Outgoing {
+            topic,
+            envelope: Envelope {
+                message_id: pending.command_id,
+                message_type: command_type,
+                correlation_id: self.state.saga_id,
+                causation_id: pending.causation_id,
+                timestamp: platform::time::rfc3339(now),
+                payload: Value::Object(payload),
+            },
+        });
+    }
 
-/// A lifecycle event for people and other systems following sagas (the notification service).
-fn lifecycle(
-    def: &SagaDefinition,
-    state: &SagaState,
-    event: &str,
-    now: i64,
-    messages: &mut Vec<Outgoing>,
-) {
-    let Some(topic) = &def.lifecycle_topic else {
-        return;
-    };
-    messages.push(Outgoing {
-        topic: topic.clone(),
-        envelope: Envelope {
-            message_id: Uuid::new_v5(&state.saga_id, format!("event:{event}").as_bytes()),
-            message_type: event.to_string(),
-            correlation_id: state.saga_id,
-            causation_id: None,
-            timestamp: platform::time::rfc3339(now),
-            payload: json!({
-                "saga_type": state.saga_type,
-                "status": state.status.as_str(),
-                "error": state.error,
-            }),
-        },
-    });
+    /// Ends the last attempt of a command and its step record.
+    fn close_attempt(
+        &mut self,
+        command: Uuid,
+        status: StepStatus,
+        outcome: String,
+        error: Option<String>,
+    ) {
+        let now = self.now;
+        if let Some(r) = self
+            .state
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|r| r.command_id == command)
+        {
+            r.status = status;
+            r.finished_at = Some(now);
+            r.error = error;
+            if let Some(a) = r.attempt_log.last_mut() {
+                a.outcome.get_or_insert(outcome);
+            }
+        }
+    }
+
+    /// Records how the last attempt ended, leaving the step running.
+    fn note_attempt(&mut self, command: Uuid, outcome: String, error: Option<String>) {
+        if let Some(r) = self
+            .state
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|r| r.command_id == command)
+        {
+            if let Some(a) = r.attempt_log.last_mut() {
+                a.outcome.get_or_insert(outcome);
+            }
+            if error.is_some() {
+                r.error = error;
+            }
+        }
+    }
+
+    fn mark_outcome_unknown(&mut self, command: Uuid) {
+        if let Some(r) = self
+            .state
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|r| r.command_id == command)
+        {
+            r.outcome_unknown = true;
+        }
+    }
+
+    fn last_error(&self, command: Uuid) -> Option<String> {
+        self.state
+            .steps
+            .iter()
+            .rev()
+            .find(|r| r.command_id == command)
+            .and_then(|r| r.error.clone())
+    }
+
+    fn compensation_out_of_time(&self, pending: &Pending) -> bool {
+        self.now.saturating_sub(pending.first_sent_at) >= self.policy.compensation_limit_ms
+    }
+
+    /// A compensation could not be done within its limit: the saga is `FAILED`, and says which.
+    fn give_up(&mut self, pending: &Pending, why: &str) {
+        let name = self
+            .spec(pending.step_index, StepKind::Compensation)
+            .0
+            .to_string();
+        let seconds = self.policy.compensation_limit_ms / 1000;
+        let message = format!(
+            "{name} failed after {} attempts over {seconds} s: {why}",
+            pending.attempt
+        );
+        self.close_attempt(
+            pending.command_id,
+            StepStatus::Failed,
+            "gave up".into(),
+            Some(message.clone()),
+        );
+        self.state.compensation_error = Some(message);
+        self.finish(SagaStatus::Failed);
+    }
+
+    fn finish(&mut self, status: SagaStatus) {
+        self.state.status = status;
+        self.state.pending = None;
+        self.state.completed_at = Some(self.now);
+        self.state.updated_at = self.now;
+        let event = match status {
+            SagaStatus::Completed => "saga.completed",
+            SagaStatus::Compensated => "saga.compensated",
+            SagaStatus::Cancelled => "saga.cancelled",
+            _ => "saga.failed",
+        };
+        self.lifecycle(event);
+    }
+
+    /// A lifecycle event for people and other systems following sagas (the notification
+    /// service). Its id is derived from the saga, the event and how many steps ran, so a
+    /// re-published event is recognisable and a later one (after a retry) is not mistaken for it.
+    fn lifecycle(&mut self, event: &str) {
+        let Some(topic) = &self.def.lifecycle_topic else {
+            return;
+        };
+        let state = &*self.state;
+        let seed = format!("event:{event}:{}", state.steps.len());
+        self.messages.push(Outgoing {
+            topic: topic.clone(),
+            envelope: Envelope {
+                message_id: Uuid::new_v5(&state.saga_id, seed.as_bytes()),
+                message_type: event.to_string(),
+                correlation_id: state.saga_id,
+                causation_id: None,
+                timestamp: platform::time::rfc3339(self.now),
+                payload: json!({
+                    "saga_type": state.saga_type,
+                    "status": state.status.as_str(),
+                    "error": state.compensation_error.as_ref().or(state.error.as_ref()),
+                }),
+            },
+        });
+    }
 }
 
 /// The failure reason a participant gave, or the reply type when it gave none.

@@ -18,7 +18,7 @@ fn input() -> Map<String, Value> {
 
 /// Starts a saga at t=1000.
 fn started() -> (SagaState, Vec<Outgoing>) {
-    start(&def(), Uuid::new_v4(), input(), 1000)
+    start(&def(), &Policy::default(), Uuid::new_v4(), input(), 1000)
 }
 
 /// Answers the command the saga waits on.
@@ -34,7 +34,14 @@ fn answer(
         causation_id: Some(pending.command_id),
         payload: &payload,
     };
-    match on_reply(&def(), state, reply, Uuid::new_v4(), now) {
+    match on_reply(
+        &def(),
+        &Policy::default(),
+        state,
+        reply,
+        Uuid::new_v4(),
+        now,
+    ) {
         Decision::Applied { state, messages } => (state, messages),
         Decision::Ignored(why) => panic!("reply {reply_type} was ignored: {why:?}"),
     }
@@ -142,7 +149,9 @@ fn each_command_answers_the_reply_that_caused_it() {
         causation_id: Some(pending.command_id),
         payload: &payload,
     };
-    let Decision::Applied { messages, .. } = on_reply(&def(), &s, reply, reply_id, 2) else {
+    let Decision::Applied { messages, .. } =
+        on_reply(&def(), &Policy::default(), &s, reply, reply_id, 2)
+    else {
         panic!()
     };
     assert_eq!(messages[0].envelope.causation_id, Some(reply_id));
@@ -248,36 +257,6 @@ fn failed_status_update_reverts_the_payment_then_cancels_the_order() {
 }
 
 #[test]
-fn a_failed_compensation_fails_the_saga_and_says_which() {
-    let (s, _) = started();
-    let (s, _) = answer(&s, "order.created", json!({"order_id": "o-1"}), 1);
-    let (s, _) = answer(
-        &s,
-        "user.payment_info_failed",
-        json!({"reason": "no card"}),
-        2,
-    );
-    let (s, m) = answer(
-        &s,
-        "order.cancel_failed",
-        json!({"reason": "already shipped"}),
-        3,
-    );
-    assert_eq!(s.status, SagaStatus::Failed);
-    assert_eq!(events(&m), vec!["saga.failed"]);
-    let error = s.error.unwrap();
-    assert!(
-        error.starts_with("cancel_order failed: already shipped"),
-        "{error}"
-    );
-    assert!(
-        error.contains("get_payment_info failed: no card"),
-        "{error}"
-    );
-    assert_eq!(s.pending, None);
-}
-
-#[test]
 fn a_duplicate_reply_is_ignored() {
     let (s0, _) = started();
     let first_command = s0.pending.unwrap().command_id;
@@ -289,7 +268,7 @@ fn a_duplicate_reply_is_ignored() {
         payload: &payload,
     };
     assert_eq!(
-        on_reply(&def(), &s1, dup, Uuid::new_v4(), 2),
+        on_reply(&def(), &Policy::default(), &s1, dup, Uuid::new_v4(), 2),
         Decision::Ignored(Ignored::NotAwaited)
     );
 }
@@ -304,7 +283,7 @@ fn a_reply_without_causation_is_ignored() {
         payload: &payload,
     };
     assert_eq!(
-        on_reply(&def(), &s, r, Uuid::new_v4(), 2),
+        on_reply(&def(), &Policy::default(), &s, r, Uuid::new_v4(), 2),
         Decision::Ignored(Ignored::NotAwaited)
     );
 }
@@ -319,7 +298,7 @@ fn a_reply_of_the_wrong_type_is_ignored() {
         payload: &payload,
     };
     assert_eq!(
-        on_reply(&def(), &s, r, Uuid::new_v4(), 2),
+        on_reply(&def(), &Policy::default(), &s, r, Uuid::new_v4(), 2),
         Decision::Ignored(Ignored::UnexpectedType("payment.authorized".into()))
     );
 }
@@ -335,7 +314,7 @@ fn a_finished_saga_ignores_everything() {
         payload: &payload,
     };
     assert_eq!(
-        on_reply(&def(), &s, r, Uuid::new_v4(), 2),
+        on_reply(&def(), &Policy::default(), &s, r, Uuid::new_v4(), 2),
         Decision::Ignored(Ignored::Terminal)
     );
 }
@@ -343,9 +322,9 @@ fn a_finished_saga_ignores_everything() {
 #[test]
 fn command_ids_are_stable_per_saga_and_step() {
     let id = Uuid::new_v4();
-    let (a, ma) = start(&def(), id, input(), 1);
-    let (b, mb) = start(&def(), id, input(), 99);
-    assert_eq!(a.pending, b.pending);
+    let (a, ma) = start(&def(), &Policy::default(), id, input(), 1);
+    let (b, mb) = start(&def(), &Policy::default(), id, input(), 99);
+    assert_eq!(a.pending.unwrap().command_id, b.pending.unwrap().command_id);
     assert_eq!(ma[1].envelope.message_id, mb[1].envelope.message_id);
     assert_ne!(
         command_id(id, "cancel_order", C),
@@ -385,11 +364,12 @@ fn the_engine_interprets_any_definition() {
             },
         ],
     };
-    let (s, m) = start(&def, Uuid::new_v4(), Map::new(), 0);
+    let (s, m) = start(&def, &Policy::default(), Uuid::new_v4(), Map::new(), 0);
     assert_eq!(m.len(), 1, "no lifecycle events without a lifecycle topic");
     let p = json!({});
     let step = |s: &SagaState, t: &str| match on_reply(
         &def,
+        &Policy::default(),
         s,
         Reply {
             message_type: t,
@@ -418,4 +398,327 @@ fn statuses_round_trip_through_their_names() {
     assert_eq!(SagaStatus::parse("completed"), None);
     assert!(SagaStatus::Compensated.is_terminal());
     assert!(!SagaStatus::Compensating.is_terminal());
+}
+
+// ---- deadlines, retries, cancellation ------------------------------------------------------
+
+fn policy() -> Policy {
+    Policy {
+        step_timeout_ms: 1_000,
+        max_step_timeout_ms: 4_000,
+        max_attempts: 3,
+        retry_delay_ms: 100,
+        compensation_limit_ms: 10_000,
+        saga_timeout_ms: 60_000,
+    }
+}
+
+fn applied(d: Decision) -> (SagaState, Vec<Outgoing>) {
+    match d {
+        Decision::Applied { state, messages } => (state, messages),
+        Decision::Ignored(why) => panic!("ignored: {why:?}"),
+    }
+}
+
+fn timer(s: &SagaState, now: i64) -> (SagaState, Vec<Outgoing>) {
+    applied(on_timer(&def(), &policy(), s, now))
+}
+
+fn reply_with(
+    p: &Policy,
+    s: &SagaState,
+    t: &str,
+    payload: Value,
+    now: i64,
+) -> (SagaState, Vec<Outgoing>) {
+    let pending = s.pending.expect("waiting");
+    let r = Reply {
+        message_type: t,
+        causation_id: Some(pending.command_id),
+        payload: &payload,
+    };
+    applied(on_reply(&def(), p, s, r, Uuid::new_v4(), now))
+}
+
+#[test]
+fn an_overdue_command_is_resent_with_the_same_id_until_the_step_fails() {
+    let p = policy();
+    let (s, m) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let first_id = m[1].envelope.message_id;
+    let deadline = s.pending.unwrap().deadline_at;
+    assert!(
+        (900..=1100).contains(&deadline),
+        "first wait is the step timeout with jitter: {deadline}"
+    );
+    assert_eq!(
+        on_timer(&def(), &p, &s, deadline - 1),
+        Decision::Ignored(Ignored::NotDue)
+    );
+
+    let (s, m) = timer(&s, deadline);
+    assert_eq!(commands(&m), vec!["create_order"]);
+    assert_eq!(
+        m[0].envelope.message_id, first_id,
+        "a re-send is the same command"
+    );
+    assert_eq!(s.steps[0].attempts, 2);
+    assert_eq!(
+        s.steps[0].attempt_log[0].outcome.as_deref(),
+        Some("timed out")
+    );
+    let second = s.pending.unwrap().deadline_at - deadline;
+    assert!(
+        (1800..=2200).contains(&second),
+        "the wait doubles: {second}"
+    );
+
+    let (s, _) = timer(&s, s.pending.unwrap().deadline_at);
+    assert_eq!(s.steps[0].attempts, 3);
+    let (s, m) = timer(&s, s.pending.unwrap().deadline_at);
+    // Three sendings, no reply: the order may exist, so it is cancelled to be sure.
+    assert_eq!(s.status, SagaStatus::Compensating);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    assert_eq!(s.steps[0].status, StepStatus::Failed);
+    assert!(s.steps[0].outcome_unknown);
+    assert!(
+        s.error
+            .as_deref()
+            .unwrap()
+            .contains("no reply after 3 attempts"),
+        "{:?}",
+        s.error
+    );
+    let (s, _) = reply_with(&p, &s, "order.cancelled", json!({}), 99_000);
+    assert_eq!(s.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn a_late_reply_to_a_resent_command_is_accepted() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = timer(&s, 5_000);
+    let (s, m) = reply_with(&p, &s, "order.created", json!({"order_id": "o"}), 5_001);
+    assert_eq!(commands(&m), vec!["get_payment_info"]);
+    assert_eq!(s.steps[0].attempt_log.len(), 2);
+    assert_eq!(
+        s.steps[0].attempt_log[1].outcome.as_deref(),
+        Some("succeeded")
+    );
+}
+
+#[test]
+fn a_refused_compensation_is_retried_then_fails_the_saga_at_the_limit() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = reply_with(&p, &s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (s, m) = reply_with(
+        &p,
+        &s,
+        "user.payment_info_failed",
+        json!({"reason": "no card"}),
+        2,
+    );
+    let cancel_id = m
+        .iter()
+        .find(|m| m.envelope.message_type == "cancel_order")
+        .unwrap()
+        .envelope
+        .message_id;
+    let (s, m) = reply_with(
+        &p,
+        &s,
+        "order.cancel_failed",
+        json!({"reason": "kitchen busy"}),
+        3,
+    );
+    assert!(m.is_empty(), "no immediate re-send");
+    assert_eq!(s.status, SagaStatus::Compensating);
+    let retry_at = s.pending.unwrap().deadline_at;
+    assert!(
+        (90..=115).contains(&(retry_at - 3)),
+        "retried after the retry delay: {}",
+        retry_at - 3
+    );
+    let (s, m) = timer(&s, retry_at);
+    assert_eq!(m[0].envelope.message_id, cancel_id);
+    assert_eq!(s.steps[2].attempts, 2);
+    assert_eq!(
+        s.steps[2].attempt_log[0].outcome.as_deref(),
+        Some("failed: kitchen busy")
+    );
+
+    // Past the limit, the next refusal ends the saga FAILED, naming the compensation.
+    let (s, m) = reply_with(
+        &p,
+        &s,
+        "order.cancel_failed",
+        json!({"reason": "kitchen on fire"}),
+        20_000,
+    );
+    assert_eq!(s.status, SagaStatus::Failed);
+    assert_eq!(events(&m), vec!["saga.failed"]);
+    let why = s.compensation_error.clone().unwrap();
+    assert!(
+        why.starts_with("cancel_order failed after 2 attempts"),
+        "{why}"
+    );
+    assert!(why.contains("kitchen on fire"), "{why}");
+    assert_eq!(s.steps[2].status, StepStatus::Failed);
+    assert_eq!(
+        s.error.as_deref(),
+        Some("get_payment_info failed: no card"),
+        "the cause is kept"
+    );
+
+    // An operator re-drives it; this time the kitchen agrees.
+    let (s, m) = applied(retry(&def(), &p, &s, 30_000));
+    assert_eq!(s.status, SagaStatus::Compensating);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    assert_eq!(
+        m.iter()
+            .find(|m| m.envelope.message_type == "cancel_order")
+            .unwrap()
+            .envelope
+            .message_id,
+        cancel_id
+    );
+    assert_eq!(s.steps[2].attempts, 3);
+    assert_eq!(s.compensation_error, None);
+    let (s, _) = reply_with(&p, &s, "order.cancelled", json!({}), 30_001);
+    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(s.steps[2].status, StepStatus::Completed);
+}
+
+#[test]
+fn an_unanswered_compensation_is_resent_until_the_limit() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = reply_with(&p, &s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (mut s, _) = reply_with(&p, &s, "user.payment_info_failed", json!({}), 2);
+    let mut sends = 1;
+    while s.status == SagaStatus::Compensating {
+        let at = s.pending.unwrap().deadline_at;
+        let (next, m) = timer(&s, at);
+        sends += commands(&m).len();
+        s = next;
+    }
+    assert_eq!(s.status, SagaStatus::Failed);
+    assert!(sends >= 4, "resent while within the limit: {sends}");
+    assert!(s
+        .compensation_error
+        .unwrap()
+        .contains("cancel_order failed"));
+}
+
+#[test]
+fn retry_is_only_for_failed_sagas() {
+    let (s, _) = started();
+    assert_eq!(
+        retry(&def(), &policy(), &s, 1),
+        Decision::Ignored(Ignored::NotRetryable(SagaStatus::Started))
+    );
+}
+
+#[test]
+fn a_saga_past_its_deadline_is_compensated_after_the_step_in_flight() {
+    let p = Policy {
+        saga_timeout_ms: 5_000,
+        step_timeout_ms: 10_000,
+        ..policy()
+    };
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = reply_with(&p, &s, "order.created", json!({"order_id": "o-1"}), 1);
+    assert_eq!(
+        s.next_wake(),
+        Some(5_000),
+        "the saga deadline comes before the step's"
+    );
+    let (s, m) = applied(on_timer(&def(), &p, &s, 5_000));
+    assert_eq!(s.status, SagaStatus::Compensating);
+    assert!(commands(&m).is_empty(), "waits for get_payment_info");
+    assert!(s.error.as_deref().unwrap().contains("within 5 s"));
+    let (s, m) = reply_with(&p, &s, "user.payment_info_retrieved", json!({}), 5_001);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    let (s, _) = reply_with(&p, &s, "order.cancelled", json!({}), 5_002);
+    assert_eq!(s.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn cancelling_a_running_saga_waits_for_the_step_then_undoes_it() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, m) = applied(cancel(&def(), &p, &s, 1));
+    assert_eq!(s.status, SagaStatus::Cancelling);
+    assert!(commands(&m).is_empty());
+    assert_eq!(events(&m), vec!["saga.cancelling"]);
+    assert_eq!(
+        cancel(&def(), &p, &s, 2),
+        Decision::Ignored(Ignored::AlreadyCancelled)
+    );
+    let (s, m) = reply_with(&p, &s, "order.created", json!({"order_id": "o-1"}), 3);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    let (s, m) = reply_with(&p, &s, "order.cancelled", json!({}), 4);
+    assert_eq!(s.status, SagaStatus::Cancelled);
+    assert_eq!(events(&m), vec!["saga.cancelled"]);
+    assert_eq!(
+        cancel(&def(), &p, &s, 5),
+        Decision::Ignored(Ignored::AlreadyCancelled)
+    );
+}
+
+#[test]
+fn cancelling_mid_step_stops_waiting_at_the_step_deadline() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = applied(cancel(&def(), &p, &s, 1));
+    let (s, m) = timer(&s, s.pending.unwrap().deadline_at);
+    assert_eq!(
+        commands(&m),
+        vec!["cancel_order"],
+        "the order may exist: cancel it, no re-send"
+    );
+    assert!(s.steps[0].outcome_unknown);
+    let (s, _) = reply_with(&p, &s, "order.cancelled", json!({}), 9_000);
+    assert_eq!(s.status, SagaStatus::Cancelled);
+}
+
+#[test]
+fn cancelling_a_completed_saga_undoes_every_step_newest_first() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = reply_with(&p, &s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (s, _) = reply_with(&p, &s, "user.payment_info_retrieved", json!({}), 2);
+    let (s, _) = reply_with(
+        &p,
+        &s,
+        "payment.authorized",
+        json!({"payment_id": "p-1"}),
+        3,
+    );
+    let (s, _) = reply_with(&p, &s, "order.status_updated", json!({}), 4);
+    assert_eq!(s.status, SagaStatus::Completed);
+    let (s, m) = applied(cancel(&def(), &p, &s, 10));
+    assert_eq!(s.status, SagaStatus::Cancelling);
+    assert_eq!(s.completed_at, None);
+    assert_eq!(commands(&m), vec!["revert_payment"]);
+    let (s, m) = reply_with(&p, &s, "payment.released", json!({}), 11);
+    assert_eq!(commands(&m), vec!["cancel_order"]);
+    let (s, _) = reply_with(&p, &s, "order.cancelled", json!({}), 12);
+    assert_eq!(s.status, SagaStatus::Cancelled);
+    assert_eq!(s.completed_at, Some(12));
+    assert_eq!(s.next_wake(), None);
+}
+
+#[test]
+fn sagas_that_cannot_be_cancelled_say_why() {
+    let (s, _) = started();
+    let (s, _) = answer(&s, "order.creation_failed", json!({}), 1);
+    assert_eq!(
+        cancel(&def(), &policy(), &s, 2),
+        Decision::Ignored(Ignored::NotCancellable(SagaStatus::Compensated))
+    );
+    assert_eq!(
+        on_timer(&def(), &policy(), &s, i64::MAX),
+        Decision::Ignored(Ignored::Terminal)
+    );
 }

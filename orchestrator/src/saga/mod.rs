@@ -13,4 +13,4 @@ pub mod state;
 
 pub use definition::{CommandSpec, Compensation, SagaDefinition, Step};
 pub use engine::{Decision, Ignored, Reply};
-pub use state::{Pending, SagaState, SagaStatus, StepKind, StepRecord, StepStatus};
+pub use state::{Abort, Attempt, Pending, SagaState, SagaStatus, StepKind, StepRecord, StepStatus};

@@ -14,18 +14,24 @@ pub enum SagaStatus {
     Completed,
     /// A step failed; compensations of the completed steps are running, newest first.
     Compensating,
-    /// A step failed and every completed step has been undone.
+    /// A step failed (or the saga ran out of time) and every completed step has been undone.
     Compensated,
+    /// A cancel was accepted; compensations run once the step in flight has answered.
+    Cancelling,
+    /// Cancelled, and every completed step has been undone.
+    Cancelled,
     /// A compensation could not be done; the saga needs attention.
     Failed,
 }
 
 impl SagaStatus {
-    pub const ALL: [SagaStatus; 5] = [
+    pub const ALL: [SagaStatus; 7] = [
         SagaStatus::Started,
         SagaStatus::Completed,
         SagaStatus::Compensating,
         SagaStatus::Compensated,
+        SagaStatus::Cancelling,
+        SagaStatus::Cancelled,
         SagaStatus::Failed,
     ];
 
@@ -35,6 +41,8 @@ impl SagaStatus {
             SagaStatus::Completed => "COMPLETED",
             SagaStatus::Compensating => "COMPENSATING",
             SagaStatus::Compensated => "COMPENSATED",
+            SagaStatus::Cancelling => "CANCELLING",
+            SagaStatus::Cancelled => "CANCELLED",
             SagaStatus::Failed => "FAILED",
         }
     }
@@ -77,9 +85,35 @@ pub struct StepRecord {
     pub status: StepStatus,
     pub command_id: Uuid,
     pub attempts: u32,
+    /// Every time the command was sent, and how that attempt ended.
+    #[serde(default)]
+    pub attempt_log: Vec<Attempt>,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
+    /// The step got no reply at all: it may or may not have run, so it is compensated as if it
+    /// had (compensations are idempotent and undo nothing that is not there).
+    #[serde(default)]
+    pub outcome_unknown: bool,
+}
+
+/// One sending of a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub sent_at: i64,
+    /// `None` while waiting; then `succeeded`, `failed: <reason>` or `timed out`.
+    pub outcome: Option<String>,
+}
+
+/// Why a saga stops going forward before its steps are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Abort {
+    /// `POST /sagas/{id}/cancel`: ends `CANCELLED`.
+    Cancel,
+    /// The saga deadline passed: ends `COMPENSATED`.
+    Timeout,
 }
 
 /// The command the saga waits for a reply to.
@@ -88,6 +122,14 @@ pub struct Pending {
     pub command_id: Uuid,
     pub step_index: usize,
     pub kind: StepKind,
+    /// The message that caused the command; a re-send carries it again.
+    pub causation_id: Option<Uuid>,
+    /// 1 for the first sending.
+    pub attempt: u32,
+    pub first_sent_at: i64,
+    /// When to stop waiting: re-send, or give up. Also when to re-send after a compensation
+    /// failed.
+    pub deadline_at: i64,
 }
 
 /// Everything the engine knows about one saga. Stored as JSON beside a few indexed columns.
@@ -101,7 +143,17 @@ pub struct SagaState {
     pub steps: Vec<StepRecord>,
     /// `None` once the saga is terminal.
     pub pending: Option<Pending>,
+    /// Why compensation started: the failed step, the saga deadline.
     pub error: Option<String>,
+    /// Why the saga is `FAILED`: the compensation that could not be done.
+    #[serde(default)]
+    pub compensation_error: Option<String>,
+    /// Set when the saga is cancelled or runs out of time while a step is in flight.
+    #[serde(default)]
+    pub abort: Option<Abort>,
+    /// When a saga still running is compensated.
+    #[serde(default)]
+    pub deadline_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub completed_at: Option<i64>,
@@ -116,6 +168,20 @@ impl SagaState {
             .rev()
             .find(|s| s.command_id == pending.command_id)
             .map(|s| s.name.as_str())
+    }
+
+    /// When the saga next needs attention without a reply (a step deadline, the saga
+    /// deadline); `None` once it is terminal. Stored in an indexed column for the timer.
+    pub fn next_wake(&self) -> Option<i64> {
+        let pending = self.pending.map(|p| p.deadline_at);
+        let saga = match (self.status, self.abort) {
+            (SagaStatus::Started, None) => self.deadline_at,
+            _ => None,
+        };
+        match (pending, saga) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A string field of the context (`customer_id`, `order_id`, ...).

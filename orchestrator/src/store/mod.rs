@@ -49,6 +49,13 @@ pub enum ReplyOutcome {
     UnknownSaga,
 }
 
+/// What a transition did.
+#[derive(Debug, PartialEq)]
+pub enum Changed {
+    Yes { status: SagaStatus, messages: usize },
+    No(Ignored),
+}
+
 /// A row of the outbox, ready to publish.
 #[derive(Debug)]
 pub struct OutboxRow {
@@ -83,8 +90,8 @@ impl SagaStore {
     ) -> Result<Created> {
         let mut tx = self.db.writer.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING",
+            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(state.saga_id.to_string())
         .bind(&state.saga_type)
@@ -94,6 +101,7 @@ impl SagaStore {
         .bind(to_json(state))
         .bind(state.created_at)
         .bind(state.updated_at)
+        .bind(state.next_wake())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -174,46 +182,54 @@ impl SagaStore {
             tx.rollback().await?;
             return Ok(ReplyOutcome::Duplicate);
         }
-        let row = sqlx::query("SELECT saga_id, state, version FROM sagas WHERE saga_id = $1")
-            .bind(reply.correlation_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(ReplyOutcome::UnknownSaga);
-        };
-        let current = decode(&row)?;
-        let version: i64 = row.try_get("version")?;
-        match decide(&current) {
-            Decision::Ignored(why) => {
+        let outcome = transition_in(&mut tx, reply.correlation_id, now, decide).await?;
+        match outcome {
+            None => {
+                tx.rollback().await?;
+                Ok(ReplyOutcome::UnknownSaga)
+            }
+            Some(Changed::No(why)) => {
+                // Keep the inbox row: the same reply again is a duplicate.
                 tx.commit().await?;
                 Ok(ReplyOutcome::Ignored(why))
             }
-            Decision::Applied { state, messages } => {
-                let updated = sqlx::query(
-                    "UPDATE sagas SET status = $1, state = $2, version = version + 1, updated_at = $3 \
-                     WHERE saga_id = $4 AND version = $5",
-                )
-                .bind(state.status.as_str())
-                .bind(to_json(&state))
-                .bind(state.updated_at)
-                .bind(state.saga_id.to_string())
-                .bind(version)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated == 0 {
-                    tx.rollback().await?;
-                    return Err(Error::Conflict(state.saga_id));
-                }
-                insert_outbox(&mut tx, &messages, now).await?;
+            Some(Changed::Yes { status, messages }) => {
                 tx.commit().await?;
-                Ok(ReplyOutcome::Applied {
-                    status: state.status,
-                    messages: messages.len(),
-                })
+                Ok(ReplyOutcome::Applied { status, messages })
             }
         }
+    }
+
+    /// Applies `decide` to one saga in one transaction (timers, cancel, retry). `None` when there
+    /// is no such saga.
+    pub async fn transition(
+        &self,
+        saga_id: Uuid,
+        now: i64,
+        decide: impl FnOnce(&SagaState) -> Decision,
+    ) -> Result<Option<Changed>> {
+        let mut tx = self.db.writer.begin().await?;
+        let outcome = transition_in(&mut tx, saga_id, now, decide).await?;
+        match &outcome {
+            Some(Changed::Yes { .. }) => tx.commit().await?,
+            _ => tx.rollback().await?,
+        }
+        Ok(outcome)
+    }
+
+    /// Sagas whose timer is due, most overdue first.
+    pub async fn due(&self, now: i64, limit: i64) -> Result<Vec<Uuid>> {
+        let rows =
+            sqlx::query("SELECT saga_id FROM sagas WHERE wake_at <= $1 ORDER BY wake_at LIMIT $2")
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.db.writer)
+                .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>("saga_id").ok())
+            .filter_map(|id| Uuid::parse_str(&id).ok())
+            .collect())
     }
 
     /// The oldest unpublished outbox rows, in the order they were written.
@@ -261,6 +277,49 @@ impl SagaStore {
             "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL",
         )
         .await
+    }
+}
+
+/// Loads the saga, lets `decide` move it, stores the result under a version check and writes its
+/// messages to the outbox — all inside `tx`, which the caller commits.
+async fn transition_in(
+    tx: &mut Transaction<'_, Any>,
+    saga_id: Uuid,
+    now: i64,
+    decide: impl FnOnce(&SagaState) -> Decision,
+) -> Result<Option<Changed>> {
+    let row = sqlx::query("SELECT saga_id, state, version FROM sagas WHERE saga_id = $1")
+        .bind(saga_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let current = decode(&row)?;
+    let version: i64 = row.try_get("version")?;
+    match decide(&current) {
+        Decision::Ignored(why) => Ok(Some(Changed::No(why))),
+        Decision::Applied { state, messages } => {
+            let updated = sqlx::query(
+                "UPDATE sagas SET status = $1, state = $2, version = version + 1, updated_at = $3, wake_at = $4 \
+                 WHERE saga_id = $5 AND version = $6",
+            )
+            .bind(state.status.as_str())
+            .bind(to_json(&state))
+            .bind(state.updated_at)
+            .bind(state.next_wake())
+            .bind(state.saga_id.to_string())
+            .bind(version)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Err(Error::Conflict(state.saga_id));
+            }
+            insert_outbox(tx, &messages, now).await?;
+            Ok(Some(Changed::Yes {
+                status: state.status,
+                messages: messages.len(),
+            }))
+        }
     }
 }
 

@@ -23,6 +23,8 @@ struct Args {
     group_id: String,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    policy: orchestrator::app::PolicyArgs,
 }
 
 #[tokio::main]
@@ -42,6 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         kafka,
         topics,
         group_id: args.group_id,
+        policy: args.policy.policy(),
     };
     orchestrator::Orchestrator::start(config, cancel)
         .await?
