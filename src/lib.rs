@@ -48,6 +48,10 @@ pub struct SystemConfig {
     pub notification_stdout: bool,
     pub topics: Topics,
     pub policy: orchestrator::Policy,
+    /// Faults the stub services inject (off by default).
+    pub chaos: services::chaos::Chaos,
+    /// Times a message may fail with a non-transient error before it is dead-lettered.
+    pub max_delivery_attempts: u32,
 }
 
 impl SystemConfig {
@@ -79,6 +83,7 @@ impl SystemConfig {
             topics: self.topics.clone(),
             group_id: "saga-orchestrator".into(),
             policy: self.policy,
+            max_delivery_attempts: self.max_delivery_attempts,
         })
     }
 
@@ -88,6 +93,8 @@ impl SystemConfig {
             sqlite_sync: self.sqlite_sync,
             kafka,
             topics: self.topics.clone(),
+            chaos: self.chaos.clone(),
+            max_attempts: self.max_delivery_attempts,
         })
     }
 

@@ -32,6 +32,11 @@ struct Args {
     topics_file: Option<String>,
     #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
+    #[command(flatten)]
+    chaos: services::chaos::Chaos,
+    /// Times a message may fail with a non-transient error before it is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
+    max_delivery_attempts: u32,
 }
 
 #[tokio::main]
@@ -46,6 +51,8 @@ async fn main() -> Result<(), saga_system::Error> {
         notification_stdout: args.notification_stdout,
         topics: platform::Topics::load(args.topics_file.as_deref())?,
         policy: args.policy.policy(),
+        chaos: args.chaos,
+        max_delivery_attempts: args.max_delivery_attempts,
     };
     let cancel = platform::shutdown::on_signal();
     let system = saga_system::System::start(&config, &cancel).await?;
@@ -54,6 +61,6 @@ async fn main() -> Result<(), saga_system::Error> {
         notifications = %config.data_dir.join("notifications.log").display(),
         "saga system ready; Ctrl-C to stop"
     );
-    system.wait().await;
+    platform::shutdown::run_bounded(&cancel, system.wait()).await;
     Ok(())
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub group_id: String,
     /// Deadlines, retries and limits.
     pub policy: Policy,
+    /// Times a reply may fail with a non-transient error before it is dead-lettered.
+    pub max_delivery_attempts: u32,
 }
 
 /// A running orchestrator.
@@ -83,6 +85,7 @@ impl Orchestrator {
             definition: definition.clone(),
             policy: config.policy,
             relay: relay.clone(),
+            max_attempts: config.max_delivery_attempts.max(1),
             cancel: cancel.clone(),
         };
         tasks.spawn(platform::kafka::run_consumer(

@@ -19,6 +19,8 @@ use crate::store::SagaStore;
 
 /// Rows published per round trip to the database.
 const BATCH: i64 = 500;
+/// How long deliveries in flight may still take once shutdown has begun.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the relay looks for rows nobody told it about.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -73,7 +75,7 @@ impl Relay {
                 continue;
             }
             let full_batch = rows.len() as i64 == BATCH;
-            let (sent, failed) = self.publish(&rows).await;
+            let (sent, failed) = self.publish(&rows, &cancel).await;
             if let Retried::Cancelled = retry::until_cancelled(
                 &cancel,
                 "marking outbox rows sent",
@@ -109,7 +111,11 @@ impl Relay {
     /// Hands every row to the producer first, then waits for the deliveries, so a batch costs one
     /// round trip to the broker rather than one per row. Returns the ids delivered and how many
     /// were not.
-    async fn publish(&self, rows: &[crate::store::OutboxRow]) -> (Vec<i64>, usize) {
+    async fn publish(
+        &self,
+        rows: &[crate::store::OutboxRow],
+        cancel: &CancellationToken,
+    ) -> (Vec<i64>, usize) {
         let mut pending = Vec::with_capacity(rows.len());
         let mut failed = 0;
         for row in rows {
@@ -139,8 +145,22 @@ impl Relay {
             }
         }
         let mut sent = Vec::with_capacity(pending.len());
+        // On shutdown, deliveries get a grace period; rows not confirmed by then stay unsent and
+        // go out again after the restart (receivers de-duplicate).
+        let stop = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(stop);
         for (id, delivery) in pending {
-            match delivery.await {
+            let delivery = tokio::select! {
+                d = delivery => d,
+                _ = &mut stop => {
+                    failed += 1;
+                    break;
+                }
+            };
+            match delivery {
                 Ok(Ok(_)) => sent.push(id),
                 Ok(Err((e, _))) => {
                     tracing::warn!(error = %e, "outbox row delivery failed");

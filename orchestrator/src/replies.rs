@@ -25,6 +25,8 @@ pub struct ReplyHandler {
     pub definition: Arc<SagaDefinition>,
     pub policy: Policy,
     pub relay: Relay,
+    /// Times a reply may fail with a non-transient error before it is dead-lettered.
+    pub max_attempts: u32,
     pub cancel: CancellationToken,
 }
 

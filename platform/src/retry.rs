@@ -36,7 +36,7 @@ pub fn policy_iter() -> impl Iterator<Item = Duration> {
 pub async fn until_cancelled<T, E, F, Fut>(
     cancel: &CancellationToken,
     what: &str,
-    transient: impl Fn(&E) -> bool,
+    mut transient: impl FnMut(&E) -> bool,
     mut op: F,
 ) -> Retried<T, E>
 where

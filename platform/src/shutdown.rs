@@ -36,3 +36,25 @@ async fn wait_for_signal() {
         _ = term => {}
     }
 }
+
+/// Once shutdown has begun, a process that has not stopped after this long exits anyway.
+pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `stopped` (a process's "wait until every task is done") to its end. Once `cancel` fires
+/// it has [`LIMIT`] left; past that the process exits with status 1, so a stop is always bounded.
+/// Nothing is lost by that: work in flight is redone after a restart.
+pub async fn run_bounded(
+    cancel: &CancellationToken,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    tokio::select! {
+        _ = &mut stopped => return,
+        _ = cancel.cancelled() => {}
+    }
+    if tokio::time::timeout(LIMIT, stopped).await.is_err() {
+        tracing::error!(limit_s = LIMIT.as_secs(), "shutdown took too long; exiting");
+        std::process::exit(1);
+    }
+    tracing::info!("stopped cleanly");
+}

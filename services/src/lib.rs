@@ -15,8 +15,10 @@
 //! ## Layout
 //! - [`runtime`]: what every command service shares: consume, handle once, reply.
 //! - [`order`], [`user`], [`payment`]: the business rules of each.
+//! - [`chaos`]: faults injected on purpose (failures, delays, drops, duplicates).
 //! - [`notification`]: logs every message of every topic as a JSON line.
 
+pub mod chaos;
 mod error;
 pub mod notification;
 pub mod order;
@@ -41,6 +43,11 @@ pub struct ServiceArgs {
     pub sqlite_synchronous: SqliteSync,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub chaos: chaos::Chaos,
+    /// Times a command may fail with a non-transient error before it is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
+    pub max_delivery_attempts: u32,
 }
 
 /// Runs one command service as its own process until Ctrl-C or SIGTERM.
@@ -59,7 +66,10 @@ pub async fn run_standalone<S: runtime::CommandService>(
         sqlite_sync: args.sqlite_synchronous,
         kafka,
         topics,
+        chaos: args.chaos,
+        max_attempts: args.max_delivery_attempts,
     };
-    runtime::start(service, &config, cancel).await?.wait().await;
+    let service = runtime::start(service, &config, cancel.clone()).await?;
+    platform::shutdown::run_bounded(&cancel, service.wait()).await;
     Ok(())
 }

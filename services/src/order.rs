@@ -145,6 +145,19 @@ impl CommandService for OrderService {
             ))),
         }
     }
+
+    fn failure(&self, command: &Envelope) -> Option<Outcome> {
+        let reason = json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"});
+        match command.message_type.as_str() {
+            "create_order" => Some(Outcome::Reply("order.creation_failed", reason)),
+            "update_order_status" => Some(Outcome::Reply("order.status_update_failed", reason)),
+            "cancel_order" => Some(Outcome::Refuse(
+                "order.cancel_failed",
+                "injected refusal (CHAOS_FAILURE_RATE)".into(),
+            )),
+            _ => None,
+        }
+    }
 }
 
 async fn current_status(tx: &mut Transaction<'_, Any>, order_id: &str) -> Result<Option<String>> {

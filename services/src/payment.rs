@@ -128,4 +128,18 @@ impl CommandService for PaymentService {
             ))),
         }
     }
+
+    fn failure(&self, command: &Envelope) -> Option<Outcome> {
+        match command.message_type.as_str() {
+            "authorize_payment" => Some(Outcome::Reply(
+                "payment.failed",
+                json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
+            )),
+            "revert_payment" => Some(Outcome::Refuse(
+                "payment.release_failed",
+                "injected refusal (CHAOS_FAILURE_RATE)".into(),
+            )),
+            _ => None,
+        }
+    }
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use sqlx::{Any, Row, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use platform::db::{Db, Migrations, SqliteSync};
@@ -25,13 +26,18 @@ use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::retry::{self, Retried};
 use platform::{Envelope, TopicSpec, Topics};
 
+use crate::chaos::Chaos;
 use crate::{Error, Result};
 
 /// What a service decided about a command.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Reply with this event type and payload.
+    /// Reply with this event type and payload. Final: recorded, and a re-sent command gets the
+    /// same reply.
     Reply(&'static str, Value),
+    /// Refuse for now with this event type and reason. Not recorded, so a re-sent command is
+    /// handled afresh: how a compensation says "not yet, try again".
+    Refuse(&'static str, String),
     /// The command is not one this service handles, or is malformed: dead-letter it.
     Reject(String),
 }
@@ -49,6 +55,9 @@ pub trait CommandService: Send + Sync + 'static {
         tx: &mut Transaction<'_, Any>,
         command: &Envelope,
     ) -> impl Future<Output = Result<Outcome>> + Send;
+    /// What an injected failure ([`Chaos`]) of `command` looks like: a failure reply for a
+    /// forward step, a refusal for a compensation. `None` if the command cannot fail.
+    fn failure(&self, command: &Envelope) -> Option<Outcome>;
 }
 
 /// Where a service keeps its state and how it reaches Kafka.
@@ -58,6 +67,9 @@ pub struct ServiceConfig {
     pub sqlite_sync: SqliteSync,
     pub kafka: KafkaSettings,
     pub topics: Topics,
+    pub chaos: Chaos,
+    /// Times a command may fail with a non-transient error before it is dead-lettered.
+    pub max_attempts: u32,
 }
 
 /// A running service task.
@@ -98,16 +110,25 @@ pub async fn start<S: CommandService>(
         .kafka
         .consumer(S::NAME, &[&S::commands(&config.topics).name])?;
     let dead_letters = DeadLetters::new(producer.clone(), &config.topics.dead_letter.name, S::NAME);
+    if !config.chaos.is_off() {
+        tracing::warn!(service = S::NAME, chaos = ?config.chaos, "chaos knobs are on");
+    }
+    let delayed = TaskTracker::new();
     let runner = Runner {
         service: Arc::new(service),
         db: db.clone(),
         producer: producer.clone(),
         reply_topic: S::replies(&config.topics).name.clone(),
+        chaos: config.chaos.clone(),
+        max_attempts: config.max_attempts.max(1),
+        delayed: delayed.clone(),
         cancel: cancel.clone(),
     };
     let token = cancel.clone();
     let join = tokio::spawn(async move {
         platform::kafka::run_consumer(consumer, runner, dead_letters, token).await;
+        delayed.close();
+        delayed.wait().await;
         platform::kafka::flush(&producer);
         db.close().await;
         tracing::info!(service = S::NAME, "stopped");
@@ -125,6 +146,10 @@ struct Runner<S> {
     db: Db,
     producer: FutureProducer,
     reply_topic: String,
+    chaos: Chaos,
+    max_attempts: u32,
+    /// Replies held back by the delay knob.
+    delayed: TaskTracker,
     cancel: CancellationToken,
 }
 
@@ -146,10 +171,14 @@ impl<S: CommandService> MessageHandler for Runner<S> {
 
 impl<S: CommandService> Runner<S> {
     async fn process(&self, command: &Envelope) -> Disposition {
+        let mut failures = 0;
         let reply = retry::until_cancelled(
             &self.cancel,
             "handling a command",
-            Error::is_transient,
+            |e: &Error| {
+                failures += 1;
+                e.is_transient() || failures < self.max_attempts
+            },
             || self.handle_once(command),
         )
         .await;
@@ -159,12 +188,42 @@ impl<S: CommandService> Runner<S> {
             Retried::Permanent(e) => return Disposition::DeadLetter(e.to_string()),
             Retried::Cancelled => return Disposition::Abandoned,
         };
-        if self.publish(&reply).await {
-            tracing::debug!(reply = %reply.message_type, "replied");
-            Disposition::Done
-        } else {
-            Disposition::Abandoned
+        let kind = command.message_type.as_str();
+        if self.chaos.drop_reply(kind) {
+            tracing::info!(reply = %reply.message_type, "chaos: reply dropped");
+            return Disposition::Done;
         }
+        let copies = if self.chaos.duplicate_reply(kind) {
+            2
+        } else {
+            1
+        };
+        let delay = self.chaos.delay(kind);
+        if !delay.is_zero() {
+            // Held back in the background, like a slow network: the partition moves on.
+            let (producer, topic, cancel) = (
+                self.producer.clone(),
+                self.reply_topic.clone(),
+                self.cancel.clone(),
+            );
+            self.delayed.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                for _ in 0..copies {
+                    publish(&producer, &topic, &reply, &cancel).await;
+                }
+            });
+            return Disposition::Done;
+        }
+        for _ in 0..copies {
+            if !publish(&self.producer, &self.reply_topic, &reply, &self.cancel).await {
+                return Disposition::Abandoned;
+            }
+        }
+        tracing::debug!(reply = %reply.message_type, "replied");
+        Disposition::Done
     }
 
     /// One transaction: the stored reply if the command was seen before, else the effect, the
@@ -183,8 +242,28 @@ impl<S: CommandService> Runner<S> {
                 serde_json::from_str(&stored).map_err(|e| format!("stored reply unreadable: {e}"))
             );
         }
-        let (reply_type, payload) = match self.service.handle(&mut tx, command).await? {
+        let injected = if self.chaos.fail(&command.message_type) {
+            self.service.failure(command)
+        } else {
+            None
+        };
+        let outcome = match injected {
+            Some(outcome) => {
+                tracing::info!("chaos: failure injected");
+                outcome
+            }
+            None => self.service.handle(&mut tx, command).await?,
+        };
+        let (reply_type, payload) = match outcome {
             Outcome::Reply(t, p) => (t, p),
+            Outcome::Refuse(t, reason) => {
+                tx.rollback().await?;
+                return Ok(Ok(Envelope::reply_to(
+                    command,
+                    t,
+                    serde_json::json!({ "reason": reason }),
+                )));
+            }
             Outcome::Reject(reason) => {
                 tx.rollback().await?;
                 return Ok(Err(reason));
@@ -204,28 +283,31 @@ impl<S: CommandService> Runner<S> {
         tx.commit().await?;
         Ok(Ok(reply))
     }
+}
 
-    /// Publishes the reply, retrying until it is delivered or the service stops.
-    async fn publish(&self, reply: &Envelope) -> bool {
-        let payload = reply.to_json();
-        let key = reply.key();
-        let sent = retry::until_cancelled(
-            &self.cancel,
-            "publishing a reply",
-            |_| true,
-            || async {
-                let record = FutureRecord::to(&self.reply_topic)
-                    .key(&key)
-                    .payload(&payload);
-                self.producer
-                    .send(record, Duration::from_secs(5))
-                    .await
-                    .map_err(|(e, _)| e)
-            },
-        )
-        .await;
-        matches!(sent, Retried::Ok(_))
-    }
+/// Publishes a reply, retrying until it is delivered or the service stops.
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    reply: &Envelope,
+    cancel: &CancellationToken,
+) -> bool {
+    let payload = reply.to_json();
+    let key = reply.key();
+    let sent = retry::until_cancelled(
+        cancel,
+        "publishing a reply",
+        |_| true,
+        || async {
+            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            producer
+                .send(record, Duration::from_secs(5))
+                .await
+                .map_err(|(e, _)| e)
+        },
+    )
+    .await;
+    matches!(sent, Retried::Ok(_))
 }
 
 /// A string field of a command payload, or a rejection naming it.

@@ -71,4 +71,13 @@ impl CommandService for UserService {
             json!({"customer_id": customer, "payment_method_id": method}),
         ))
     }
+
+    fn failure(&self, command: &Envelope) -> Option<Outcome> {
+        (command.message_type == "get_payment_info").then(|| {
+            Outcome::Reply(
+                "user.payment_info_failed",
+                json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
+            )
+        })
+    }
 }

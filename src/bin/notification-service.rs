@@ -42,6 +42,7 @@ async fn main() -> Result<(), services::Error> {
         kafka,
         topics,
     };
-    notification::start(config, cancel).await?.wait().await;
+    let service = notification::start(config, cancel.clone()).await?;
+    platform::shutdown::run_bounded(&cancel, service.wait()).await;
     Ok(())
 }

@@ -25,6 +25,9 @@ struct Args {
     kafka: KafkaArgs,
     #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
+    /// Times a reply may fail with a non-transient error before it is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
+    max_delivery_attempts: u32,
 }
 
 #[tokio::main]
@@ -45,10 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         topics,
         group_id: args.group_id,
         policy: args.policy.policy(),
+        max_delivery_attempts: args.max_delivery_attempts,
     };
-    orchestrator::Orchestrator::start(config, cancel)
-        .await?
-        .wait()
-        .await;
+    let orchestrator = orchestrator::Orchestrator::start(config, cancel.clone()).await?;
+    platform::shutdown::run_bounded(&cancel, orchestrator.wait()).await;
     Ok(())
 }

@@ -106,6 +106,8 @@ pub async fn spawn_app_with(services: &[&'static str]) -> TestApp {
         notification_stdout: false,
         topics: Topics::load(None).unwrap(),
         policy: orchestrator::Policy::default(),
+        chaos: Default::default(),
+        max_delivery_attempts: 3,
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
     kafka.create_topics(&config.topics).expect("topics");

@@ -20,6 +20,9 @@ pub enum ApiError {
         message: String,
         status: crate::saga::SagaStatus,
     },
+    /// The request took longer than the API allows.
+    #[error("request timed out")]
+    Timeout,
     /// The database is away for now; the client may retry.
     #[error("unavailable: {0}")]
     Unavailable(crate::Error),
@@ -89,6 +92,10 @@ impl IntoResponse for ApiError {
             ApiError::Client { status, message } => (status, message),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
             ApiError::Conflict { message, .. } => (StatusCode::CONFLICT, message),
+            ApiError::Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request timed out; retry later".to_string(),
+            ),
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, "request failed: storage unavailable");
                 (

@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rdkafka::producer::FutureProducer;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 pub use error::ApiError;
 
@@ -22,6 +25,17 @@ use crate::store::SagaStore;
 
 /// Request bodies larger than this are refused with 413: an order is a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A request (reading its body included) that takes longer than this is answered 503, so a slow
+/// client or a stuck database cannot hold a connection forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -40,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sagas::router())
         .merge(health::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn(deadline))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
