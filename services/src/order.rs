@@ -130,10 +130,22 @@ impl CommandService for OrderService {
                 }
             }
             "cancel_order" => {
-                let order_id = reject_on_err!(field(command, "order_id"));
+                // The saga may not know the order id (create_order's reply never came): the
+                // order is then found by its saga.
+                let order_id = match field(command, "order_id") {
+                    Ok(id) => Some(id.to_string()),
+                    Err(_) => sqlx::query("SELECT order_id FROM orders WHERE saga_id = $1")
+                        .bind(&saga_id)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                        .map(|r| r.try_get::<String, _>("order_id"))
+                        .transpose()?,
+                };
                 // Cancelling an order that does not exist leaves nothing to undo: that is success.
-                if current_status(tx, order_id).await?.is_some() {
-                    set_status(tx, order_id, "CANCELLED", now).await?;
+                if let Some(order_id) = &order_id {
+                    if current_status(tx, order_id).await?.is_some() {
+                        set_status(tx, order_id, "CANCELLED", now).await?;
+                    }
                 }
                 Ok(Outcome::Reply(
                     "order.cancelled",

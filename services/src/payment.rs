@@ -111,16 +111,28 @@ impl CommandService for PaymentService {
                 })
             }
             "revert_payment" => {
-                let payment_id = reject_on_err!(field(command, "payment_id"));
                 // Releasing a payment that was never authorized leaves nothing to undo: success.
-                sqlx::query("UPDATE payments SET status = 'RELEASED', updated_at = $1 WHERE payment_id = $2 AND status = 'AUTHORIZED'")
-                    .bind(now)
-                    .bind(payment_id)
-                    .execute(&mut **tx)
-                    .await?;
+                // Without a payment id (its authorization was never confirmed to the saga), the
+                // payment is found by its saga.
+                let released = match field(command, "payment_id") {
+                    Ok(payment_id) => {
+                        sqlx::query("UPDATE payments SET status = 'RELEASED', updated_at = $1 WHERE payment_id = $2 AND status = 'AUTHORIZED'")
+                            .bind(now)
+                            .bind(payment_id)
+                            .execute(&mut **tx)
+                            .await?
+                    }
+                    Err(_) => {
+                        sqlx::query("UPDATE payments SET status = 'RELEASED', updated_at = $1 WHERE saga_id = $2 AND status = 'AUTHORIZED'")
+                            .bind(now)
+                            .bind(&saga_id)
+                            .execute(&mut **tx)
+                            .await?
+                    }
+                };
                 Ok(Outcome::Reply(
                     "payment.released",
-                    json!({ "payment_id": payment_id }),
+                    json!({ "released": released.rows_affected() > 0 }),
                 ))
             }
             other => Ok(Outcome::Reject(format!(

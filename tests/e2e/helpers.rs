@@ -19,6 +19,7 @@ use platform::db::SqliteSync;
 use platform::embedded::EmbeddedKafka;
 use platform::Topics;
 use saga_system::SystemConfig;
+use services::chaos::Chaos;
 use services::ServiceHandle;
 
 /// The components a test can leave out or restart.
@@ -84,6 +85,27 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the orchestrator and only the named services.
 pub async fn spawn_app_with(services: &[&'static str]) -> TestApp {
+    spawn_app_custom(services, orchestrator::Policy::default(), Chaos::default()).await
+}
+
+/// Deadlines short enough for a test to watch them pass.
+pub fn fast_policy() -> orchestrator::Policy {
+    orchestrator::Policy {
+        step_timeout_ms: 300,
+        max_step_timeout_ms: 600,
+        max_attempts: 3,
+        retry_delay_ms: 100,
+        compensation_limit_ms: 1_500,
+        saga_timeout_ms: 60_000,
+    }
+}
+
+/// Starts the orchestrator with `policy` and the named services with `chaos`.
+pub async fn spawn_app_custom(
+    services: &[&'static str],
+    policy: orchestrator::Policy,
+    chaos: Chaos,
+) -> TestApp {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut pg_databases = Vec::new();
@@ -105,8 +127,8 @@ pub async fn spawn_app_with(services: &[&'static str]) -> TestApp {
         sqlite_sync: SqliteSync::Normal,
         notification_stdout: false,
         topics: Topics::load(None).unwrap(),
-        policy: orchestrator::Policy::default(),
-        chaos: Default::default(),
+        policy,
+        chaos,
         max_delivery_attempts: 3,
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
@@ -151,6 +173,21 @@ impl TestApp {
         if let Some(o) = self.orchestrator.take() {
             o.stop().await;
         }
+    }
+
+    /// Restarts a service with other chaos knobs.
+    pub async fn restart_service(&mut self, name: &'static str, chaos: Chaos) {
+        if let Some(s) = self.services.remove(name) {
+            s.stop().await;
+        }
+        self.config.chaos = chaos;
+        self.start_service(name).await;
+    }
+
+    pub async fn post(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.client.post(self.url(path)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn start_service(&mut self, name: &'static str) {
@@ -246,12 +283,12 @@ impl TestApp {
         }
     }
 
-    /// Polls until the saga is COMPLETED, COMPENSATED or FAILED.
+    /// Polls until the saga is terminal: COMPLETED, COMPENSATED, CANCELLED or FAILED.
     pub async fn wait_terminal(&self, id: &str) -> Value {
         self.wait_for(id, Duration::from_secs(30), |s| {
             matches!(
                 s["status"].as_str(),
-                Some("COMPLETED" | "COMPENSATED" | "FAILED")
+                Some("COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED")
             )
         })
         .await

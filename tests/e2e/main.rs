@@ -4,6 +4,9 @@
 //! Set `TEST_DATABASE_URL=postgres://...` to run every test against PostgreSQL instead of SQLite.
 
 mod api;
+mod cancel;
+mod chaos;
+mod deadlines;
 mod delivery;
 mod helpers;
 mod restart;

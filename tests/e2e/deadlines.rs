@@ -1,0 +1,159 @@
+//! Deadlines: commands re-sent with the same id, steps given up on, compensations retried until
+//! a limit and re-driven by hand, sagas compensated when they run out of time.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+use services::chaos::Chaos;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_command_is_resent_with_the_same_id_and_the_saga_completes() {
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        fast_policy(),
+        Chaos::default(),
+    )
+    .await;
+    let id = app.start_saga("c-resend").await;
+    app.wait_for(&id, Duration::from_secs(30), |s| {
+        s["current_step"] == "get_payment_info" && s["steps"][1]["attempts"].as_u64() >= Some(2)
+    })
+    .await;
+    app.start_service("users").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let history = saga["steps"][1]["history"].as_array().unwrap();
+    assert!(history.len() >= 2, "{saga}");
+    assert_eq!(history[0]["outcome"], "timed out");
+    assert_eq!(history.last().unwrap()["outcome"], "succeeded");
+    // Every sending carried the same command id, and the user service handled it once.
+    let users = app.db("users").await;
+    assert_eq!(
+        count(
+            &users,
+            "SELECT COUNT(*) FROM processed_commands WHERE saga_id = $1",
+            &id
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_never_answers_fails_after_its_attempts_and_is_compensated() {
+    let app = spawn_app_custom(&["notification", "orders"], fast_policy(), Chaos::default()).await;
+    let id = app.start_saga("c-silent").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    assert_eq!(
+        steps(&saga),
+        vec![
+            step("create_order", "forward", "COMPLETED"),
+            step("get_payment_info", "forward", "FAILED"),
+            step("cancel_order", "compensation", "COMPLETED"),
+        ]
+    );
+    assert_eq!(saga["steps"][1]["attempts"], 3);
+    assert!(
+        saga["error"]
+            .as_str()
+            .unwrap()
+            .contains("no reply after 3 attempts"),
+        "{saga}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_it() {
+    let refuse_cancel = Chaos {
+        failure_rate: 1.0,
+        commands: vec!["cancel_order".into()],
+        ..Chaos::default()
+    };
+    let mut app = spawn_app_custom(&ALL_SERVICES, fast_policy(), refuse_cancel).await;
+    let id = app.start_saga("nocard-refused").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "FAILED", "{saga}");
+    let why = saga["compensation_error"].as_str().unwrap();
+    assert!(why.starts_with("cancel_order failed after"), "{why}");
+    let cancel = &saga["steps"][2];
+    assert_eq!(cancel["name"], "cancel_order");
+    assert_eq!(cancel["status"], "FAILED");
+    assert!(cancel["attempts"].as_u64().unwrap() >= 2, "{saga}");
+    assert!(cancel["history"][0]["outcome"]
+        .as_str()
+        .unwrap()
+        .starts_with("failed: injected refusal"));
+    let orders = app.db("orders").await;
+    assert_eq!(
+        scalar(&orders, "SELECT status FROM orders WHERE saga_id = $1", &id)
+            .await
+            .as_deref(),
+        Some("PENDING"),
+        "the order is still there: that is why the saga is FAILED"
+    );
+
+    // The order service recovers; an operator re-drives the saga.
+    app.restart_service("orders", Chaos::default()).await;
+    let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    assert!(saga["compensation_error"].is_null());
+    assert_eq!(
+        scalar(&orders, "SELECT status FROM orders WHERE saga_id = $1", &id)
+            .await
+            .as_deref(),
+        Some("CANCELLED")
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_out_of_time_is_compensated_including_the_step_in_doubt() {
+    let policy = orchestrator::Policy {
+        saga_timeout_ms: 800,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "users"],
+        policy,
+        Chaos::default(),
+    )
+    .await;
+    let id = app.start_saga("c-slow").await;
+    app.wait_for(&id, Duration::from_secs(30), |s| {
+        s["status"] == "COMPENSATING"
+    })
+    .await;
+    // The payment service comes back: it may see authorize_payment, so it must also see the
+    // revert — the step in doubt is compensated.
+    app.start_service("payments").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    assert!(
+        saga["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not complete within"),
+        "{saga}"
+    );
+    let names: Vec<String> = steps(&saga).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(
+        names[names.len() - 2..],
+        ["revert_payment".to_string(), "cancel_order".to_string()]
+    );
+    let payments = app.db("payments").await;
+    let live = count(
+        &payments,
+        "SELECT COUNT(*) FROM payments WHERE saga_id = $1 AND status = 'AUTHORIZED'",
+        &id,
+    )
+    .await;
+    assert_eq!(live, 0, "no payment left authorized");
+    app.stop().await;
+}
