@@ -32,6 +32,10 @@ pub struct TestApp {
     pub config: SystemConfig,
     pub orchestrator: Option<orchestrator::Orchestrator>,
     pub services: HashMap<&'static str, ServiceHandle>,
+    /// Components running as their own OS processes (the fault tests).
+    pub procs: crate::procs::Procs,
+    /// Extra environment for every process.
+    pub proc_env: Vec<(String, String)>,
     cancel: CancellationToken,
     _databases: DropDatabases,
     _dir: tempfile::TempDir,
@@ -144,16 +148,25 @@ pub async fn spawn_app_custom(
         config,
         orchestrator: None,
         services: HashMap::new(),
+        procs: Default::default(),
+        proc_env: Vec::new(),
         cancel,
         _databases: DropDatabases(pg_databases),
         _dir: dir,
     };
+    if services.contains(&NO_IN_PROCESS) {
+        return app;
+    }
     for s in services {
         app.start_service(s).await;
     }
     app.start_orchestrator().await;
     app
 }
+
+/// Passed as the only service to [`spawn_app_custom`]: start nothing in-process (the fault
+/// tests start components as OS processes instead).
+pub const NO_IN_PROCESS: &str = "-";
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {

@@ -8,6 +8,8 @@ mod cancel;
 mod chaos;
 mod deadlines;
 mod delivery;
+mod faults;
 mod helpers;
+mod procs;
 mod restart;
 mod saga_paths;

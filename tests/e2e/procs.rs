@@ -1,0 +1,259 @@
+//! The components as separate OS processes — the binaries a deployment runs — against a broker
+//! that outlives them: the embedded Kafka hosted by the test process. For `kill -9`, SIGTERM and
+//! broker faults.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+/// Child processes, killed when the test ends however it ends.
+#[derive(Default)]
+pub struct Procs(pub HashMap<&'static str, Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, mut c) in self.0.drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub const COMPONENTS: [&str; 5] = [
+    "notification",
+    "orders",
+    "users",
+    "payments",
+    "orchestrator",
+];
+
+fn binary(name: &str) -> &'static str {
+    match name {
+        "orchestrator" => env!("CARGO_BIN_EXE_orchestrator"),
+        "orders" => env!("CARGO_BIN_EXE_order-service"),
+        "users" => env!("CARGO_BIN_EXE_user-service"),
+        "payments" => env!("CARGO_BIN_EXE_payment-service"),
+        "notification" => env!("CARGO_BIN_EXE_notification-service"),
+        other => panic!("no binary for {other}"),
+    }
+}
+
+/// Starts every component as a process; `env` adds settings (policy, chaos) to all of them.
+pub async fn spawn_processes(env: &[(&str, &str)]) -> TestApp {
+    // Deadlines that ride out a restart or a 10 s broker outage (2 + 4 + 8 + 8 + 8 s), yet
+    // still re-send within the test's patience.
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 2_000,
+        max_step_timeout_ms: 8_000,
+        max_attempts: 6,
+        retry_delay_ms: 200,
+        compensation_limit_ms: 60_000,
+        saga_timeout_ms: 300_000,
+    };
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], policy, Default::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    app.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    app.proc_env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for c in COMPONENTS {
+        app.spawn_proc(c);
+    }
+    app.wait_healthy().await;
+    app
+}
+
+impl TestApp {
+    /// Starts (or restarts) one component as a process, configured by environment only.
+    pub fn spawn_proc(&mut self, name: &'static str) {
+        let log = self.config.data_dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(binary(name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KAFKA_BROKERS", self.kafka.bootstrap_servers())
+            .env("CREATE_TOPICS", "false")
+            // The mock cluster's slow group joins and fetches need these (shared/KAFKA-NOTES.md).
+            .env(
+                "KAFKA_CONFIG",
+                "session.timeout.ms=3000,heartbeat.interval.ms=300,fetch.wait.max.ms=2",
+            )
+            .env("RUST_LOG", "warn,orchestrator=info,services=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let p = self.config.policy;
+        match name {
+            "orchestrator" => {
+                cmd.env(
+                    "DATABASE_URL",
+                    self.config.database_url("orchestrator").unwrap(),
+                )
+                .env("LISTEN_ADDR", self.addr.to_string())
+                .env("STEP_TIMEOUT_MS", p.step_timeout_ms.to_string())
+                .env("MAX_STEP_TIMEOUT_MS", p.max_step_timeout_ms.to_string())
+                .env("MAX_STEP_ATTEMPTS", p.max_attempts.to_string())
+                .env("RETRY_DELAY_MS", p.retry_delay_ms.to_string())
+                .env("COMPENSATION_LIMIT_MS", p.compensation_limit_ms.to_string())
+                .env("SAGA_TIMEOUT_MS", p.saga_timeout_ms.to_string());
+            }
+            "notification" => {
+                cmd.env(
+                    "NOTIFICATION_LOG",
+                    self.config.data_dir.join("notifications.log"),
+                )
+                .env("NOTIFICATION_STDOUT", "false");
+            }
+            service => {
+                cmd.env("DATABASE_URL", self.config.database_url(service).unwrap());
+            }
+        }
+        for (k, v) in &self.proc_env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        if let Some(mut old) = self.procs.0.insert(name, child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// Prints the end of every process log (to see why a test failed).
+    pub fn dump_logs(&self) {
+        for c in COMPONENTS {
+            let text = std::fs::read_to_string(self.config.data_dir.join(format!("{c}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            eprintln!(
+                "--- {c}.log (last lines, newest first)\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    pub fn kill9(&mut self, name: &'static str) {
+        let mut child = self.procs.0.remove(name).expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns its status and how long it took.
+    pub fn sigterm(&mut self, name: &'static str) -> (ExitStatus, Duration) {
+        let mut child = self.procs.0.remove(name).expect("running");
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name} ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `/health` answers 200.
+    pub async fn wait_healthy(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "orchestrator never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts `n` orders concurrently (a quarter of each test behaviour); returns the ids of the
+    /// ones accepted.
+    pub async fn post_many(&self, n: usize, tag: &str) -> Vec<String> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (client, url) = (self.client.clone(), self.url("/orders"));
+            let customer = format!(
+                "{}-{tag}-{i}",
+                ["c", "nocard", "declined", "noupdate"][i % 4]
+            );
+            tasks.spawn(async move {
+                let r = client
+                    .post(url)
+                    .json(&order_body(&customer))
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status() != 202 {
+                    return None;
+                }
+                let body: serde_json::Value = r.json().await.ok()?;
+                body["saga_id"].as_str().map(str::to_string)
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Some(id)) = r {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Waits for every saga to end and checks it against the services' databases; returns the
+    /// count per final status.
+    pub async fn all_terminal_and_consistent(
+        &self,
+        ids: &[String],
+        within: Duration,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let mut by_status = std::collections::BTreeMap::new();
+        for id in ids {
+            let saga = self
+                .wait_for(id, within, |s| {
+                    matches!(
+                        s["status"].as_str(),
+                        Some("COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED")
+                    )
+                })
+                .await;
+            crate::chaos::assert_consistent(self, &saga).await;
+            if saga["customer_id"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("c-"))
+                && saga["status"] != "COMPLETED"
+            {
+                eprintln!("a good order did not complete: {saga}");
+                self.dump_logs();
+            }
+            *by_status
+                .entry(saga["status"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        by_status
+    }
+}
