@@ -173,11 +173,15 @@ async fn the_database_away_for_a_while_delays_sagas_but_loses_none() {
     app.stop().await;
 }
 
-/// Makes the orchestrator's database unreachable: an exclusive lock on the SQLite file, or, on
-/// PostgreSQL, refusing connections to its database and ending the ones open.
+/// Makes the orchestrator's database unusable: an exclusive lock on the SQLite file, or, on
+/// PostgreSQL, every connection to its database killed as soon as it appears (what clients see
+/// while a server restarts: dropped connections and "terminating connection" errors).
 enum DatabaseOutage {
     Sqlite(sqlx::pool::PoolConnection<sqlx::Any>, sqlx::AnyPool),
-    Postgres { admin: sqlx::AnyPool, name: String },
+    Postgres(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ),
 }
 
 impl DatabaseOutage {
@@ -203,20 +207,20 @@ impl DatabaseOutage {
                 .await
                 .unwrap();
             let name = url.rsplit('/').next().unwrap().to_string();
-            sqlx::query(&format!(
-                "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
-            ))
-            .execute(&admin)
-            .await
-            .unwrap();
-            sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            )
-            .bind(&name)
-            .execute(&admin)
-            .await
-            .unwrap();
-            DatabaseOutage::Postgres { admin, name }
+            let stop = tokio_util::sync::CancellationToken::new();
+            let token = stop.clone();
+            let killer = tokio::spawn(async move {
+                while !token.is_cancelled() {
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    )
+                    .bind(&name)
+                    .execute(&admin)
+                    .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            DatabaseOutage::Postgres(stop, killer)
         }
     }
 
@@ -225,11 +229,9 @@ impl DatabaseOutage {
             DatabaseOutage::Sqlite(mut conn, _pool) => {
                 sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
             }
-            DatabaseOutage::Postgres { admin, name } => {
-                sqlx::query(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
+            DatabaseOutage::Postgres(stop, killer) => {
+                stop.cancel();
+                killer.await.unwrap();
             }
         }
     }

@@ -10,6 +10,7 @@ mod deadlines;
 mod delivery;
 mod faults;
 mod helpers;
+mod hostile;
 mod procs;
 mod restart;
 mod saga_paths;

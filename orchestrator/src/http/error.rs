@@ -1,7 +1,7 @@
 //! The API's errors: a status code and a clear JSON message for the client, and never the text of
 //! an internal error (that is logged once, here).
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,6 +20,8 @@ pub enum ApiError {
         message: String,
         status: crate::saga::SagaStatus,
     },
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The request took longer than the API allows.
     #[error("request timed out")]
     Timeout,
@@ -73,6 +75,12 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad_request(format!("invalid path: {}", r.body_text()))
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::bad_request(format!("invalid query: {}", r.body_text()))
@@ -92,6 +100,10 @@ impl IntoResponse for ApiError {
             ApiError::Client { status, message } => (status, message),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
             ApiError::Conflict { message, .. } => (StatusCode::CONFLICT, message),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route".to_string(),
+            ),
             ApiError::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the request timed out; retry later".to_string(),

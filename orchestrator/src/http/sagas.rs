@@ -1,13 +1,13 @@
 //! `GET /sagas/{id}` and `GET /sagas`: where a saga is and what happened to it.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ApiError, ApiQuery, AppState};
+use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::saga::engine::{self, Ignored};
 use crate::saga::{Attempt, SagaState, SagaStatus, StepKind, StepStatus};
 use crate::store::Changed;
@@ -121,7 +121,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 
 async fn get_saga(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SagaView>, ApiError> {
     let saga_id = parse_id(&id)?;
     match app.store.get(saga_id).await? {
@@ -177,7 +177,7 @@ struct Accepted {
 /// compensating or has ended otherwise.
 async fn cancel_saga(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let saga_id = parse_id(&id)?;
     let now = platform::time::now_ms();
@@ -193,7 +193,7 @@ async fn cancel_saga(
 /// `POST /sagas/{id}/retry`: re-drives the failed compensation of a `FAILED` saga.
 async fn retry_saga(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let saga_id = parse_id(&id)?;
     let now = platform::time::now_ms();
