@@ -236,3 +236,26 @@ impl DatabaseOutage {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_sagas_under_chaos_and_a_kill_9_all_end_terminal_and_consistent() {
+    let mut app = spawn_processes(&[
+        ("CHAOS_FAILURE_RATE", "0.2"),
+        ("CHAOS_DROP_RATE", "0.1"),
+        ("CHAOS_DUPLICATE_RATE", "0.1"),
+    ])
+    .await;
+    let mut ids = app.post_many(250, "chaos-a").await;
+    app.kill9("orchestrator");
+    app.spawn_proc("orchestrator");
+    app.wait_healthy().await;
+    ids.extend(app.post_many(250, "chaos-b").await);
+    assert_eq!(ids.len(), 500);
+    let by_status = app
+        .all_terminal_and_consistent(&ids, Duration::from_secs(240))
+        .await;
+    eprintln!("500 sagas, 20% failures, 10% drops, 10% duplicates, kill -9 midway: {by_status:?}");
+    assert_eq!(by_status.values().sum::<usize>(), 500);
+    assert!(!by_status.contains_key("FAILED"), "{by_status:?}");
+    app.stop().await;
+}
