@@ -15,8 +15,8 @@ use platform::{Envelope, TopicSpec, Topics};
 use crate::runtime::{field, CommandService, Outcome};
 use crate::Result;
 
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/order/sqlite");
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/order/postgres");
+/// The same SQL runs on SQLite and PostgreSQL.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/order");
 
 pub struct OrderService;
 
@@ -35,8 +35,8 @@ impl CommandService for OrderService {
 
     fn migrations() -> Migrations {
         Migrations {
-            sqlite: &SQLITE,
-            postgres: &POSTGRES,
+            sqlite: &MIGRATOR,
+            postgres: &MIGRATOR,
         }
     }
 

@@ -14,8 +14,8 @@ use crate::order::reject_on_err;
 use crate::runtime::{field, CommandService, Outcome};
 use crate::Result;
 
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/payment/sqlite");
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/payment/postgres");
+/// The same SQL runs on SQLite and PostgreSQL.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/payment");
 
 /// Larger amounts are declined: 1,000,000 cents.
 pub const MAX_AMOUNT_CENTS: i64 = 1_000_000;
@@ -27,8 +27,8 @@ impl CommandService for PaymentService {
 
     fn migrations() -> Migrations {
         Migrations {
-            sqlite: &SQLITE,
-            postgres: &POSTGRES,
+            sqlite: &MIGRATOR,
+            postgres: &MIGRATOR,
         }
     }
 

@@ -13,8 +13,8 @@ use crate::order::reject_on_err;
 use crate::runtime::{field, CommandService, Outcome};
 use crate::Result;
 
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/user/sqlite");
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/user/postgres");
+/// The same SQL runs on SQLite and PostgreSQL.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/user");
 
 pub struct UserService;
 
@@ -23,8 +23,8 @@ impl CommandService for UserService {
 
     fn migrations() -> Migrations {
         Migrations {
-            sqlite: &SQLITE,
-            postgres: &POSTGRES,
+            sqlite: &MIGRATOR,
+            postgres: &MIGRATOR,
         }
     }
 

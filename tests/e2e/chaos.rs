@@ -60,7 +60,9 @@ async fn sagas_survive_failures_drops_duplicates_and_delays() {
         failure_rate: 0.2,
         drop_rate: 0.1,
         duplicate_rate: 0.1,
-        reply_delay_ms: 20,
+        // Longer than the first step deadline (300 ms): every command is re-sent once before
+        // its reply arrives.
+        reply_delay_ms: 350,
         ..Chaos::default()
     };
     let policy = orchestrator::Policy {
@@ -74,6 +76,7 @@ async fn sagas_survive_failures_drops_duplicates_and_delays() {
         ids.push(app.start_saga(&format!("c-chaos-{i}")).await);
     }
     let mut by_status = std::collections::BTreeMap::new();
+    let mut resent = false;
     for id in &ids {
         let saga = app
             .wait_for(id, Duration::from_secs(90), |s| {
@@ -84,6 +87,9 @@ async fn sagas_survive_failures_drops_duplicates_and_delays() {
             })
             .await;
         assert_consistent(&app, &saga).await;
+        for step in saga["steps"].as_array().unwrap() {
+            resent |= step["attempts"].as_u64().unwrap() > 1;
+        }
         *by_status
             .entry(saga["status"].as_str().unwrap().to_string())
             .or_insert(0) += 1;

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, ApiPath, ApiQuery, AppState};
-use crate::saga::engine::{self, Ignored};
-use crate::saga::{Attempt, SagaState, SagaStatus, StepKind, StepStatus};
+use crate::saga::engine::{self, Ignored, Policy};
+use crate::saga::{Attempt, SagaDefinition, SagaState, SagaStatus, StepKind, StepStatus};
 use crate::store::Changed;
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -173,21 +173,16 @@ struct Accepted {
     status: SagaStatus,
 }
 
+/// An operator command on one saga: the engine function that applies it, and its past tense.
+type Command = fn(&SagaDefinition, &Policy, &SagaState, i64) -> engine::Decision;
+
 /// `POST /sagas/{id}/cancel`: 202 when accepted (again), 409 with the status when the saga is
 /// compensating or has ended otherwise.
 async fn cancel_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let saga_id = parse_id(&id)?;
-    let now = platform::time::now_ms();
-    let outcome = app
-        .store
-        .transition(saga_id, now, |s| {
-            engine::cancel(&app.definition, &app.policy, s, now)
-        })
-        .await?;
-    respond(&app, saga_id, outcome, "cancelled").await
+    command(&app, &id, engine::cancel, "cancelled").await
 }
 
 /// `POST /sagas/{id}/retry`: re-drives the failed compensation of a `FAILED` saga.
@@ -195,15 +190,24 @@ async fn retry_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let saga_id = parse_id(&id)?;
+    command(&app, &id, engine::retry, "retried").await
+}
+
+async fn command(
+    app: &AppState,
+    id: &str,
+    apply: Command,
+    verb: &str,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let saga_id = parse_id(id)?;
     let now = platform::time::now_ms();
     let outcome = app
         .store
         .transition(saga_id, now, |s| {
-            engine::retry(&app.definition, &app.policy, s, now)
+            apply(&app.definition, &app.policy, s, now)
         })
         .await?;
-    respond(&app, saga_id, outcome, "retried").await
+    respond(app, saga_id, outcome, verb).await
 }
 
 async fn respond(
