@@ -102,6 +102,9 @@ async fn sagas_survive_failures_drops_duplicates_and_delays() {
         by_status.get("COMPENSATED").copied().unwrap_or(0) > 0,
         "{by_status:?}"
     );
-    assert!(resent, "replies slower than the deadline made the orchestrator re-send");
+    assert!(
+        resent,
+        "replies slower than the deadline made the orchestrator re-send"
+    );
     app.stop().await;
 }

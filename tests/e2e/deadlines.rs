@@ -115,8 +115,10 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_out_of_time_is_compensated_including_the_step_in_doubt() {
+    // The saga deadline (2 s) comes long before the step would give up (20 attempts).
     let policy = orchestrator::Policy {
-        saga_timeout_ms: 800,
+        saga_timeout_ms: 2_000,
+        max_attempts: 20,
         ..fast_policy()
     };
     let mut app = spawn_app_custom(
@@ -126,6 +128,11 @@ async fn a_saga_out_of_time_is_compensated_including_the_step_in_doubt() {
     )
     .await;
     let id = app.start_saga("c-slow").await;
+    // No payment service: the saga waits at authorize_payment until its deadline passes.
+    app.wait_for(&id, Duration::from_secs(30), |s| {
+        s["current_step"] == "authorize_payment"
+    })
+    .await;
     app.wait_for(&id, Duration::from_secs(30), |s| {
         s["status"] == "COMPENSATING"
     })
