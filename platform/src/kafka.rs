@@ -6,15 +6,17 @@
 //! - A message that cannot be handled goes to the dead-letter topic with headers saying where it
 //!   came from and why, and the partition moves on.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -187,10 +189,13 @@ impl KafkaSettings {
 }
 
 /// What a handler decided about one message.
-#[derive(Debug)]
 pub enum Disposition {
     /// Handled (its effect is committed, or it was a duplicate): store the offset.
     Done,
+    /// Handled, and its reply handed to the producer: store the offset once the broker has
+    /// confirmed the reply. The consume loop moves on meanwhile, so a handler does not wait a
+    /// broker round trip per message; offsets are still stored strictly in order.
+    DoneWhenDelivered(DeliveryFuture),
     /// Cannot be handled: publish it to the dead-letter topic, then store the offset.
     DeadLetter(String),
     /// Not handled because the process is stopping: do not store the offset, so the message is
@@ -299,14 +304,28 @@ impl DeadLetters {
     }
 }
 
+/// Replies handed to the producer but not confirmed yet, beyond which the loop waits.
+const MAX_UNCONFIRMED: usize = 1_000;
+
+/// A handled message whose offset is stored once everything before it is stored and its own
+/// reply (if any) is confirmed.
+struct Unconfirmed {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    delivery: Option<DeliveryFuture>,
+}
+
 /// The consume loop every component uses: receive, handle, dead-letter if needed, store the
-/// offset only after the handler is done. Stops when `cancel` fires, then commits stored offsets.
+/// offset only after the handler is done (and its reply confirmed). Stops when `cancel` fires,
+/// then commits stored offsets.
 pub async fn run_consumer<H: MessageHandler>(
     consumer: StreamConsumer,
     handler: H,
     dead_letters: DeadLetters,
     cancel: CancellationToken,
 ) {
+    let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
     loop {
         let message = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -320,25 +339,64 @@ pub async fn run_consumer<H: MessageHandler>(
                 continue;
             }
         };
-        let store = match handler.handle(&message).await {
-            Disposition::Done => true,
+        let delivery = match handler.handle(&message).await {
+            Disposition::Done => None,
+            Disposition::DoneWhenDelivered(d) => Some(d),
             Disposition::DeadLetter(reason) => {
-                dead_letters.publish(&message, &reason, &cancel).await
+                if !dead_letters.publish(&message, &reason, &cancel).await {
+                    break;
+                }
+                None
             }
-            Disposition::Abandoned => false,
+            Disposition::Abandoned => break,
         };
-        if !store {
-            break;
-        }
-        if let Err(e) = consumer.store_offset_from_message(&message) {
-            tracing::warn!(error = %e, "cannot store offset");
-        }
+        unconfirmed.push_back(Unconfirmed {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            delivery,
+        });
+        let full = unconfirmed.len() > MAX_UNCONFIRMED;
+        store_confirmed(&consumer, &mut unconfirmed, full).await;
     }
+    // Wait (briefly) for replies still on their way, so their offsets can be stored.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        store_confirmed(&consumer, &mut unconfirmed, true),
+    )
+    .await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last auto-commit is also a (harmless) error here.
         tracing::debug!(error = %e, "final offset commit");
     }
     consumer.unsubscribe();
+}
+
+/// Stores the offsets of the handled messages at the front of the queue whose replies are
+/// confirmed; with `wait`, waits for every reply in the queue.
+async fn store_confirmed(consumer: &StreamConsumer, queue: &mut VecDeque<Unconfirmed>, wait: bool) {
+    while let Some(front) = queue.front_mut() {
+        if let Some(delivery) = front.delivery.as_mut() {
+            let result = if wait {
+                Some(delivery.await)
+            } else {
+                delivery.now_or_never()
+            };
+            match result {
+                None => return,
+                Some(Ok(Ok(_))) => {}
+                // Not delivered: the saga's step deadline makes the orchestrator re-send the
+                // command, and the stored reply goes out again.
+                Some(_) => {
+                    tracing::warn!(topic = %front.topic, offset = front.offset, "reply not delivered")
+                }
+            }
+        }
+        if let Err(e) = consumer.store_offset(&front.topic, front.partition, front.offset) {
+            tracing::warn!(error = %e, "cannot store offset");
+        }
+        queue.pop_front();
+    }
 }
 
 /// Flushes a producer on shutdown so nothing it accepted is lost.

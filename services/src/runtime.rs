@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde_json::Value;
 use sqlx::{Any, Row, Transaction};
@@ -217,13 +217,18 @@ impl<S: CommandService> Runner<S> {
             });
             return Disposition::Done;
         }
+        let mut delivery = None;
         for _ in 0..copies {
-            if !publish(&self.producer, &self.reply_topic, &reply, &self.cancel).await {
-                return Disposition::Abandoned;
+            match enqueue(&self.producer, &self.reply_topic, &reply, &self.cancel).await {
+                Some(d) => delivery = Some(d),
+                None => return Disposition::Abandoned,
             }
         }
         tracing::debug!(reply = %reply.message_type, "replied");
-        Disposition::Done
+        match delivery {
+            Some(d) => Disposition::DoneWhenDelivered(d),
+            None => Disposition::Done,
+        }
     }
 
     /// One transaction: the stored reply if the command was seen before, else the effect, the
@@ -282,6 +287,32 @@ impl<S: CommandService> Runner<S> {
         .await?;
         tx.commit().await?;
         Ok(Ok(reply))
+    }
+}
+
+/// Hands a reply to the producer (waiting while its queue is full); the returned future says
+/// when the broker has it. `None` if the service is stopping.
+async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    reply: &Envelope,
+    cancel: &CancellationToken,
+) -> Option<DeliveryFuture> {
+    let payload = reply.to_json();
+    let key = reply.key();
+    let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Some(delivery),
+            Err((e, r)) => {
+                tracing::warn!(error = %e, "cannot enqueue a reply; retrying");
+                record = r;
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -97,8 +97,18 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
         "the order is still there: that is why the saga is FAILED"
     );
 
-    // The order service recovers; an operator re-drives the saga.
+    // The order service recovers (a saga of its own proves it is serving again); an operator
+    // re-drives the saga.
     app.restart_service("orders", Chaos::default()).await;
+    let mut serving = false;
+    for i in 0..10 {
+        let probe = app.start_saga(&format!("c-probe-{i}")).await;
+        if app.wait_terminal(&probe).await["status"] == "COMPLETED" {
+            serving = true;
+            break;
+        }
+    }
+    assert!(serving, "the restarted order service never served");
     let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let saga = app.wait_terminal(&id).await;

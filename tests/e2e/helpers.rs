@@ -99,7 +99,7 @@ pub fn fast_policy() -> orchestrator::Policy {
         max_step_timeout_ms: 600,
         max_attempts: 3,
         retry_delay_ms: 100,
-        compensation_limit_ms: 1_500,
+        compensation_limit_ms: 3_000,
         saga_timeout_ms: 60_000,
     }
 }

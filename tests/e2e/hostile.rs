@@ -116,7 +116,7 @@ fn hostile_requests_never_get_a_5xx_or_crash_the_api() {
         ..Config::default()
     });
     let result = runner.run(&request(), |r| {
-        let (status, body) = rt.block_on(async {
+        let outcome = rt.block_on(async {
             let mut req = app
                 .client
                 .request(
@@ -134,10 +134,26 @@ fn hostile_requests_never_get_a_5xx_or_crash_the_api() {
                     req = req.header("idempotency-key", v);
                 }
             }
-            let resp = req.send().await.expect("the server answers");
-            let status = resp.status();
-            (status, resp.bytes().await.unwrap_or_default())
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    Some((status, resp.bytes().await.unwrap_or_default()))
+                }
+                // The server may answer (413, 405, ...) and close before a large body is fully
+                // written: the client then sees a broken pipe. Fine, if the server still serves.
+                Err(e) => {
+                    let health = app.client.get(app.url("/health")).send().await;
+                    assert!(
+                        health.is_ok_and(|h| h.status() == 200),
+                        "server gone after {e}"
+                    );
+                    None
+                }
+            }
         });
+        let Some((status, body)) = outcome else {
+            return Ok(());
+        };
         prop_assert!(
             status.as_u16() < 500,
             "{} {} -> {status}: {}",

@@ -149,7 +149,7 @@ async fn create_order(
         match app.store.create(&state, &order.customer_id, key.as_deref(), &messages).await? {
             Created::New => {
                 app.relay.notify();
-                tracing::info!(amount_cents, "saga started");
+                tracing::debug!(amount_cents, "saga started");
                 Ok(accepted(&state, false))
             }
             Created::Existing(existing) => {

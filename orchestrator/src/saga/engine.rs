@@ -429,6 +429,7 @@ pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i6
     {
         r.status = StepStatus::Running;
         r.finished_at = None;
+        r.error = None;
     }
     let pending = Pending {
         command_id: failed.command_id,

@@ -583,6 +583,10 @@ fn a_refused_compensation_is_retried_then_fails_the_saga_at_the_limit() {
         cancel_id
     );
     assert_eq!(s.steps[2].attempts, 3);
+    assert_eq!(
+        s.steps[2].error, None,
+        "the old failure is not carried into the new window"
+    );
     assert_eq!(s.compensation_error, None);
     let (s, _) = reply_with(&p, &s, "order.cancelled", json!({}), 30_001);
     assert_eq!(s.status, SagaStatus::Compensated);
