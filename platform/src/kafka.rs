@@ -42,6 +42,17 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
+    /// What a standalone process does first: load topics.json, build the client settings, and
+    /// create missing topics unless told not to.
+    pub async fn prepare(&self) -> Result<(KafkaSettings, Topics)> {
+        let topics = Topics::load(self.topics_file.as_deref())?;
+        let kafka = self.settings()?;
+        if self.create_topics {
+            kafka.ensure_topics(&topics).await?;
+        }
+        Ok((kafka, topics))
+    }
+
     pub fn settings(&self) -> Result<KafkaSettings> {
         Ok(KafkaSettings {
             brokers: self.kafka_brokers.clone(),

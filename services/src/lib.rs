@@ -55,11 +55,7 @@ pub async fn run_standalone<S: runtime::CommandService>(
     service: S,
     args: ServiceArgs,
 ) -> Result<()> {
-    let topics = platform::Topics::load(args.kafka.topics_file.as_deref())?;
-    let kafka = args.kafka.settings()?;
-    if args.kafka.create_topics {
-        kafka.ensure_topics(&topics).await?;
-    }
+    let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = ServiceConfig {
         database_url: args.database_url,

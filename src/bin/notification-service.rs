@@ -30,11 +30,7 @@ struct Args {
 async fn main() -> Result<(), services::Error> {
     platform::telemetry::init();
     let args = Args::parse();
-    let topics = platform::Topics::load(args.kafka.topics_file.as_deref())?;
-    let kafka = args.kafka.settings()?;
-    if args.kafka.create_topics {
-        kafka.ensure_topics(&topics).await?;
-    }
+    let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = NotificationConfig {
         log_file: args.log_file,

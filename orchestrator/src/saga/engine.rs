@@ -198,75 +198,69 @@ pub fn on_reply(
         return Decision::Ignored(Ignored::UnexpectedType(reply.message_type.to_string()));
     };
 
-    let mut state = current.clone();
-    state.updated_at = now;
-    let mut m = Machine {
-        def,
-        policy,
-        now,
-        state: &mut state,
-        messages: Vec::new(),
-    };
-    let causation = Some(reply_id);
-    let index = pending.step_index;
-    if succeeded {
-        m.close_attempt(
-            pending.command_id,
-            StepStatus::Completed,
-            "succeeded".into(),
-            None,
-        );
-    }
-    match (pending.kind, succeeded) {
-        (StepKind::Forward, true) => {
-            if let Value::Object(fields) = reply.payload {
-                for (k, v) in fields {
-                    m.state.context.insert(k.clone(), v.clone());
-                }
-            }
-            if m.state.abort.is_some() {
-                // Cancelled or out of time while this step ran: it did run, so undo it too.
-                m.compensate_below(index + 1, causation);
-            } else if index + 1 < def.steps.len() {
-                m.send(index + 1, StepKind::Forward, causation);
-            } else {
-                m.finish(SagaStatus::Completed);
-            }
-        }
-        (StepKind::Forward, false) => {
-            let why = reason(reply);
+    transition(def, policy, current, now, |m| {
+        let causation = Some(reply_id);
+        let index = pending.step_index;
+        if succeeded {
             m.close_attempt(
                 pending.command_id,
-                StepStatus::Failed,
-                format!("failed: {why}"),
-                Some(why.clone()),
+                StepStatus::Completed,
+                "succeeded".into(),
+                None,
             );
-            if m.state.abort.is_none() {
-                m.state.error = Some(format!("{} failed: {why}", step.name));
-                m.state.status = SagaStatus::Compensating;
-                m.lifecycle("saga.compensating");
-            }
-            m.compensate_below(index, causation);
         }
-        (StepKind::Compensation, true) => m.compensate_below(index, causation),
-        (StepKind::Compensation, false) => {
-            // Compensations must happen: a refusal is retried after a delay, until the limit.
-            let why = reason(reply);
-            m.note_attempt(
-                pending.command_id,
-                format!("failed: {why}"),
-                Some(why.clone()),
-            );
-            if m.compensation_out_of_time(&pending) {
-                m.give_up(&pending, &why);
-            } else if let Some(p) = m.state.pending.as_mut() {
-                p.deadline_at =
-                    now.saturating_add(policy.wait(policy.retry_delay_ms, p.command_id, p.attempt));
+        match (pending.kind, succeeded) {
+            (StepKind::Forward, true) => {
+                if let Value::Object(fields) = reply.payload {
+                    for (k, v) in fields {
+                        m.state.context.insert(k.clone(), v.clone());
+                    }
+                }
+                if m.state.abort.is_some() {
+                    // Cancelled or out of time while this step ran: it did run, so undo it too.
+                    m.compensate_below(index + 1, causation);
+                } else if index + 1 < def.steps.len() {
+                    m.send(index + 1, StepKind::Forward, causation);
+                } else {
+                    m.finish(SagaStatus::Completed);
+                }
+            }
+            (StepKind::Forward, false) => {
+                let why = reason(reply);
+                m.close_attempt(
+                    pending.command_id,
+                    StepStatus::Failed,
+                    format!("failed: {why}"),
+                    Some(why.clone()),
+                );
+                if m.state.abort.is_none() {
+                    m.state.error = Some(format!("{} failed: {why}", step.name));
+                    m.state.status = SagaStatus::Compensating;
+                    m.lifecycle("saga.compensating");
+                }
+                m.compensate_below(index, causation);
+            }
+            (StepKind::Compensation, true) => m.compensate_below(index, causation),
+            (StepKind::Compensation, false) => {
+                // Compensations must happen: a refusal is retried after a delay, until the limit.
+                let why = reason(reply);
+                m.note_attempt(
+                    pending.command_id,
+                    format!("failed: {why}"),
+                    Some(why.clone()),
+                );
+                if m.compensation_out_of_time(&pending) {
+                    m.give_up(&pending, &why);
+                } else if let Some(p) = m.state.pending.as_mut() {
+                    p.deadline_at = now.saturating_add(policy.wait(
+                        policy.retry_delay_ms,
+                        p.command_id,
+                        p.attempt,
+                    ));
+                }
             }
         }
-    }
-    let messages = m.messages;
-    Decision::Applied { state, messages }
+    })
 }
 
 /// Acts on time passing: re-sends a command whose reply is overdue, gives up on it, or starts
@@ -282,79 +276,70 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
     if !saga_overdue && !step_overdue {
         return Decision::Ignored(Ignored::NotDue);
     }
-    let mut state = current.clone();
-    state.updated_at = now;
-    let mut m = Machine {
-        def,
-        policy,
-        now,
-        state: &mut state,
-        messages: Vec::new(),
-    };
-    if saga_overdue {
-        let seconds = policy.saga_timeout_ms / 1000;
-        m.state.abort = Some(Abort::Timeout);
-        m.state.status = SagaStatus::Compensating;
-        m.state.error = Some(format!("the saga did not complete within {seconds} s"));
-        m.lifecycle("saga.compensating");
-    }
-    if let (true, Some(pending)) = (step_overdue, m.state.pending) {
-        match pending.kind {
-            StepKind::Forward if m.state.abort.is_some() => {
-                // Cancelled or out of time: stop waiting, and undo the step in case it ran.
-                m.close_attempt(
-                    pending.command_id,
-                    StepStatus::Failed,
-                    "timed out".into(),
-                    Some("no reply before the deadline".into()),
-                );
-                m.mark_outcome_unknown(pending.command_id);
-                m.compensate_below(pending.step_index + 1, None);
-            }
-            StepKind::Forward if pending.attempt < policy.max_attempts => {
-                m.note_attempt(pending.command_id, "timed out".into(), None);
-                m.resend(pending);
-            }
-            StepKind::Forward => {
-                let why = format!("no reply after {} attempts", pending.attempt);
-                m.close_attempt(
-                    pending.command_id,
-                    StepStatus::Failed,
-                    "timed out".into(),
-                    Some(why.clone()),
-                );
-                m.mark_outcome_unknown(pending.command_id);
-                let name = def.steps[pending.step_index].name.clone();
-                m.state.error = Some(format!("{name} failed: {why}"));
-                m.state.status = SagaStatus::Compensating;
-                m.lifecycle("saga.compensating");
-                m.compensate_below(pending.step_index + 1, None);
-            }
-            StepKind::Compensation if m.compensation_out_of_time(&pending) => {
-                m.note_attempt(pending.command_id, "timed out".into(), None);
-                let last = m
-                    .last_error(pending.command_id)
-                    .unwrap_or_else(|| "no confirmation".into());
-                m.give_up(&pending, &last);
-            }
-            StepKind::Compensation => {
-                let waited = m
-                    .state
-                    .steps
-                    .iter()
-                    .rev()
-                    .find(|r| r.command_id == pending.command_id)
-                    .and_then(|r| r.attempt_log.last())
-                    .is_some_and(|a| a.outcome.is_none());
-                if waited {
-                    m.note_attempt(pending.command_id, "timed out".into(), None);
+    transition(def, policy, current, now, |m| {
+        if saga_overdue {
+            let seconds = policy.saga_timeout_ms / 1000;
+            m.state.abort = Some(Abort::Timeout);
+            m.state.status = SagaStatus::Compensating;
+            m.state.error = Some(format!("the saga did not complete within {seconds} s"));
+            m.lifecycle("saga.compensating");
+        }
+        if let (true, Some(pending)) = (step_overdue, m.state.pending) {
+            match pending.kind {
+                StepKind::Forward if m.state.abort.is_some() => {
+                    // Cancelled or out of time: stop waiting, and undo the step in case it ran.
+                    m.close_attempt(
+                        pending.command_id,
+                        StepStatus::Failed,
+                        "timed out".into(),
+                        Some("no reply before the deadline".into()),
+                    );
+                    m.mark_outcome_unknown(pending.command_id);
+                    m.compensate_below(pending.step_index + 1, None);
                 }
-                m.resend(pending);
+                StepKind::Forward if pending.attempt < policy.max_attempts => {
+                    m.note_attempt(pending.command_id, "timed out".into(), None);
+                    m.resend(pending);
+                }
+                StepKind::Forward => {
+                    let why = format!("no reply after {} attempts", pending.attempt);
+                    m.close_attempt(
+                        pending.command_id,
+                        StepStatus::Failed,
+                        "timed out".into(),
+                        Some(why.clone()),
+                    );
+                    m.mark_outcome_unknown(pending.command_id);
+                    let name = def.steps[pending.step_index].name.clone();
+                    m.state.error = Some(format!("{name} failed: {why}"));
+                    m.state.status = SagaStatus::Compensating;
+                    m.lifecycle("saga.compensating");
+                    m.compensate_below(pending.step_index + 1, None);
+                }
+                StepKind::Compensation if m.compensation_out_of_time(&pending) => {
+                    m.note_attempt(pending.command_id, "timed out".into(), None);
+                    let last = m
+                        .last_error(pending.command_id)
+                        .unwrap_or_else(|| "no confirmation".into());
+                    m.give_up(&pending, &last);
+                }
+                StepKind::Compensation => {
+                    let waited = m
+                        .state
+                        .steps
+                        .iter()
+                        .rev()
+                        .find(|r| r.command_id == pending.command_id)
+                        .and_then(|r| r.attempt_log.last())
+                        .is_some_and(|a| a.outcome.is_none());
+                    if waited {
+                        m.note_attempt(pending.command_id, "timed out".into(), None);
+                    }
+                    m.resend(pending);
+                }
             }
         }
-    }
-    let messages = m.messages;
-    Decision::Applied { state, messages }
+    })
 }
 
 /// `POST /sagas/{id}/cancel`: a running saga stops after the step in flight and is undone; a
@@ -367,25 +352,16 @@ pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i
         }
         other => return Decision::Ignored(Ignored::NotCancellable(other)),
     }
-    let mut state = current.clone();
-    state.updated_at = now;
-    let mut m = Machine {
-        def,
-        policy,
-        now,
-        state: &mut state,
-        messages: Vec::new(),
-    };
-    m.state.abort = Some(Abort::Cancel);
-    m.state.status = SagaStatus::Cancelling;
-    m.lifecycle("saga.cancelling");
-    if current.status == SagaStatus::Completed {
-        m.state.completed_at = None;
-        m.compensate_below(def.steps.len(), None);
-    }
-    // A running saga keeps waiting for its step in flight (its reply or its deadline).
-    let messages = m.messages;
-    Decision::Applied { state, messages }
+    transition(def, policy, current, now, |m| {
+        m.state.abort = Some(Abort::Cancel);
+        m.state.status = SagaStatus::Cancelling;
+        m.lifecycle("saga.cancelling");
+        if current.status == SagaStatus::Completed {
+            m.state.completed_at = None;
+            m.compensate_below(def.steps.len(), None);
+        }
+        // A running saga keeps waiting for its step in flight (its reply or its deadline).
+    })
 }
 
 /// `POST /sagas/{id}/retry`: a `FAILED` saga tries its failed compensation again, with a fresh
@@ -403,46 +379,37 @@ pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i6
     else {
         return Decision::Ignored(Ignored::NotRetryable(current.status));
     };
-    let mut state = current.clone();
-    state.updated_at = now;
-    state.completed_at = None;
-    state.compensation_error = None;
-    let mut m = Machine {
-        def,
-        policy,
-        now,
-        state: &mut state,
-        messages: Vec::new(),
-    };
-    m.state.status = if m.state.abort == Some(Abort::Cancel) {
-        SagaStatus::Cancelling
-    } else {
-        SagaStatus::Compensating
-    };
-    m.lifecycle("saga.retrying");
-    if let Some(r) = m
-        .state
-        .steps
-        .iter_mut()
-        .rev()
-        .find(|r| r.command_id == failed.command_id)
-    {
-        r.status = StepStatus::Running;
-        r.finished_at = None;
-        r.error = None;
-    }
-    let pending = Pending {
-        command_id: failed.command_id,
-        step_index: failed.step_index,
-        kind: StepKind::Compensation,
-        causation_id: None,
-        attempt: failed.attempts,
-        first_sent_at: now,
-        deadline_at: now,
-    };
-    m.resend(pending);
-    let messages = m.messages;
-    Decision::Applied { state, messages }
+    transition(def, policy, current, now, |m| {
+        m.state.completed_at = None;
+        m.state.compensation_error = None;
+        m.state.status = if m.state.abort == Some(Abort::Cancel) {
+            SagaStatus::Cancelling
+        } else {
+            SagaStatus::Compensating
+        };
+        m.lifecycle("saga.retrying");
+        if let Some(r) = m
+            .state
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|r| r.command_id == failed.command_id)
+        {
+            r.status = StepStatus::Running;
+            r.finished_at = None;
+            r.error = None;
+        }
+        let pending = Pending {
+            command_id: failed.command_id,
+            step_index: failed.step_index,
+            kind: StepKind::Compensation,
+            causation_id: None,
+            attempt: failed.attempts,
+            first_sent_at: now,
+            deadline_at: now,
+        };
+        m.resend(pending);
+    })
 }
 
 /// The id of the command for a step: stable, so a re-send is recognisable as the same command.
@@ -452,6 +419,28 @@ pub fn command_id(saga_id: Uuid, step_name: &str, kind: StepKind) -> Uuid {
         StepKind::Compensation => "compensation",
     };
     Uuid::new_v5(&saga_id, format!("command:{kind}:{step_name}").as_bytes())
+}
+
+/// Runs `change` on a copy of `current` (stamped `now`) and returns the result.
+fn transition(
+    def: &SagaDefinition,
+    policy: &Policy,
+    current: &SagaState,
+    now: i64,
+    change: impl FnOnce(&mut Machine<'_>),
+) -> Decision {
+    let mut state = current.clone();
+    state.updated_at = now;
+    let mut m = Machine {
+        def,
+        policy,
+        now,
+        state: &mut state,
+        messages: Vec::new(),
+    };
+    change(&mut m);
+    let messages = m.messages;
+    Decision::Applied { state, messages }
 }
 
 /// One transition in progress: the state being changed and the messages it produces.
