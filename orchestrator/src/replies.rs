@@ -31,6 +31,13 @@ pub struct ReplyHandler {
 }
 
 impl MessageHandler for ReplyHandler {
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [BorrowedMessage<'a>],
+    ) -> impl std::future::Future<Output = Vec<Disposition>> + Send + 'a {
+        self.apply_batch(messages)
+    }
+
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
         let reply = match Envelope::from_bytes(message.payload()) {
             Ok(e) => e,
@@ -48,6 +55,57 @@ impl MessageHandler for ReplyHandler {
 }
 
 impl ReplyHandler {
+    /// Replies that arrived together share one transaction (one commit instead of one per
+    /// reply). If that fails, each is handled on its own, with its own retries.
+    async fn apply_batch(&self, messages: &[BorrowedMessage<'_>]) -> Vec<Disposition> {
+        let parsed: Vec<Result<Envelope, String>> = messages
+            .iter()
+            .map(|m| Envelope::from_bytes(m.payload()))
+            .collect();
+        let replies: Vec<&Envelope> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let now = platform::time::now_ms();
+        let outcomes = if replies.len() > 1 {
+            self.store
+                .apply_replies(&replies, now, |state, reply| {
+                    engine::on_reply(
+                        &self.definition,
+                        &self.policy,
+                        state,
+                        reply.into(),
+                        reply.message_id,
+                        now,
+                    )
+                })
+                .await
+                .map_err(
+                    |e| tracing::debug!(error = %e, "batch failed; handling replies one by one"),
+                )
+                .ok()
+        } else {
+            None
+        };
+        let mut outcomes = outcomes.map(Vec::into_iter);
+        let mut out = Vec::with_capacity(messages.len());
+        for parsed in &parsed {
+            let reply = match parsed {
+                Ok(r) => r,
+                Err(reason) => {
+                    out.push(Disposition::DeadLetter(reason.clone()));
+                    continue;
+                }
+            };
+            let disposition = match outcomes.as_mut().and_then(Iterator::next) {
+                Some(outcome) => self.disposition(reply, Retried::Ok(outcome)),
+                None => {
+                    let span = tracing::info_span!("reply", saga_id = %reply.correlation_id, message_type = %reply.message_type);
+                    self.apply(reply).instrument(span).await
+                }
+            };
+            out.push(disposition);
+        }
+        out
+    }
+
     async fn apply(&self, reply: &Envelope) -> Disposition {
         let outcome = retry::until_cancelled(
             &self.cancel,
@@ -68,6 +126,14 @@ impl ReplyHandler {
             },
         )
         .await;
+        self.disposition(reply, outcome)
+    }
+
+    fn disposition(
+        &self,
+        reply: &Envelope,
+        outcome: Retried<ReplyOutcome, crate::Error>,
+    ) -> Disposition {
         match outcome {
             Retried::Ok(ReplyOutcome::Applied { status, messages }) => {
                 if messages > 0 {

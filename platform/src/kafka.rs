@@ -218,7 +218,27 @@ pub enum Disposition {
 /// briefly away) and return [`Disposition::Abandoned`] only when shutdown interrupts them.
 pub trait MessageHandler: Send + Sync {
     fn handle(&self, message: &BorrowedMessage<'_>) -> impl Future<Output = Disposition> + Send;
+
+    /// Handles messages that arrived together, in order, returning one disposition per message.
+    /// Handlers override this to share one database transaction among them; the default handles
+    /// them one by one.
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [BorrowedMessage<'a>],
+    ) -> impl Future<Output = Vec<Disposition>> + Send + 'a {
+        async move {
+            let mut out = Vec::with_capacity(messages.len());
+            for m in messages {
+                out.push(self.handle(m).await);
+            }
+            out
+        }
+    }
 }
+
+/// Messages handed to a handler at once, at most: the ones already fetched when the first
+/// arrives, so batching adds no waiting.
+pub const MAX_BATCH: usize = 256;
 
 /// Publishes messages that cannot be handled to the dead-letter topic.
 #[derive(Clone)]
@@ -337,12 +357,12 @@ pub async fn run_consumer<H: MessageHandler>(
     cancel: CancellationToken,
 ) {
     let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
-    loop {
-        let message = tokio::select! {
+    'receive: loop {
+        let first = tokio::select! {
             _ = cancel.cancelled() => break,
             m = consumer.recv() => m,
         };
-        let message = match message {
+        let first = match first {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "kafka consumer error");
@@ -350,23 +370,34 @@ pub async fn run_consumer<H: MessageHandler>(
                 continue;
             }
         };
-        let delivery = match handler.handle(&message).await {
-            Disposition::Done => None,
-            Disposition::DoneWhenDelivered(d) => Some(d),
-            Disposition::DeadLetter(reason) => {
-                if !dead_letters.publish(&message, &reason, &cancel).await {
-                    break;
-                }
-                None
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(m),
+                _ => break,
             }
-            Disposition::Abandoned => break,
-        };
-        unconfirmed.push_back(Unconfirmed {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            delivery,
-        });
+        }
+        let dispositions = handler.handle_batch(&batch).await;
+        for (message, disposition) in batch.iter().zip(dispositions) {
+            let delivery = match disposition {
+                Disposition::Done => None,
+                Disposition::DoneWhenDelivered(d) => Some(d),
+                Disposition::DeadLetter(reason) => {
+                    if !dead_letters.publish(message, &reason, &cancel).await {
+                        break 'receive;
+                    }
+                    None
+                }
+                // Nothing after it is stored either: it is all delivered again after a restart.
+                Disposition::Abandoned => break 'receive,
+            };
+            unconfirmed.push_back(Unconfirmed {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+                delivery,
+            });
+        }
         let full = unconfirmed.len() > MAX_UNCONFIRMED;
         store_confirmed(&consumer, &mut unconfirmed, full).await;
     }

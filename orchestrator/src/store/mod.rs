@@ -200,6 +200,56 @@ impl SagaStore {
         }
     }
 
+    /// Handles replies that arrived together in ONE transaction, in order — the same steps as
+    /// [`Self::apply_reply`] for each, one commit for all. Any error rolls the whole batch back;
+    /// the caller then handles the replies one by one.
+    pub async fn apply_replies(
+        &self,
+        replies: &[&Envelope],
+        now: i64,
+        decide: impl Fn(&SagaState, &Envelope) -> Decision,
+    ) -> Result<Vec<ReplyOutcome>> {
+        let mut tx = self.db.writer.begin().await?;
+        let mut outcomes = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let fresh = sqlx::query(
+                "INSERT INTO inbox (message_id, saga_id, message_type, received_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(reply.message_id.to_string())
+            .bind(reply.correlation_id.to_string())
+            .bind(&reply.message_type)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if fresh == 0 {
+                outcomes.push(ReplyOutcome::Duplicate);
+                continue;
+            }
+            let outcome =
+                match transition_in(&mut tx, reply.correlation_id, now, |s| decide(s, reply))
+                    .await?
+                {
+                    None => {
+                        // Not recorded: an orphan is dead-lettered, and again if it comes again.
+                        sqlx::query("DELETE FROM inbox WHERE message_id = $1")
+                            .bind(reply.message_id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        ReplyOutcome::UnknownSaga
+                    }
+                    Some(Changed::No(why)) => ReplyOutcome::Ignored(why),
+                    Some(Changed::Yes { status, messages }) => {
+                        ReplyOutcome::Applied { status, messages }
+                    }
+                };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
     /// Applies `decide` to one saga in one transaction (timers, cancel, retry). `None` when there
     /// is no such saga.
     pub async fn transition(
