@@ -164,40 +164,16 @@ impl SagaStore {
         &self,
         reply: &Envelope,
         now: i64,
-        decide: impl FnOnce(&SagaState) -> Decision,
+        decide: impl Fn(&SagaState) -> Decision,
     ) -> Result<ReplyOutcome> {
-        let mut tx = self.db.writer.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO inbox (message_id, saga_id, message_type, received_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(reply.message_id.to_string())
-        .bind(reply.correlation_id.to_string())
-        .bind(&reply.message_type)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if fresh == 0 {
-            tx.rollback().await?;
-            return Ok(ReplyOutcome::Duplicate);
-        }
-        let outcome = transition_in(&mut tx, reply.correlation_id, now, decide).await?;
-        match outcome {
-            None => {
-                tx.rollback().await?;
-                Ok(ReplyOutcome::UnknownSaga)
-            }
-            Some(Changed::No(why)) => {
-                // Keep the inbox row: the same reply again is a duplicate.
-                tx.commit().await?;
-                Ok(ReplyOutcome::Ignored(why))
-            }
-            Some(Changed::Yes { status, messages }) => {
-                tx.commit().await?;
-                Ok(ReplyOutcome::Applied { status, messages })
-            }
-        }
+        let outcomes = self
+            .apply_replies(&[reply], now, |state, _| decide(state))
+            .await?;
+        // One reply in, one outcome out.
+        Ok(outcomes
+            .into_iter()
+            .next()
+            .unwrap_or(ReplyOutcome::Duplicate))
     }
 
     /// Handles replies that arrived together in ONE transaction, in order — the same steps as
