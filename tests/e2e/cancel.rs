@@ -26,24 +26,8 @@ async fn cancelling_a_completed_saga_undoes_it_newest_step_first() {
             step("cancel_order", "compensation", "COMPLETED")
         ]
     );
-    let orders = app.db("orders").await;
-    assert_eq!(
-        scalar(&orders, "SELECT status FROM orders WHERE saga_id = $1", &id)
-            .await
-            .as_deref(),
-        Some("CANCELLED")
-    );
-    let payments = app.db("payments").await;
-    assert_eq!(
-        scalar(
-            &payments,
-            "SELECT status FROM payments WHERE saga_id = $1",
-            &id
-        )
-        .await
-        .as_deref(),
-        Some("RELEASED")
-    );
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CANCELLED"));
+    assert_eq!(app.payment_status(&id).await.as_deref(), Some("RELEASED"));
 
     let (status, body) = app.post(&format!("/sagas/{id}/cancel")).await;
     assert_eq!(
@@ -88,17 +72,7 @@ async fn a_cancel_mid_step_waits_for_the_step_then_undoes_it() {
             step("cancel_order", "compensation", "COMPLETED"),
         ]
     );
-    let payments = app.db("payments").await;
-    assert_eq!(
-        scalar(
-            &payments,
-            "SELECT status FROM payments WHERE saga_id = $1",
-            &id
-        )
-        .await
-        .as_deref(),
-        Some("RELEASED")
-    );
+    assert_eq!(app.payment_status(&id).await.as_deref(), Some("RELEASED"));
     app.stop().await;
 }
 

@@ -88,11 +88,8 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
         .as_str()
         .unwrap()
         .starts_with("failed: injected refusal"));
-    let orders = app.db("orders").await;
     assert_eq!(
-        scalar(&orders, "SELECT status FROM orders WHERE saga_id = $1", &id)
-            .await
-            .as_deref(),
+        app.order_status(&id).await.as_deref(),
         Some("PENDING"),
         "the order is still there: that is why the saga is FAILED"
     );
@@ -114,12 +111,7 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
     let saga = app.wait_terminal(&id).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
     assert!(saga["compensation_error"].is_null());
-    assert_eq!(
-        scalar(&orders, "SELECT status FROM orders WHERE saga_id = $1", &id)
-            .await
-            .as_deref(),
-        Some("CANCELLED")
-    );
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CANCELLED"));
     app.stop().await;
 }
 

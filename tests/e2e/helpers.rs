@@ -245,6 +245,23 @@ impl TestApp {
             .expect("test db connection")
     }
 
+    /// The status of the saga's order in the order service's database (`None`: no order).
+    pub async fn order_status(&self, saga_id: &str) -> Option<String> {
+        let db = self.db("orders").await;
+        scalar(&db, "SELECT status FROM orders WHERE saga_id = $1", saga_id).await
+    }
+
+    /// The status of the saga's payment in the payment service's database (`None`: no payment).
+    pub async fn payment_status(&self, saga_id: &str) -> Option<String> {
+        let db = self.db("payments").await;
+        scalar(
+            &db,
+            "SELECT status FROM payments WHERE saga_id = $1",
+            saga_id,
+        )
+        .await
+    }
+
     pub async fn post_order(&self, customer_id: &str) -> (StatusCode, Value) {
         let r = self
             .client

@@ -25,30 +25,10 @@ async fn a_good_order_completes_with_four_forward_steps() {
     assert!(saga["current_step"].is_null());
     assert!(saga["error"].is_null());
 
-    let order_id = saga["order_id"].as_str().expect("order id");
-    let payment_id = saga["payment_id"].as_str().expect("payment id");
-    let orders = app.db("orders").await;
-    assert_eq!(
-        scalar(
-            &orders,
-            "SELECT status FROM orders WHERE order_id = $1",
-            order_id
-        )
-        .await
-        .as_deref(),
-        Some("CREATED")
-    );
-    let payments = app.db("payments").await;
-    assert_eq!(
-        scalar(
-            &payments,
-            "SELECT status FROM payments WHERE payment_id = $1",
-            payment_id
-        )
-        .await
-        .as_deref(),
-        Some("AUTHORIZED")
-    );
+    assert!(saga["order_id"].is_string(), "{saga}");
+    assert!(saga["payment_id"].is_string(), "{saga}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+    assert_eq!(app.payment_status(&id).await.as_deref(), Some("AUTHORIZED"));
     app.stop().await;
 }
 
@@ -78,18 +58,8 @@ async fn a_customer_without_a_card_gets_the_order_cancelled() {
         .as_str()
         .unwrap()
         .contains("no payment method"));
-    let orders = app.db("orders").await;
-    let order_id = saga["order_id"].as_str().unwrap();
-    assert_eq!(
-        scalar(
-            &orders,
-            "SELECT status FROM orders WHERE order_id = $1",
-            order_id
-        )
-        .await
-        .as_deref(),
-        Some("CANCELLED")
-    );
+    assert!(saga["order_id"].is_string(), "{saga}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CANCELLED"));
     let payments = app.db("payments").await;
     assert_eq!(
         count(
@@ -120,29 +90,9 @@ async fn a_declined_payment_cancels_the_order_and_releases_nothing() {
         ]
     );
     assert!(saga["payment_id"].is_null());
-    let orders = app.db("orders").await;
-    let order_id = saga["order_id"].as_str().unwrap();
-    assert_eq!(
-        scalar(
-            &orders,
-            "SELECT status FROM orders WHERE order_id = $1",
-            order_id
-        )
-        .await
-        .as_deref(),
-        Some("CANCELLED")
-    );
-    let payments = app.db("payments").await;
-    assert_eq!(
-        scalar(
-            &payments,
-            "SELECT status FROM payments WHERE saga_id = $1",
-            &id
-        )
-        .await
-        .as_deref(),
-        Some("DECLINED")
-    );
+    assert!(saga["order_id"].is_string(), "{saga}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CANCELLED"));
+    assert_eq!(app.payment_status(&id).await.as_deref(), Some("DECLINED"));
     app.stop().await;
 }
 
@@ -193,30 +143,10 @@ async fn a_failed_confirmation_reverts_the_payment_then_cancels_the_order() {
             step("cancel_order", "compensation", "COMPLETED"),
         ]
     );
-    let payments = app.db("payments").await;
-    let payment_id = saga["payment_id"].as_str().unwrap();
-    assert_eq!(
-        scalar(
-            &payments,
-            "SELECT status FROM payments WHERE payment_id = $1",
-            payment_id
-        )
-        .await
-        .as_deref(),
-        Some("RELEASED")
-    );
-    let orders = app.db("orders").await;
-    let order_id = saga["order_id"].as_str().unwrap();
-    assert_eq!(
-        scalar(
-            &orders,
-            "SELECT status FROM orders WHERE order_id = $1",
-            order_id
-        )
-        .await
-        .as_deref(),
-        Some("CANCELLED")
-    );
+    assert!(saga["payment_id"].is_string(), "{saga}");
+    assert_eq!(app.payment_status(&id).await.as_deref(), Some("RELEASED"));
+    assert!(saga["order_id"].is_string(), "{saga}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CANCELLED"));
     app.stop().await;
 }
 
