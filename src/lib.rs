@@ -54,6 +54,8 @@ pub struct SystemConfig {
     pub chaos: services::chaos::Chaos,
     /// Times a message may fail with a non-transient error before it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// How long the orchestrator keeps processed inbox and sent outbox rows.
+    pub retention: std::time::Duration,
 }
 
 impl SystemConfig {
@@ -86,6 +88,7 @@ impl SystemConfig {
             group_id: "saga-orchestrator".into(),
             policy: self.policy,
             max_delivery_attempts: self.max_delivery_attempts,
+            retention: self.retention,
         })
     }
 

@@ -53,6 +53,7 @@ async fn main() -> Result<(), saga_system::Error> {
         policy: args.policy.policy(),
         chaos: args.chaos,
         max_delivery_attempts: args.max_delivery_attempts,
+        retention: args.policy.retention(),
     };
     let cancel = platform::shutdown::on_signal();
     let system = saga_system::System::start(&config, &cancel).await?;

@@ -1,5 +1,5 @@
-//! Assembly: builds the orchestrator from its configuration and runs its three tasks — the HTTP
-//! server, the reply consumer and the outbox relay — until the cancellation token fires.
+//! Assembly: builds the orchestrator from its configuration and runs its tasks — the HTTP
+//! server, the reply consumer, the outbox relay, the timers and the pruner — until the cancellation token fires.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use platform::kafka::{DeadLetters, KafkaSettings};
 use platform::Topics;
 
 use crate::http::{self, AppState};
+use crate::pruner::Pruner;
 use crate::relay::Relay;
 use crate::replies::ReplyHandler;
 use crate::saga::create_order;
@@ -35,6 +36,8 @@ pub struct Config {
     pub policy: Policy,
     /// Times a reply may fail with a non-transient error before it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// How long processed inbox rows and sent outbox rows are kept before they are pruned.
+    pub retention: std::time::Duration,
 }
 
 /// A running orchestrator.
@@ -80,6 +83,11 @@ impl Orchestrator {
             relay: relay.clone(),
         };
         tasks.spawn(timers.run(cancel.clone()));
+        let pruner = Pruner {
+            store: store.clone(),
+            retention: config.retention,
+        };
+        tasks.spawn(pruner.run(cancel.clone()));
         let handler = ReplyHandler {
             store: store.clone(),
             definition: definition.clone(),
@@ -165,7 +173,14 @@ pub struct PolicyArgs {
     /// A saga not COMPLETED after this long is compensated.
     #[arg(long, env = "SAGA_TIMEOUT_MS", default_value_t = Policy::default().saga_timeout_ms)]
     pub saga_timeout_ms: i64,
+    /// How long processed replies (inbox) and published commands (outbox) are kept before they
+    /// are pruned. Keep it longer than a reply can be redelivered; sagas themselves are kept.
+    #[arg(long, env = "RETENTION_MS", default_value_t = DEFAULT_RETENTION_MS)]
+    pub retention_ms: u64,
 }
+
+/// One hour: far beyond any redelivery, short enough to keep the tables small.
+pub const DEFAULT_RETENTION_MS: u64 = 3_600_000;
 
 impl PolicyArgs {
     pub fn policy(&self) -> Policy {
@@ -177,5 +192,9 @@ impl PolicyArgs {
             compensation_limit_ms: self.compensation_limit_ms.max(0),
             saga_timeout_ms: self.saga_timeout_ms.max(1),
         }
+    }
+
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.retention_ms)
     }
 }

@@ -8,12 +8,14 @@
 //! - [`relay`]: where commands are sent — the outbox relay that publishes to the `*_commands`
 //!   topics.
 //! - [`timers`]: where time is handled — re-sends, give-ups, saga deadlines.
+//! - [`pruner`]: where storage is kept bounded — old inbox and sent outbox rows are deleted.
 //! - [`http`]: the API — `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
 //! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
 
 pub mod app;
 mod error;
 pub mod http;
+pub mod pruner;
 pub mod relay;
 pub mod replies;
 pub mod saga;

@@ -2,8 +2,11 @@
 //!
 //! It publishes committed outbox rows to Kafka in the order they were written and stamps them as
 //! sent. It wakes when a transaction wrote new rows ([`Relay::notify`]) and also polls, so rows
-//! left by a crash (written, never published) go out after a restart. A crash between publishing
-//! and stamping publishes a row twice; receivers de-duplicate on the message id.
+//! left by a crash (written, never published) go out after a restart, and rows written by another
+//! instance are published even if that instance died. A crash between publishing and stamping
+//! publishes a row twice; receivers de-duplicate on the message id. Several relays (one per
+//! orchestrator instance on PostgreSQL) share the work through row claims; see
+//! [`SagaStore::claim_unsent`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use platform::retry::{self, Retried};
 
-use crate::store::SagaStore;
+use crate::store::{OutboxRow, SagaStore};
 
 /// Rows published per round trip to the database.
 const BATCH: i64 = 500;
@@ -51,22 +54,27 @@ impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures = retry::policy_iter();
         loop {
-            let rows = match retry::until_cancelled(
+            let claim = match retry::until_cancelled(
                 &cancel,
                 "reading the outbox",
                 |e: &crate::Error| e.is_transient(),
-                || self.store.unsent(BATCH),
+                || self.store.claim_unsent(BATCH),
             )
             .await
             {
-                Retried::Ok(rows) => rows,
+                Retried::Ok(claim) => claim,
                 Retried::Permanent(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
-                    Vec::new()
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
+                    continue;
                 }
                 Retried::Cancelled => break,
             };
-            if rows.is_empty() {
+            if claim.rows.is_empty() {
+                drop(claim);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = self.wake.notified() => {}
@@ -74,17 +82,15 @@ impl Relay {
                 }
                 continue;
             }
-            let full_batch = rows.len() as i64 == BATCH;
-            let (sent, failed) = self.publish(&rows, &cancel).await;
-            if let Retried::Cancelled = retry::until_cancelled(
-                &cancel,
-                "marking outbox rows sent",
-                |e: &crate::Error| e.is_transient(),
-                || self.store.mark_sent(&sent, platform::time::now_ms()),
-            )
-            .await
+            let full_batch = claim.rows.len() as i64 == BATCH;
+            let (sent, failed) = self.publish(&claim.rows, &cancel).await;
+            if let Err(e) = self
+                .store
+                .finish_claim(claim, &sent, platform::time::now_ms())
+                .await
             {
-                break;
+                // The rows stay unsent and go out again (receivers de-duplicate on message id).
+                tracing::warn!(error = %e, rows = sent.len(), "cannot mark outbox rows sent");
             }
             if failed > 0 {
                 let delay = failures.next().unwrap_or(Duration::from_secs(5));
@@ -111,11 +117,7 @@ impl Relay {
     /// Hands every row to the producer first, then waits for the deliveries, so a batch costs one
     /// round trip to the broker rather than one per row. Returns the ids delivered and how many
     /// were not.
-    async fn publish(
-        &self,
-        rows: &[crate::store::OutboxRow],
-        cancel: &CancellationToken,
-    ) -> (Vec<i64>, usize) {
+    async fn publish(&self, rows: &[OutboxRow], cancel: &CancellationToken) -> (Vec<i64>, usize) {
         let mut pending = Vec::with_capacity(rows.len());
         let mut failed = 0;
         for row in rows {

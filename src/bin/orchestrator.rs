@@ -45,6 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         group_id: args.group_id,
         policy: args.policy.policy(),
         max_delivery_attempts: args.max_delivery_attempts,
+        retention: args.policy.retention(),
     };
     let orchestrator = orchestrator::Orchestrator::start(config, cancel.clone()).await?;
     platform::shutdown::run_bounded(&cancel, orchestrator.wait()).await;

@@ -88,6 +88,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 policy: orchestrator::Policy::default(),
                 chaos: Default::default(),
                 max_delivery_attempts: 3,
+                retention: std::time::Duration::from_millis(
+                    orchestrator::app::DEFAULT_RETENTION_MS,
+                ),
             };
             let system = saga_system::System::start(&config, &cancel).await?;
             let url = format!("http://{}", system.addr());

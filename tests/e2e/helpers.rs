@@ -36,24 +36,27 @@ pub struct TestApp {
     pub procs: crate::procs::Procs,
     /// Extra environment for every process.
     pub proc_env: Vec<(String, String)>,
+    /// Where the orchestrator instances other than the first listen (multi-instance tests).
+    pub instance_addrs: HashMap<&'static str, std::net::SocketAddr>,
     cancel: CancellationToken,
     _databases: DropDatabases,
     _dir: tempfile::TempDir,
 }
 
-/// Drops a test's PostgreSQL databases when the test ends, passed or failed.
-struct DropDatabases(Vec<String>);
+/// Drops a test's PostgreSQL databases (on the server of `base`) when the test ends, passed or
+/// failed.
+struct DropDatabases {
+    base: Option<String>,
+    urls: Vec<String>,
+}
 
 impl Drop for DropDatabases {
     fn drop(&mut self) {
-        let Some(base) = std::env::var("TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
+        let Some(base) = self.base.clone() else {
             return;
         };
         let names: Vec<String> = self
-            .0
+            .urls
             .iter()
             .map(|u| u.rsplit('/').next().unwrap_or_default().to_string())
             .collect();
@@ -104,8 +107,33 @@ pub fn fast_policy() -> orchestrator::Policy {
     }
 }
 
+/// The PostgreSQL server the tests use when `TEST_DATABASE_URL` is set.
+pub fn test_postgres() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// The PostgreSQL server of the tests that need one whatever the engine of the run (several
+/// orchestrator instances share one database): `TEST_DATABASE_URL`, else the local server the
+/// development and CI machines run.
+pub fn required_postgres() -> String {
+    test_postgres().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
 /// Starts the orchestrator with `policy` and the named services with `chaos`.
 pub async fn spawn_app_custom(
+    services: &[&'static str],
+    policy: orchestrator::Policy,
+    chaos: Chaos,
+) -> TestApp {
+    spawn_app_on(test_postgres(), services, policy, chaos).await
+}
+
+/// [`spawn_app_custom`] on the PostgreSQL server `postgres` (fresh databases named after the
+/// test), or on SQLite files when `None`.
+pub async fn spawn_app_on(
+    postgres: Option<String>,
     services: &[&'static str],
     policy: orchestrator::Policy,
     chaos: Chaos,
@@ -113,17 +141,14 @@ pub async fn spawn_app_custom(
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut pg_databases = Vec::new();
-    let postgres_url = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .map(|base| {
-            let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            pg_databases = ["orchestrator", "orders", "users", "payments"]
-                .iter()
-                .map(|c| platform::db::with_database_name(&base, &format!("{name}_{c}")))
-                .collect();
-            platform::db::with_database_name(&base, &name)
-        });
+    let postgres_url = postgres.clone().map(|base| {
+        let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        pg_databases = ["orchestrator", "orders", "users", "payments"]
+            .iter()
+            .map(|c| platform::db::with_database_name(&base, &format!("{name}_{c}")))
+            .collect();
+        platform::db::with_database_name(&base, &name)
+    });
     let config = SystemConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
@@ -134,6 +159,7 @@ pub async fn spawn_app_custom(
         policy,
         chaos,
         max_delivery_attempts: 3,
+        retention: std::time::Duration::from_millis(orchestrator::app::DEFAULT_RETENTION_MS),
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
     kafka.create_topics(&config.topics).expect("topics");
@@ -150,8 +176,12 @@ pub async fn spawn_app_custom(
         services: HashMap::new(),
         procs: Default::default(),
         proc_env: Vec::new(),
+        instance_addrs: HashMap::new(),
         cancel,
-        _databases: DropDatabases(pg_databases),
+        _databases: DropDatabases {
+            base: postgres,
+            urls: pg_databases,
+        },
         _dir: dir,
     };
     if services.contains(&NO_IN_PROCESS) {

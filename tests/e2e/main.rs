@@ -11,6 +11,8 @@ mod delivery;
 mod faults;
 mod helpers;
 mod hostile;
+mod instances;
 mod procs;
+mod pruning;
 mod restart;
 mod saga_paths;

@@ -29,9 +29,12 @@ pub const COMPONENTS: [&str; 5] = [
     "orchestrator",
 ];
 
+/// The names of `n` orchestrator instances: `orchestrator`, `orchestrator-2`, ...
+pub const INSTANCES: [&str; 3] = ["orchestrator", "orchestrator-2", "orchestrator-3"];
+
 fn binary(name: &str) -> &'static str {
     match name {
-        "orchestrator" => env!("CARGO_BIN_EXE_orchestrator"),
+        n if n.starts_with("orchestrator") => env!("CARGO_BIN_EXE_orchestrator"),
         "orders" => env!("CARGO_BIN_EXE_order-service"),
         "users" => env!("CARGO_BIN_EXE_user-service"),
         "payments" => env!("CARGO_BIN_EXE_payment-service"),
@@ -42,6 +45,16 @@ fn binary(name: &str) -> &'static str {
 
 /// Starts every component as a process; `env` adds settings (policy, chaos) to all of them.
 pub async fn spawn_processes(env: &[(&str, &str)]) -> TestApp {
+    spawn_processes_on(test_postgres(), env, 1).await
+}
+
+/// [`spawn_processes`] with `instances` orchestrator processes (one consumer group, one
+/// database) on the PostgreSQL server `postgres`, or on SQLite when `None`.
+pub async fn spawn_processes_on(
+    postgres: Option<String>,
+    env: &[(&str, &str)],
+    instances: usize,
+) -> TestApp {
     // Deadlines that ride out a restart or a 10 s broker outage (2 + 4 + 8 + 8 + 8 s), yet
     // still re-send within the test's patience.
     let policy = orchestrator::Policy {
@@ -52,13 +65,8 @@ pub async fn spawn_processes(env: &[(&str, &str)]) -> TestApp {
         compensation_limit_ms: 60_000,
         saga_timeout_ms: 300_000,
     };
-    let mut app = spawn_app_custom(&[NO_IN_PROCESS], policy, Default::default()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    app.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut app = spawn_app_on(postgres, &[NO_IN_PROCESS], policy, Default::default()).await;
+    app.addr = free_addr();
     app.proc_env = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -66,8 +74,21 @@ pub async fn spawn_processes(env: &[(&str, &str)]) -> TestApp {
     for c in COMPONENTS {
         app.spawn_proc(c);
     }
+    for name in &INSTANCES[1..instances.clamp(1, INSTANCES.len())] {
+        app.instance_addrs.insert(name, free_addr());
+        app.spawn_proc(name);
+    }
     app.wait_healthy().await;
     app
+}
+
+pub fn free_addr() -> std::net::SocketAddr {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}").parse().unwrap()
 }
 
 impl TestApp {
@@ -96,12 +117,12 @@ impl TestApp {
             .stderr(out);
         let p = self.config.policy;
         match name {
-            "orchestrator" => {
+            instance if instance.starts_with("orchestrator") => {
                 cmd.env(
                     "DATABASE_URL",
                     self.config.database_url("orchestrator").unwrap(),
                 )
-                .env("LISTEN_ADDR", self.addr.to_string())
+                .env("LISTEN_ADDR", self.addr_of(instance).to_string())
                 .env("STEP_TIMEOUT_MS", p.step_timeout_ms.to_string())
                 .env("MAX_STEP_TIMEOUT_MS", p.max_step_timeout_ms.to_string())
                 .env("MAX_STEP_ATTEMPTS", p.max_attempts.to_string())
@@ -134,7 +155,7 @@ impl TestApp {
 
     /// Prints the end of every process log (to see why a test failed).
     pub fn dump_logs(&self) {
-        for c in COMPONENTS {
+        for c in COMPONENTS.iter().chain(&INSTANCES[1..]) {
             let text = std::fs::read_to_string(self.config.data_dir.join(format!("{c}.log")))
                 .unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -174,11 +195,38 @@ impl TestApp {
         }
     }
 
-    /// Waits until `/health` answers 200.
+    /// Where an orchestrator instance listens.
+    pub fn addr_of(&self, instance: &str) -> std::net::SocketAddr {
+        self.instance_addrs
+            .get(instance)
+            .copied()
+            .unwrap_or(self.addr)
+    }
+
+    /// `path` on one orchestrator instance.
+    pub fn url_of(&self, instance: &str, path: &str) -> String {
+        format!("http://{}{}", self.addr_of(instance), path)
+    }
+
+    /// Waits until `/health` answers 200 on every instance.
     pub async fn wait_healthy(&self) {
+        let mut names = vec!["orchestrator"];
+        names.extend(self.instance_addrs.keys().copied());
+        for name in names {
+            self.wait_healthy_at(name).await;
+        }
+    }
+
+    /// Waits until `/health` answers 200 on one instance.
+    pub async fn wait_healthy_at(&self, instance: &str) {
         let start = Instant::now();
         loop {
-            if let Ok(r) = self.client.get(self.url("/health")).send().await {
+            if let Ok(r) = self
+                .client
+                .get(self.url_of(instance, "/health"))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     return;
                 }
@@ -194,9 +242,15 @@ impl TestApp {
     /// Posts `n` orders concurrently (a quarter of each test behaviour); returns the ids of the
     /// ones accepted.
     pub async fn post_many(&self, n: usize, tag: &str) -> Vec<String> {
+        self.post_many_to(&["orchestrator"], n, tag).await
+    }
+
+    /// [`Self::post_many`], spread round-robin over the named orchestrator instances.
+    pub async fn post_many_to(&self, instances: &[&str], n: usize, tag: &str) -> Vec<String> {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..n {
-            let (client, url) = (self.client.clone(), self.url("/orders"));
+            let client = self.client.clone();
+            let url = self.url_of(instances[i % instances.len()], "/orders");
             let customer = format!(
                 "{}-{tag}-{i}",
                 ["c", "nocard", "declined", "noupdate"][i % 4]

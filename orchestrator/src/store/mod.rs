@@ -10,7 +10,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use uuid::Uuid;
 
-use platform::db::{Db, Migrations};
+use platform::db::{Db, Engine, Migrations};
 use platform::Envelope;
 
 use crate::saga::engine::Outgoing;
@@ -63,6 +63,20 @@ pub struct OutboxRow {
     pub topic: String,
     pub key: String,
     pub payload: String,
+}
+
+/// Outbox rows claimed by one relay round; see [`SagaStore::claim_unsent`].
+pub struct Claim {
+    pub rows: Vec<OutboxRow>,
+    /// PostgreSQL: the transaction holding the rows' locks until the round ends.
+    tx: Option<Transaction<'static, Any>>,
+}
+
+/// What one pruning pass deleted.
+#[derive(Debug, Default, PartialEq)]
+pub struct Pruned {
+    pub outbox: u64,
+    pub inbox: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -258,42 +272,85 @@ impl SagaStore {
             .collect())
     }
 
-    /// The oldest unpublished outbox rows, in the order they were written.
-    pub async fn unsent(&self, limit: i64) -> Result<Vec<OutboxRow>> {
-        let rows = sqlx::query("SELECT id, topic, msg_key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.db.writer)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.try_get("id")?,
-                    topic: r.try_get("topic")?,
-                    key: r.try_get("msg_key")?,
-                    payload: r.try_get("payload")?,
+    /// Claims up to `limit` unpublished outbox rows for this relay, oldest first.
+    ///
+    /// On PostgreSQL several orchestrator instances run a relay each: a claim is a transaction
+    /// holding row locks (`FOR UPDATE SKIP LOCKED`, so relays never wait for each other nor
+    /// publish the same row), and it takes only the oldest unsent row of each (topic, key) —
+    /// a saga's next message on a topic waits until the one before it is published, whichever
+    /// relay holds it. On SQLite (one instance per database file) the claim is a plain read, so
+    /// the single writer connection is not held while Kafka confirms deliveries.
+    pub async fn claim_unsent(&self, limit: i64) -> Result<Claim> {
+        match self.db.engine {
+            Engine::Postgres => {
+                let mut tx = self.db.writer.begin().await?;
+                let rows = sqlx::query(
+                    "SELECT id, topic, msg_key, payload FROM outbox o WHERE sent_at IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.topic = o.topic AND e.msg_key = o.msg_key \
+                                     AND e.sent_at IS NULL AND e.id < o.id) \
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                Ok(Claim {
+                    rows: outbox_rows(&rows)?,
+                    tx: Some(tx),
                 })
-            })
-            .collect()
+            }
+            Engine::Sqlite => {
+                let rows = sqlx::query(
+                    "SELECT id, topic, msg_key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.db.writer)
+                .await?;
+                Ok(Claim {
+                    rows: outbox_rows(&rows)?,
+                    tx: None,
+                })
+            }
+        }
     }
 
-    /// Marks outbox rows as published.
-    pub async fn mark_sent(&self, ids: &[i64], now: i64) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
+    /// Marks the published rows of a claim as sent and releases the rest: a row not in `sent`
+    /// stays unsent and is claimed again by the next round of any relay.
+    pub async fn finish_claim(&self, claim: Claim, sent: &[i64], now: i64) -> Result<()> {
+        match claim.tx {
+            Some(mut tx) => {
+                mark_sent(&mut *tx, sent, now).await?;
+                tx.commit().await?;
+            }
+            None => {
+                let mut conn = self.db.writer.acquire().await?;
+                mark_sent(&mut *conn, sent, now).await?;
+            }
         }
-        // `$n` placeholders for every id (the `Any` driver's QueryBuilder writes `?`, which
-        // PostgreSQL does not accept); the values are still bound, never formatted in.
-        let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut q = sqlx::query(&sql).bind(now);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.execute(&self.db.writer).await?;
         Ok(())
+    }
+
+    /// Deletes up to `limit` sent outbox rows and up to `limit` inbox rows recorded before
+    /// `before`; returns how many of each. Sagas are never deleted: terminal ones stay queryable.
+    pub async fn prune(&self, before: i64, limit: i64) -> Result<Pruned> {
+        let outbox = sqlx::query(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 ORDER BY sent_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.db.writer)
+        .await?
+        .rows_affected();
+        let inbox = sqlx::query(
+            "DELETE FROM inbox WHERE message_id IN \
+             (SELECT message_id FROM inbox WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.db.writer)
+        .await?
+        .rows_affected();
+        Ok(Pruned { outbox, inbox })
     }
 
     /// Number of outbox rows not yet published (for tests and health checks).
@@ -347,6 +404,39 @@ async fn transition_in(
             }))
         }
     }
+}
+
+/// Stamps outbox rows as published.
+async fn mark_sent(conn: &mut sqlx::AnyConnection, ids: &[i64], now: i64) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // `$n` placeholders for every id (the `Any` driver's QueryBuilder writes `?`, which
+    // PostgreSQL does not accept); the values are still bound, never formatted in.
+    let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+fn outbox_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<OutboxRow>> {
+    rows.iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                id: r.try_get("id")?,
+                topic: r.try_get("topic")?,
+                key: r.try_get("msg_key")?,
+                payload: r.try_get("payload")?,
+            })
+        })
+        .collect()
 }
 
 async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {

@@ -1,0 +1,75 @@
+//! Bounded storage: processed inbox rows and sent outbox rows go after the retention time;
+//! sagas stay queryable.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_inbox_and_sent_outbox_rows_are_pruned_and_sagas_stay_queryable() {
+    let mut app = spawn_app().await;
+    app.stop_orchestrator().await;
+    app.config.retention = Duration::from_secs(2);
+    app.start_orchestrator().await;
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let customer = ["c", "nocard", "declined", "noupdate"][i % 4];
+        ids.push(app.start_saga(&format!("{customer}-prune-{i}")).await);
+    }
+    for id in &ids {
+        app.wait_terminal(id).await;
+    }
+    let db = app.db("orchestrator").await;
+    let inbox = count(&db, "SELECT COUNT(*) FROM inbox WHERE message_id <> $1", "").await;
+    let outbox = count(&db, "SELECT COUNT(*) FROM outbox WHERE msg_key <> $1", "").await;
+    assert!(inbox >= 60, "every reply is recorded first ({inbox})");
+    assert!(outbox >= 80, "every command and event is recorded first ({outbox})");
+
+    let start = Instant::now();
+    loop {
+        let inbox = count(&db, "SELECT COUNT(*) FROM inbox WHERE message_id <> $1", "").await;
+        let outbox = count(&db, "SELECT COUNT(*) FROM outbox WHERE msg_key <> $1", "").await;
+        if inbox == 0 && outbox == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still {inbox} inbox and {outbox} outbox rows"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for (i, id) in ids.iter().enumerate() {
+        let (status, saga) = app.get_saga(id).await;
+        assert_eq!(status, 200);
+        let expected = if i % 4 == 0 { "COMPLETED" } else { "COMPENSATED" };
+        assert_eq!(saga["status"], expected, "{saga}");
+    }
+    // A new saga after pruning still runs normally.
+    let id = app.start_saga("c-after-prune").await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_outbox_rows_are_never_pruned() {
+    // No services: the saga waits; with the broker down its command cannot be published.
+    let mut app = spawn_app_with(&[]).await;
+    app.stop_orchestrator().await;
+    app.config.retention = Duration::from_millis(100);
+    app.kafka.broker_down(1).unwrap();
+    app.start_orchestrator().await;
+    let id = app.start_saga("c-waiting").await;
+    let db = app.db("orchestrator").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unsent = count(
+        &db,
+        "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND msg_key = $1",
+        &id,
+    )
+    .await;
+    assert_eq!(unsent, 2, "the first command and the started event wait");
+    app.kafka.broker_up(1).unwrap();
+    app.stop().await;
+}
