@@ -3,7 +3,7 @@
 //! errors and peak memory.
 //!
 //! Latency is taken from each saga's own `created_at` → `completed_at` (the orchestrator's
-//! clock, millisecond resolution), so how often the bench polls does not distort it. Throughput
+//! clock, millisecond resolution), so how the bench follows sagas (long polls) does not distort it. Throughput
 //! is terminal sagas divided by the time from the first POST to the last saga seen terminal.
 
 use std::collections::BTreeMap;
@@ -224,8 +224,10 @@ pub async fn run(config: BenchConfig) -> Report {
     }
 }
 
-/// POSTs saga `i`, then polls it until it is terminal, backing off so that polling does not
-/// become the load.
+/// How long one `GET /sagas/{id}?wait_ms=` may be held by the server.
+const LONG_POLL_MS: u64 = 5_000;
+
+/// POSTs saga `i`, then follows it with long polls until it is terminal.
 async fn one_saga(shared: &Shared, i: usize) {
     let url = &shared.config.url;
     let body = json!({
@@ -250,17 +252,23 @@ async fn one_saga(shared: &Shared, i: usize) {
         Err(e) => return error(shared, &format!("POST: {}", kind(&e))).await,
     };
     let started = Instant::now();
-    let mut wait = Duration::from_millis(15);
     loop {
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(100));
-        let saga: Value = match shared.client.get(format!("{url}/sagas/{id}")).send().await {
-            Ok(r) if r.status() == 200 => match r.json().await {
-                Ok(v) => v,
-                Err(_) => continue,
-            },
-            Ok(_) | Err(_) => continue,
+        // Long polling: the server answers when the saga has ended (or after `wait_ms`), so
+        // following a saga costs one or two requests rather than a poll every few milliseconds.
+        let asked = Instant::now();
+        let saga: Value = match shared
+            .client
+            .get(format!("{url}/sagas/{id}?wait_ms={LONG_POLL_MS}"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => r.json().await.unwrap_or(Value::Null),
+            Ok(_) | Err(_) => Value::Null,
         };
+        if asked.elapsed() < Duration::from_millis(20) && saga["completed_at"].is_null() {
+            // An error, or a server that does not hold the answer: do not spin.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let status = saga["status"].as_str().unwrap_or_default();
         if matches!(status, "COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED") {
             let ms = |k: &str| {

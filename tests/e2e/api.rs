@@ -162,3 +162,53 @@ async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
     let status = r.status();
     (status, r.json().await.unwrap())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_once_the_saga_has_ended() {
+    // Without the payment service the saga waits at its third step.
+    let mut app = spawn_app_with(&["notification", "orders", "users"]).await;
+    let id = app.start_saga("c-long-poll").await;
+    let (base, client) = (app.url(&format!("/sagas/{id}")), app.client.clone());
+    let get = |wait_ms: u64| {
+        let url = format!("{base}?wait_ms={wait_ms}");
+        let client = client.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let r = client.get(url).send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap(), started.elapsed())
+        }
+    };
+    // Not ended: held for the whole wait, then the current state.
+    let (status, saga, took) = get(700).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(saga["status"], "STARTED", "{saga}");
+    assert!(took >= std::time::Duration::from_millis(650), "{took:?}");
+
+    // Ends while held: answered as soon as it ends, well before the wait is over.
+    let waiting = tokio::spawn(get(9_000));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.start_service("payments").await;
+    let (status, saga, took) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+
+    // Ended: answered at once.
+    let (_, saga, took) = get(9_000).await;
+    assert_eq!(saga["status"], "COMPLETED");
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+
+    for bad in ["wait_ms=9001", "wait_ms=-1", "wait_ms=soon"] {
+        let r = app
+            .client
+            .get(app.url(&format!("/sagas/{id}?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+    app.stop().await;
+}

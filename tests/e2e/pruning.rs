@@ -24,7 +24,10 @@ async fn old_inbox_and_sent_outbox_rows_are_pruned_and_sagas_stay_queryable() {
     let inbox = count(&db, "SELECT COUNT(*) FROM inbox WHERE message_id <> $1", "").await;
     let outbox = count(&db, "SELECT COUNT(*) FROM outbox WHERE msg_key <> $1", "").await;
     assert!(inbox >= 60, "every reply is recorded first ({inbox})");
-    assert!(outbox >= 80, "every command and event is recorded first ({outbox})");
+    assert!(
+        outbox >= 80,
+        "every command and event is recorded first ({outbox})"
+    );
 
     let start = Instant::now();
     loop {
@@ -43,7 +46,11 @@ async fn old_inbox_and_sent_outbox_rows_are_pruned_and_sagas_stay_queryable() {
     for (i, id) in ids.iter().enumerate() {
         let (status, saga) = app.get_saga(id).await;
         assert_eq!(status, 200);
-        let expected = if i % 4 == 0 { "COMPLETED" } else { "COMPENSATED" };
+        let expected = if i % 4 == 0 {
+            "COMPLETED"
+        } else {
+            "COMPENSATED"
+        };
         assert_eq!(saga["status"], expected, "{saga}");
     }
     // A new saga after pruning still runs normally.

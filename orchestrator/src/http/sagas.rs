@@ -119,12 +119,36 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::bad_request("saga id must be a UUID"))
 }
 
+/// The longest `wait_ms` accepted: below the request timeout, so a wait ends with the saga.
+const MAX_WAIT_MS: u64 = 9_000;
+
+#[derive(Debug, Deserialize)]
+struct GetParams {
+    /// Hold the response until the saga has ended, for at most this long (long polling).
+    wait_ms: Option<u64>,
+}
+
+/// `GET /sagas/{id}`, and with `?wait_ms=N` the same once the saga has ended (or after N ms).
 async fn get_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<GetParams>,
 ) -> Result<Json<SagaView>, ApiError> {
     let saga_id = parse_id(&id)?;
-    match app.store.get(saga_id).await? {
+    let state = match params.wait_ms {
+        None | Some(0) => app.store.get(saga_id).await?,
+        Some(ms) if ms <= MAX_WAIT_MS => {
+            app.store
+                .get_when_ended(saga_id, std::time::Duration::from_millis(ms))
+                .await?
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "wait_ms must be at most {MAX_WAIT_MS}"
+            )))
+        }
+    };
+    match state {
         Some(state) => Ok(Json(SagaView::from(&state))),
         None => Err(ApiError::NotFound(format!("no saga with id {saga_id}"))),
     }

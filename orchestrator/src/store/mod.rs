@@ -5,6 +5,10 @@
 //! later publishes the outbox; nothing is published that is not committed, and nothing committed is
 //! left unpublished.
 
+mod watch;
+
+use std::time::Duration;
+
 use serde_json::Value;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
@@ -82,11 +86,50 @@ pub struct Pruned {
 #[derive(Clone, Debug)]
 pub struct SagaStore {
     db: Db,
+    watchers: watch::Watchers,
 }
 
 impl SagaStore {
     pub fn new(db: Db) -> Self {
-        SagaStore { db }
+        SagaStore {
+            db,
+            watchers: Default::default(),
+        }
+    }
+
+    /// Like [`Self::get`], but if the saga has not ended yet, waits up to `wait` for it to end.
+    pub async fn get_when_ended(&self, saga_id: Uuid, wait: Duration) -> Result<Option<SagaState>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let watch = self.watchers.watch(saga_id);
+        loop {
+            // Armed before reading, so an end committed in between still wakes us.
+            let notified = watch.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.get(saga_id).await?;
+            match state {
+                Some(s) if s.completed_at.is_none() && tokio::time::Instant::now() < deadline => {}
+                other => return Ok(other),
+            }
+            let recheck = (tokio::time::Instant::now() + watch::RECHECK).min(deadline);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    /// Tells waiters of sagas that `status` ended.
+    fn ended(&self, saga_id: Uuid, status: SagaStatus) {
+        if matches!(
+            status,
+            SagaStatus::Completed
+                | SagaStatus::Compensated
+                | SagaStatus::Cancelled
+                | SagaStatus::Failed
+        ) {
+            self.watchers.wake(saga_id);
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -237,6 +280,11 @@ impl SagaStore {
             outcomes.push(outcome);
         }
         tx.commit().await?;
+        for (reply, outcome) in replies.iter().zip(&outcomes) {
+            if let ReplyOutcome::Applied { status, .. } = outcome {
+                self.ended(reply.correlation_id, *status);
+            }
+        }
         Ok(outcomes)
     }
 
@@ -251,7 +299,10 @@ impl SagaStore {
         let mut tx = self.db.writer.begin().await?;
         let outcome = transition_in(&mut tx, saga_id, now, decide).await?;
         match &outcome {
-            Some(Changed::Yes { .. }) => tx.commit().await?,
+            Some(Changed::Yes { status, .. }) => {
+                tx.commit().await?;
+                self.ended(saga_id, *status);
+            }
             _ => tx.rollback().await?,
         }
         Ok(outcome)
