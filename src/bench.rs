@@ -76,14 +76,15 @@ pub enum Load {
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    pub url: String,
+    /// The orchestrator instances; saga `i` is started and followed on `urls[i % len]`.
+    pub urls: Vec<String>,
     pub sagas: usize,
     pub load: Load,
     pub mix: Mix,
     /// Give up on a saga not terminal after this long.
     pub saga_timeout: Duration,
-    /// Read peak RSS of this process (`None`: the bench's own process).
-    pub pid: Option<u32>,
+    /// Read the peak RSS of these processes (none: the bench's own process).
+    pub pids: Vec<u32>,
     pub progress: bool,
 }
 
@@ -99,7 +100,10 @@ pub struct Report {
     pub completed_latency_ms: Percentiles,
     pub by_status: BTreeMap<String, usize>,
     pub errors: BTreeMap<String, usize>,
+    /// The largest peak RSS among the measured processes.
     pub peak_rss_mb: Option<f64>,
+    /// Orchestrator instances driven.
+    pub instances: usize,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -220,7 +224,16 @@ pub async fn run(config: BenchConfig) -> Report {
         completed_latency_ms: Percentiles::of(tally.completed_latencies),
         by_status: tally.by_status,
         errors: tally.errors,
-        peak_rss_mb: peak_rss_mb(config.pid),
+        peak_rss_mb: if config.pids.is_empty() {
+            peak_rss_mb(None)
+        } else {
+            config
+                .pids
+                .iter()
+                .filter_map(|p| peak_rss_mb(Some(*p)))
+                .reduce(f64::max)
+        },
+        instances: config.urls.len(),
     }
 }
 
@@ -229,7 +242,8 @@ const LONG_POLL_MS: u64 = 5_000;
 
 /// POSTs saga `i`, then follows it with long polls until it is terminal.
 async fn one_saga(shared: &Shared, i: usize) {
-    let url = &shared.config.url;
+    let urls = &shared.config.urls;
+    let url = &urls[i % urls.len()];
     let body = json!({
         "customer_id": shared.config.mix.customer(i),
         "order_details": {
@@ -336,7 +350,14 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let p = &self.latency_ms;
         let c = &self.completed_latency_ms;
-        writeln!(f, "sagas            {} ({})", self.sagas, self.load)?;
+        writeln!(
+            f,
+            "sagas            {} ({}, {} orchestrator instance{})",
+            self.sagas,
+            self.load,
+            self.instances,
+            if self.instances == 1 { "" } else { "s" }
+        )?;
         writeln!(f, "elapsed          {:.2} s", self.elapsed_s)?;
         writeln!(
             f,
@@ -356,8 +377,85 @@ impl std::fmt::Display for Report {
         writeln!(f, "final status     {:?}", self.by_status)?;
         writeln!(f, "errors           {:?}", self.errors)?;
         match self.peak_rss_mb {
-            Some(mb) => writeln!(f, "peak RSS         {mb:.1} MB"),
+            Some(mb) => writeln!(f, "peak RSS         {mb:.1} MB (largest process)"),
             None => writeln!(f, "peak RSS         unknown"),
+        }
+    }
+}
+
+/// Orchestrator instances run as OS processes (the `orchestrator` binary beside `saga-bench`),
+/// all in one consumer group on one database: what `--instances N` measures. Stopped with
+/// SIGTERM when dropped.
+pub struct Instances {
+    children: Vec<std::process::Child>,
+    pub urls: Vec<String>,
+}
+
+impl Instances {
+    /// Starts `n` instances against the Kafka at `brokers` and the database `database_url`, and
+    /// waits until each answers `/health`.
+    pub async fn start(
+        n: usize,
+        brokers: &str,
+        database_url: &str,
+        log_dir: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("orchestrator");
+        let mut instances = Instances {
+            children: Vec::new(),
+            urls: Vec::new(),
+        };
+        for i in 0..n {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let log = std::fs::File::create(log_dir.join(format!("orchestrator-{i}.log")))?;
+            let child = std::process::Command::new(&exe)
+                .env("KAFKA_BROKERS", brokers)
+                .env("CREATE_TOPICS", "false")
+                .env("KAFKA_CONFIG", platform::kafka::EMBEDDED_CONSUMER_CONFIG)
+                .env("DATABASE_URL", database_url)
+                .env("LISTEN_ADDR", addr.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("starting {}: {e}", exe.display()))
+                })?;
+            instances.children.push(child);
+            instances.urls.push(format!("http://{addr}"));
+        }
+        let client = reqwest::Client::new();
+        for url in &instances.urls {
+            let started = Instant::now();
+            loop {
+                let ok = client.get(format!("{url}/health")).send().await;
+                if ok.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    return Err(std::io::Error::other(format!("{url} never became healthy")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(instances)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+}
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        for c in &self.children {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
         }
     }
 }

@@ -23,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, Topics};
 
+/// Consumer settings the embedded mock cluster needs (`KAFKA_CONFIG` for processes that use it):
+/// the mock waits `session.timeout.ms` - 1 s on every membership change, and does not wake a
+/// waiting fetch when data arrives, so a fetch waits at most 2 ms. A real broker needs neither.
+pub const EMBEDDED_CONSUMER_CONFIG: &str =
+    "session.timeout.ms=3000,heartbeat.interval.ms=300,fetch.wait.max.ms=2";
+
 /// Kafka connection settings shared by every binary (`KAFKA_BROKERS`, `KAFKA_CONFIG`, `TOPICS_FILE`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
@@ -88,6 +94,7 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// Settings for the embedded mock cluster (consumers get [`EMBEDDED_CONSUMER_CONFIG`]).
     pub fn embedded(brokers: impl Into<String>) -> Self {
         KafkaSettings {
             brokers: brokers.into(),
@@ -133,11 +140,12 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "500")
             .set("auto.offset.reset", "earliest");
         if self.embedded {
-            // The mock cluster waits session.timeout.ms - 1 s on every membership change, and does
-            // not wake a waiting fetch when data arrives.
-            c.set("session.timeout.ms", "3000")
-                .set("heartbeat.interval.ms", "300")
-                .set("fetch.wait.max.ms", "2");
+            for (k, v) in EMBEDDED_CONSUMER_CONFIG
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+            {
+                c.set(k, v);
+            }
         }
         let consumer: StreamConsumer = self
             .finish(c)

@@ -4,6 +4,9 @@
 //! cargo run --release --bin saga-bench -- --sagas 20000 --concurrency 500   # starts the system itself
 //! cargo run --release --bin saga-bench -- --rate 200 --sagas 6000            # open loop
 //! cargo run --release --bin saga-bench -- --url http://127.0.0.1:8080 --pid $(pgrep saga-system)
+//! # 3 orchestrator processes sharing one PostgreSQL database and one consumer group:
+//! cargo build --release --bins && target/release/saga-bench --instances 3 \
+//!     --database-url postgres://postgres@127.0.0.1:5432/test --sagas 10000 --concurrency 300
 //! ```
 
 use std::path::PathBuf;
@@ -19,10 +22,16 @@ use saga_system::bench::{self, BenchConfig, Load, Mix};
     about = "Drives the saga system over HTTP and measures it"
 )]
 struct Args {
-    /// A running system to drive; without it, the bench starts the whole system in-process on
-    /// embedded defaults (fresh data in a temporary folder).
+    /// A running system to drive (repeat for several orchestrator instances: sagas are spread
+    /// round-robin); without it, the bench starts the whole system in-process on embedded
+    /// defaults (fresh data in a temporary folder).
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// Embedded: run the orchestrator as this many OS processes (the `orchestrator` binary
+    /// beside this one) sharing one database and one consumer group; needs --database-url
+    /// (PostgreSQL). 0: the orchestrator runs in-process.
+    #[arg(long, default_value_t = 0)]
+    instances: usize,
     /// How many sagas to run.
     #[arg(long, default_value_t = 20_000)]
     sagas: usize,
@@ -41,9 +50,9 @@ struct Args {
     /// A saga not terminal after this many seconds counts as an error.
     #[arg(long, default_value_t = 120)]
     saga_timeout_s: u64,
-    /// With --url: the process whose peak RSS to report.
+    /// With --url: a process whose peak RSS to report (repeatable; the largest is reported).
     #[arg(long)]
-    pid: Option<u32>,
+    pid: Vec<u32>,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -66,46 +75,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let cancel = tokio_util::sync::CancellationToken::new();
-    let mut embedded = None;
     let data_dir = std::env::temp_dir().join(format!("saga-bench-{}", std::process::id()));
-    let url = match &args.url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let config = saga_system::SystemConfig {
-                listen: "127.0.0.1:0".parse()?,
-                data_dir: data_dir.clone(),
-                postgres_url: args
-                    .database_url
-                    .clone()
-                    .filter(|u| !u.is_empty())
-                    .map(|u| {
-                        let name = format!("saga_bench_{}", std::process::id());
-                        platform::db::with_database_name(&u, &name)
-                    }),
-                sqlite_sync: args.sqlite_synchronous,
-                notification_stdout: false,
-                topics: platform::Topics::load(None)?,
-                policy: orchestrator::Policy::default(),
-                chaos: Default::default(),
-                max_delivery_attempts: 3,
-                retention: std::time::Duration::from_millis(
-                    orchestrator::app::DEFAULT_RETENTION_MS,
-                ),
-            };
+    let mut embedded = None;
+    let mut instances = None;
+    let (urls, pids) = if !args.url.is_empty() {
+        let urls = args.url.iter().map(|u| u.trim_end_matches('/').to_string());
+        (urls.collect(), args.pid.clone())
+    } else {
+        let postgres_url = args.database_url.clone().filter(|u| !u.is_empty());
+        if args.instances > 0 && postgres_url.is_none() {
+            return Err("--instances needs --database-url postgres://... (one database shared by every instance)".into());
+        }
+        let config = saga_system::SystemConfig {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: data_dir.clone(),
+            postgres_url: postgres_url.map(|u| {
+                let name = format!("saga_bench_{}", std::process::id());
+                platform::db::with_database_name(&u, &name)
+            }),
+            sqlite_sync: args.sqlite_synchronous,
+            notification_stdout: false,
+            topics: platform::Topics::load(None)?,
+            policy: orchestrator::Policy::default(),
+            chaos: Default::default(),
+            max_delivery_attempts: 3,
+            retention: std::time::Duration::from_millis(orchestrator::app::DEFAULT_RETENTION_MS),
+        };
+        if args.instances == 0 {
             let system = saga_system::System::start(&config, &cancel).await?;
             let url = format!("http://{}", system.addr());
             embedded = Some(system);
-            url
+            (vec![url], Vec::new())
+        } else {
+            let kafka = platform::embedded::EmbeddedKafka::start(1)?;
+            kafka.create_topics(&config.topics)?;
+            let services = saga_system::start_services(&config, &kafka.settings(), &cancel).await?;
+            std::fs::create_dir_all(&data_dir)?;
+            let started = bench::Instances::start(
+                args.instances,
+                kafka.bootstrap_servers(),
+                &config.database_url("orchestrator")?,
+                &data_dir,
+            )
+            .await?;
+            let (urls, pids) = (started.urls.clone(), started.pids());
+            instances = Some((started, services, kafka));
+            (urls, pids)
         }
     };
-    eprintln!("driving {url}: {} sagas, {load:?}", args.sagas);
+    eprintln!("driving {}: {} sagas, {load:?}", urls.join(" "), args.sagas);
     let report = bench::run(BenchConfig {
-        url,
+        urls,
         sagas: args.sagas,
         load,
         mix: args.mix,
         saga_timeout: Duration::from_secs(args.saga_timeout_s),
-        pid: if embedded.is_some() { None } else { args.pid },
+        pids,
         progress: !args.no_progress,
     })
     .await;
@@ -115,7 +140,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(system) = embedded {
         cancel.cancel();
         system.wait().await;
-        let _ = std::fs::remove_dir_all(&data_dir);
     }
+    if let Some((started, services, kafka)) = instances {
+        // The orchestrators first, so they send nothing to services that are gone.
+        drop(started);
+        cancel.cancel();
+        for s in services {
+            s.wait().await;
+        }
+        drop(kafka);
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }

@@ -106,10 +106,7 @@ impl TestApp {
             .env("KAFKA_BROKERS", self.kafka.bootstrap_servers())
             .env("CREATE_TOPICS", "false")
             // The mock cluster's slow group joins and fetches need these (shared/KAFKA-NOTES.md).
-            .env(
-                "KAFKA_CONFIG",
-                "session.timeout.ms=3000,heartbeat.interval.ms=300,fetch.wait.max.ms=2",
-            )
+            .env("KAFKA_CONFIG", platform::kafka::EMBEDDED_CONSUMER_CONFIG)
             .env("RUST_LOG", "warn,orchestrator=info,services=info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
