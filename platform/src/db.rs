@@ -208,9 +208,34 @@ pub fn with_database_name(url: &str, name: &str) -> String {
     }
 }
 
+/// `($1, $2, ...), ($n, ...)`: `rows` tuples of `width` numbered placeholders, for multi-row
+/// statements (the `Any` driver's QueryBuilder writes `?`, which PostgreSQL does not accept).
+/// Values are always bound, never formatted in.
+pub fn values(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `$first, $first+1, ...`: `n` numbered placeholders, for `IN (...)` lists.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_row_placeholders_are_numbered_in_order() {
+        assert_eq!(values(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(values(0, 3), "");
+    }
 
     #[test]
     fn passwords_are_redacted() {

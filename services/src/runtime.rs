@@ -154,6 +154,13 @@ struct Runner<S> {
 }
 
 impl<S: CommandService> MessageHandler for Runner<S> {
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [BorrowedMessage<'a>],
+    ) -> impl Future<Output = Vec<Disposition>> + Send + 'a {
+        self.process_batch(messages)
+    }
+
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
         let command = match Envelope::from_bytes(message.payload()) {
             Ok(c) => c,
@@ -182,12 +189,129 @@ impl<S: CommandService> Runner<S> {
             || self.handle_once(command),
         )
         .await;
-        let reply = match reply {
-            Retried::Ok(Ok(reply)) => reply,
-            Retried::Ok(Err(reason)) => return Disposition::DeadLetter(reason),
-            Retried::Permanent(e) => return Disposition::DeadLetter(e.to_string()),
-            Retried::Cancelled => return Disposition::Abandoned,
+        match reply {
+            Retried::Ok(Ok(reply)) => self.respond(command, reply).await,
+            Retried::Ok(Err(reason)) => Disposition::DeadLetter(reason),
+            Retried::Permanent(e) => Disposition::DeadLetter(e.to_string()),
+            Retried::Cancelled => Disposition::Abandoned,
+        }
+    }
+
+    /// Commands that arrived together share one transaction: one lookup of the commands seen
+    /// before, each command's effect, one insert recording them all, one commit. If that fails,
+    /// or a command is refused or rejected (whose effects must not be kept), the batch is rolled
+    /// back and each command is handled on its own, with its own retries.
+    async fn process_batch(&self, messages: &[BorrowedMessage<'_>]) -> Vec<Disposition> {
+        let parsed: Vec<Result<Envelope, String>> = messages
+            .iter()
+            .map(|m| Envelope::from_bytes(m.payload()))
+            .collect();
+        let commands: Vec<&Envelope> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let replies = if commands.len() > 1 {
+            self.handle_many(&commands)
+                .await
+                .map_err(
+                    |e| tracing::debug!(error = %e, "batch failed; handling commands one by one"),
+                )
+                .ok()
+                .flatten()
+        } else {
+            None
         };
+        let mut replies = replies.map(Vec::into_iter);
+        let mut out = Vec::with_capacity(messages.len());
+        for parsed in parsed {
+            let command = match parsed {
+                Ok(c) => c,
+                Err(reason) => {
+                    out.push(Disposition::DeadLetter(reason));
+                    continue;
+                }
+            };
+            let span = tracing::info_span!(
+                "command",
+                service = S::NAME,
+                saga_id = %command.correlation_id,
+                command = %command.message_type,
+            );
+            let disposition = match replies.as_mut().and_then(Iterator::next) {
+                Some(reply) => self.respond(&command, reply).instrument(span).await,
+                None => self.process(&command).instrument(span).await,
+            };
+            out.push(disposition);
+        }
+        out
+    }
+
+    /// The batch transaction of [`Self::process_batch`]: the reply to each command, in order, or
+    /// `None` when the batch must be handled one by one.
+    async fn handle_many(&self, commands: &[&Envelope]) -> Result<Option<Vec<Envelope>>> {
+        let mut tx = self.db.writer.begin().await?;
+        let sql = format!(
+            "SELECT command_id, reply FROM processed_commands WHERE command_id IN ({})",
+            platform::db::placeholders(1, commands.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for c in commands {
+            q = q.bind(c.message_id.to_string());
+        }
+        let mut known = std::collections::HashMap::new();
+        for row in q.fetch_all(&mut *tx).await? {
+            let stored: String = row.try_get("reply")?;
+            let Ok(reply) = serde_json::from_str::<Envelope>(&stored) else {
+                return Ok(None);
+            };
+            known.insert(row.try_get::<String, _>("command_id")?, reply);
+        }
+        let mut fresh = Vec::new();
+        let mut out = Vec::with_capacity(commands.len());
+        for command in commands {
+            let id = command.message_id.to_string();
+            if let Some(reply) = known.get(&id) {
+                out.push(reply.clone());
+                continue;
+            }
+            let injected = if self.chaos.fail(&command.message_type) {
+                self.service.failure(command)
+            } else {
+                None
+            };
+            let outcome = match injected {
+                Some(outcome) => outcome,
+                None => self.service.handle(&mut tx, command).await?,
+            };
+            let Outcome::Reply(reply_type, payload) = outcome else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let reply = Envelope::reply_to(command, reply_type, payload);
+            known.insert(id, reply.clone());
+            fresh.push((*command, reply.clone()));
+            out.push(reply);
+        }
+        if !fresh.is_empty() {
+            let sql = format!(
+                "INSERT INTO processed_commands (command_id, command_type, saga_id, reply, processed_at) VALUES {}",
+                platform::db::values(fresh.len(), 5)
+            );
+            let now = platform::time::now_ms();
+            let mut q = sqlx::query(&sql);
+            for (command, reply) in &fresh {
+                q = q
+                    .bind(command.message_id.to_string())
+                    .bind(&command.message_type)
+                    .bind(command.correlation_id.to_string())
+                    .bind(reply.to_json())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(out))
+    }
+
+    /// Sends the reply to `command`, through the chaos knobs (drop, duplicate, delay).
+    async fn respond(&self, command: &Envelope, reply: Envelope) -> Disposition {
         let kind = command.message_type.as_str();
         if self.chaos.drop_reply(kind) {
             tracing::info!(reply = %reply.message_type, "chaos: reply dropped");

@@ -28,8 +28,9 @@ struct Args {
     #[arg(long)]
     url: Vec<String>,
     /// Embedded: run the orchestrator as this many OS processes (the `orchestrator` binary
-    /// beside this one) sharing one database and one consumer group; needs --database-url
-    /// (PostgreSQL). 0: the orchestrator runs in-process.
+    /// beside this one) sharing one database and one consumer group; above 1 needs
+    /// --database-url (PostgreSQL). 0: the orchestrator runs in-process. The peak RSS reported
+    /// is then the orchestrator's own.
     #[arg(long, default_value_t = 0)]
     instances: usize,
     /// How many sagas to run.
@@ -83,8 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (urls.collect(), args.pid.clone())
     } else {
         let postgres_url = args.database_url.clone().filter(|u| !u.is_empty());
-        if args.instances > 0 && postgres_url.is_none() {
-            return Err("--instances needs --database-url postgres://... (one database shared by every instance)".into());
+        if args.instances > 1 && postgres_url.is_none() {
+            return Err("--instances above 1 needs --database-url postgres://... (one database shared by every instance; a SQLite file belongs to one process)".into());
         }
         let config = saga_system::SystemConfig {
             listen: "127.0.0.1:0".parse()?,

@@ -14,7 +14,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use uuid::Uuid;
 
-use platform::db::{Db, Engine, Migrations};
+use platform::db::{placeholders, values, Db, Engine, Migrations};
 use platform::Envelope;
 
 use crate::saga::engine::Outgoing;
@@ -234,50 +234,121 @@ impl SagaStore {
     }
 
     /// Handles replies that arrived together in ONE transaction, in order — the same steps as
-    /// [`Self::apply_reply`] for each, one commit for all. Any error rolls the whole batch back;
-    /// the caller then handles the replies one by one.
+    /// [`Self::apply_reply`] for each, one commit for all — with a constant number of statements
+    /// per batch plus one `UPDATE` per saga changed: every statement is a round trip (to the
+    /// SQLite worker thread, or to PostgreSQL), and round trips are what a reply costs. Any error
+    /// rolls the whole batch back; the caller then handles the replies one by one.
     pub async fn apply_replies(
         &self,
         replies: &[&Envelope],
         now: i64,
         decide: impl Fn(&SagaState, &Envelope) -> Decision,
     ) -> Result<Vec<ReplyOutcome>> {
+        use std::collections::{HashMap, HashSet};
+        if replies.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.db.writer.begin().await?;
-        let mut outcomes = Vec::with_capacity(replies.len());
-        for reply in replies {
-            let fresh = sqlx::query(
-                "INSERT INTO inbox (message_id, saga_id, message_type, received_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (message_id) DO NOTHING",
-            )
-            .bind(reply.message_id.to_string())
-            .bind(reply.correlation_id.to_string())
-            .bind(&reply.message_type)
-            .bind(now)
-            .execute(&mut *tx)
+
+        // 1. Record every reply in the inbox; the ones already there are duplicates.
+        let sql = format!(
+            "INSERT INTO inbox (message_id, saga_id, message_type, received_at) VALUES {} \
+             ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+            values(replies.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for r in replies {
+            q = q
+                .bind(r.message_id.to_string())
+                .bind(r.correlation_id.to_string())
+                .bind(&r.message_type)
+                .bind(now);
+        }
+        let mut fresh: HashSet<String> = q
+            .fetch_all(&mut *tx)
             .await?
-            .rows_affected();
-            if fresh == 0 {
+            .iter()
+            .map(|row| row.try_get::<String, _>("message_id"))
+            .collect::<std::result::Result<_, _>>()?;
+
+        // 2. Load every saga the fresh replies name, once.
+        let mut ids: Vec<String> = replies
+            .iter()
+            .filter(|r| fresh.contains(&r.message_id.to_string()))
+            .map(|r| r.correlation_id.to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        // saga id -> (version read, current state, transitions applied)
+        let mut sagas: HashMap<Uuid, (i64, SagaState, i64)> = HashMap::new();
+        if !ids.is_empty() {
+            let sql = format!(
+                "SELECT saga_id, state, version FROM sagas WHERE saga_id IN ({})",
+                placeholders(1, ids.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in &ids {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                let state = decode(&row)?;
+                sagas.insert(state.saga_id, (row.try_get("version")?, state, 0));
+            }
+        }
+
+        // 3. Move each saga through its replies, in arrival order, in memory.
+        let mut outcomes = Vec::with_capacity(replies.len());
+        let mut messages: Vec<Outgoing> = Vec::new();
+        let mut orphans: Vec<String> = Vec::new();
+        for reply in replies {
+            let message_id = reply.message_id.to_string();
+            // `remove`: the same message twice in one batch is a duplicate the second time.
+            if !fresh.remove(&message_id) {
                 outcomes.push(ReplyOutcome::Duplicate);
                 continue;
             }
-            let outcome =
-                match transition_in(&mut tx, reply.correlation_id, now, |s| decide(s, reply))
-                    .await?
-                {
-                    None => {
-                        // Not recorded: an orphan is dead-lettered, and again if it comes again.
-                        sqlx::query("DELETE FROM inbox WHERE message_id = $1")
-                            .bind(reply.message_id.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                        ReplyOutcome::UnknownSaga
-                    }
-                    Some(Changed::No(why)) => ReplyOutcome::Ignored(why),
-                    Some(Changed::Yes { status, messages }) => {
-                        ReplyOutcome::Applied { status, messages }
-                    }
-                };
-            outcomes.push(outcome);
+            let Some((_, state, applied)) = sagas.get_mut(&reply.correlation_id) else {
+                // Not recorded: an orphan is dead-lettered, and again if it comes again.
+                orphans.push(message_id);
+                outcomes.push(ReplyOutcome::UnknownSaga);
+                continue;
+            };
+            match decide(state, reply) {
+                Decision::Ignored(why) => outcomes.push(ReplyOutcome::Ignored(why)),
+                Decision::Applied {
+                    state: next,
+                    messages: out,
+                } => {
+                    outcomes.push(ReplyOutcome::Applied {
+                        status: next.status,
+                        messages: out.len(),
+                    });
+                    *state = next;
+                    *applied += 1;
+                    messages.extend(out);
+                }
+            }
+        }
+
+        // 4. Store each changed saga once, under its version check, and the messages.
+        // In saga id order, so two instances updating the same sagas (a rebalance) cannot
+        // deadlock on PostgreSQL.
+        let mut changed: Vec<_> = sagas.values().filter(|(_, _, n)| *n > 0).collect();
+        changed.sort_by_key(|(_, state, _)| state.saga_id);
+        for (version, state, applied) in changed {
+            update_saga(&mut tx, state, *version, *applied).await?;
+        }
+        insert_outbox(&mut tx, &messages, now).await?;
+        if !orphans.is_empty() {
+            let sql = format!(
+                "DELETE FROM inbox WHERE message_id IN ({})",
+                placeholders(1, orphans.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in &orphans {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         for (reply, outcome) in replies.iter().zip(&outcomes) {
@@ -432,22 +503,7 @@ async fn transition_in(
     match decide(&current) {
         Decision::Ignored(why) => Ok(Some(Changed::No(why))),
         Decision::Applied { state, messages } => {
-            let updated = sqlx::query(
-                "UPDATE sagas SET status = $1, state = $2, version = version + 1, updated_at = $3, wake_at = $4 \
-                 WHERE saga_id = $5 AND version = $6",
-            )
-            .bind(state.status.as_str())
-            .bind(to_json(&state))
-            .bind(state.updated_at)
-            .bind(state.next_wake())
-            .bind(state.saga_id.to_string())
-            .bind(version)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if updated == 0 {
-                return Err(Error::Conflict(state.saga_id));
-            }
+            update_saga(tx, &state, version, 1).await?;
             insert_outbox(tx, &messages, now).await?;
             Ok(Some(Changed::Yes {
                 status: state.status,
@@ -462,12 +518,9 @@ async fn mark_sent(conn: &mut sqlx::AnyConnection, ids: &[i64], now: i64) -> Res
     if ids.is_empty() {
         return Ok(());
     }
-    // `$n` placeholders for every id (the `Any` driver's QueryBuilder writes `?`, which
-    // PostgreSQL does not accept); the values are still bound, never formatted in.
-    let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
     let sql = format!(
         "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
-        placeholders.join(", ")
+        placeholders(2, ids.len())
     );
     let mut q = sqlx::query(&sql).bind(now);
     for id in ids {
@@ -499,17 +552,54 @@ async fn insert_outbox(
     messages: &[Outgoing],
     now: i64,
 ) -> Result<()> {
-    for m in messages {
-        sqlx::query(
-            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(m.envelope.message_id.to_string())
-        .bind(&m.topic)
-        .bind(m.envelope.key())
-        .bind(m.envelope.to_json())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    // One statement for all: rows keep the order of `messages` (ids are assigned in order).
+    for chunk in messages.chunks(OUTBOX_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES {}",
+            values(chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for m in chunk {
+            q = q
+                .bind(m.envelope.message_id.to_string())
+                .bind(&m.topic)
+                .bind(m.envelope.key())
+                .bind(m.envelope.to_json())
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row outbox insert: well under SQLite's and PostgreSQL's bound-parameter limits.
+const OUTBOX_ROWS_PER_INSERT: usize = 1_000;
+
+/// Stores `state` over the version that was read, counting `transitions` new versions. Another
+/// writer (an instance, the timer) having stored a version since is a [`Error::Conflict`]: the
+/// transaction rolls back and the caller retries on fresh state.
+async fn update_saga(
+    tx: &mut Transaction<'_, Any>,
+    state: &SagaState,
+    version: i64,
+    transitions: i64,
+) -> Result<()> {
+    let updated = sqlx::query(
+        "UPDATE sagas SET status = $1, state = $2, version = version + $3, updated_at = $4, wake_at = $5 \
+         WHERE saga_id = $6 AND version = $7",
+    )
+    .bind(state.status.as_str())
+    .bind(to_json(state))
+    .bind(transitions)
+    .bind(state.updated_at)
+    .bind(state.next_wake())
+    .bind(state.saga_id.to_string())
+    .bind(version)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(Error::Conflict(state.saga_id));
     }
     Ok(())
 }
