@@ -12,6 +12,7 @@ use platform::kafka::{DeadLetters, KafkaSettings};
 use platform::Topics;
 
 use crate::http::{self, AppState};
+use crate::intake::Intake;
 use crate::pruner::Pruner;
 use crate::relay::Relay;
 use crate::replies::ReplyHandler;
@@ -102,8 +103,11 @@ impl Orchestrator {
             dead_letters,
             cancel.clone(),
         ));
+        let (intake, intake_task) = Intake::start(store.clone(), relay.clone());
+        tasks.spawn(intake_task);
         let app = http::router(AppState {
             store: store.clone(),
+            intake,
             definition,
             policy: config.policy,
             relay,

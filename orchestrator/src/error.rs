@@ -19,6 +19,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the orchestrator is stopping")]
+    Stopping,
+    /// A transient failure shared by several requests (a batch), by its message.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("http server: {0}")]
     Serve(std::io::Error),
 }
@@ -28,7 +33,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Database(e) => platform::db::is_transient(e),
-            Error::Conflict(_) => true,
+            Error::Conflict(_) | Error::Stopping | Error::Unavailable(_) => true,
             _ => false,
         }
     }

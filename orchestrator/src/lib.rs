@@ -5,6 +5,7 @@
 //!   from one state to the next. No I/O; unit-tested on every path.
 //! - [`store`]: where state is stored — sagas, inbox and outbox — one transaction per change.
 //! - [`replies`]: where replies are handled — the consumer of the `*_events` topics.
+//! - [`intake`]: where new sagas come in — `POST /orders` batched into group commits.
 //! - [`relay`]: where commands are sent — the outbox relay that publishes to the `*_commands`
 //!   topics.
 //! - [`timers`]: where time is handled — re-sends, give-ups, saga deadlines.
@@ -15,6 +16,7 @@
 pub mod app;
 mod error;
 pub mod http;
+pub mod intake;
 pub mod pruner;
 pub mod relay;
 pub mod replies;

@@ -2,6 +2,8 @@
 //! retried POSTs, and messages nobody can read.
 
 use reqwest::StatusCode;
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -233,5 +235,62 @@ async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves
 
     let id = app.start_saga("c-after-garbage").await;
     assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_with_one_idempotency_key_start_one_saga() {
+    // Sent at once, they land in the same group commit or in consecutive ones.
+    let app = spawn_app().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (client, url) = (app.client.clone(), app.url("/orders"));
+        tasks.spawn(async move {
+            let key = format!("burst-{}", i % 3);
+            let r = client
+                .post(url)
+                .header("Idempotency-Key", &key)
+                .json(&order_body(&format!("c-{key}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            let body: Value = r.json().await.unwrap();
+            (key, body["saga_id"].as_str().unwrap().to_string())
+        });
+    }
+    let mut by_key: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (key, id) = r.unwrap();
+        by_key.entry(key).or_default().insert(id);
+    }
+    assert_eq!(by_key.len(), 3);
+    for (key, ids) in &by_key {
+        assert_eq!(ids.len(), 1, "{key} started {ids:?}");
+    }
+    let db = app.db("orchestrator").await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM sagas WHERE idempotency_key <> $1",
+            ""
+        )
+        .await,
+        3
+    );
+    for ids in by_key.values() {
+        let id = ids.iter().next().unwrap();
+        assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM outbox WHERE msg_key = $1 AND topic = 'order_commands'",
+                id
+            )
+            .await,
+            2,
+            "one create_order and one update_order_status, no second saga's commands"
+        );
+    }
     app.stop().await;
 }

@@ -143,10 +143,12 @@ async fn the_database_away_for_a_while_delays_sagas_but_loses_none() {
     let app = spawn_processes(&[]).await;
     let mut ids = app.post_many(40, "db-before").await;
     let outage = DatabaseOutage::begin(&app).await;
-    // While the database is away, requests fail with 503 instead of hanging or crashing.
+    // While the database is away, requests fail with 503 instead of hanging or crashing — at
+    // the latest when the server's 10 s request timeout fires, so the client waits a bit longer.
     let r = app
         .client
         .post(app.url("/orders"))
+        .timeout(Duration::from_secs(15))
         .json(&order_body("c-db-during"))
         .send()
         .await

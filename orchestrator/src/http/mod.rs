@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub use error::ApiError;
 
+use crate::intake::Intake;
 use crate::relay::Relay;
 use crate::saga::engine::Policy;
 use crate::saga::SagaDefinition;
@@ -41,6 +42,8 @@ async fn deadline(req: Request, next: Next) -> Response {
 #[derive(Clone)]
 pub struct AppState {
     pub store: SagaStore,
+    /// Where `POST /orders` stores new sagas (group commit).
+    pub intake: Intake,
     pub definition: Arc<SagaDefinition>,
     pub policy: Policy,
     pub relay: Relay,

@@ -146,9 +146,12 @@ async fn create_order(
     async move {
         let input = saga_input(&order, amount_cents);
         let (state, messages) = engine::start(&app.definition, &app.policy, saga_id, input, platform::time::now_ms());
-        match app.store.create(&state, &order.customer_id, key.as_deref(), &messages).await? {
+        let created = app
+            .intake
+            .create(state.clone(), order.customer_id.clone(), key.clone(), messages)
+            .await?;
+        match created {
             Created::New => {
-                app.relay.notify();
                 tracing::debug!(amount_cents, "saga started");
                 Ok(accepted(&state, false))
             }

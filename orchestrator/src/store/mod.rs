@@ -38,6 +38,15 @@ pub enum Created {
     Existing(Box<SagaState>),
 }
 
+/// A saga to store, with its first messages.
+#[derive(Debug, Clone)]
+pub struct NewSaga {
+    pub state: SagaState,
+    pub customer_id: String,
+    pub idempotency_key: Option<String>,
+    pub messages: Vec<Outgoing>,
+}
+
 /// What happened to a reply.
 #[derive(Debug, PartialEq)]
 pub enum ReplyOutcome {
@@ -145,35 +154,78 @@ impl SagaStore {
         idempotency_key: Option<&str>,
         messages: &[Outgoing],
     ) -> Result<Created> {
-        let mut tx = self.db.writer.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(state.saga_id.to_string())
-        .bind(&state.saga_type)
-        .bind(state.status.as_str())
-        .bind(customer_id)
-        .bind(idempotency_key)
-        .bind(to_json(state))
-        .bind(state.created_at)
-        .bind(state.updated_at)
-        .bind(state.next_wake())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            let key = idempotency_key.unwrap_or_default();
-            let existing = self.by_idempotency_key(key).await?;
-            // The key's row exists (that is why the insert did nothing).
-            return existing
-                .map(|s| Created::Existing(Box::new(s)))
-                .ok_or(Error::Conflict(state.saga_id));
+        let saga = NewSaga {
+            state: state.clone(),
+            customer_id: customer_id.to_string(),
+            idempotency_key: idempotency_key.map(str::to_string),
+            messages: messages.to_vec(),
+        };
+        self.create_many(std::slice::from_ref(&saga))
+            .await?
+            .pop()
+            .unwrap_or(Err(Error::Conflict(state.saga_id)))
+    }
+
+    /// Stores new sagas and their first messages in ONE transaction (group commit for
+    /// `POST /orders`): one multi-row insert of the sagas, one of their messages. A saga whose
+    /// idempotency key was used before (by an earlier request, or earlier in this batch) is not
+    /// stored; its result is the saga the key started.
+    pub async fn create_many(&self, sagas: &[NewSaga]) -> Result<Vec<Result<Created>>> {
+        if sagas.is_empty() {
+            return Ok(Vec::new());
         }
-        insert_outbox(&mut tx, messages, state.created_at).await?;
+        let mut tx = self.db.writer.begin().await?;
+        let sql = format!(
+            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at) \
+             VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING saga_id",
+            values(sagas.len(), 10)
+        );
+        let mut q = sqlx::query(&sql);
+        for saga in sagas {
+            let state = &saga.state;
+            q = q
+                .bind(state.saga_id.to_string())
+                .bind(&state.saga_type)
+                .bind(state.status.as_str())
+                .bind(&saga.customer_id)
+                .bind(saga.idempotency_key.as_deref())
+                .bind(to_json(state))
+                .bind(1_i64)
+                .bind(state.created_at)
+                .bind(state.updated_at)
+                .bind(state.next_wake());
+        }
+        let inserted: std::collections::HashSet<String> = q
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("saga_id"))
+            .collect::<std::result::Result<_, _>>()?;
+        let is_new = |s: &NewSaga| inserted.contains(&s.state.saga_id.to_string());
+        let messages: Vec<Outgoing> = sagas
+            .iter()
+            .filter(|s| is_new(s))
+            .flat_map(|s| s.messages.iter().cloned())
+            .collect();
+        if let Some(now) = sagas.iter().map(|s| s.state.created_at).max() {
+            insert_outbox(&mut tx, &messages, now).await?;
+        }
         tx.commit().await?;
-        Ok(Created::New)
+        let mut results = Vec::with_capacity(sagas.len());
+        for saga in sagas {
+            if is_new(saga) {
+                results.push(Ok(Created::New));
+                continue;
+            }
+            // Not inserted: its key's row exists (that is why the insert did nothing).
+            let key = saga.idempotency_key.as_deref().unwrap_or_default();
+            results.push(match self.by_idempotency_key(key).await {
+                Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
+                Ok(None) => Err(Error::Conflict(saga.state.saga_id)),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(results)
     }
 
     pub async fn by_idempotency_key(&self, key: &str) -> Result<Option<SagaState>> {

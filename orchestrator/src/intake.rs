@@ -1,0 +1,106 @@
+//! Where new sagas come in: `POST /orders` hands its new saga to the intake, which stores the
+//! sagas of requests that arrive together in ONE transaction (group commit) — under load a
+//! create costs a share of one commit instead of a commit and four round trips of its own, and
+//! requests stop queueing one by one for the single SQLite writer.
+//!
+//! The intake lives as long as someone can send to it: it stops when the HTTP server, the last
+//! holder of an [`Intake`], has finished its requests, so graceful shutdown loses no create.
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::relay::Relay;
+use crate::saga::engine::Outgoing;
+use crate::saga::SagaState;
+use crate::store::{Created, NewSaga, SagaStore};
+use crate::Result;
+
+/// New sagas stored per transaction, at most.
+const BATCH: usize = 256;
+
+struct Request {
+    saga: NewSaga,
+    done: oneshot::Sender<Result<Created>>,
+}
+
+/// The handle `POST /orders` uses.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Intake {
+    /// Starts the intake task; it ends once every clone of the returned handle is dropped.
+    pub fn start(
+        store: SagaStore,
+        relay: Relay,
+    ) -> (Intake, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(BATCH * 4);
+        (Intake { tx }, run(store, relay, rx))
+    }
+
+    /// Stores a new saga and its first messages (see [`SagaStore::create`]).
+    pub async fn create(
+        &self,
+        state: SagaState,
+        customer_id: String,
+        idempotency_key: Option<String>,
+        messages: Vec<Outgoing>,
+    ) -> Result<Created> {
+        let (done, answer) = oneshot::channel();
+        let saga = NewSaga {
+            state,
+            customer_id,
+            idempotency_key,
+            messages,
+        };
+        self.tx
+            .send(Request { saga, done })
+            .await
+            .map_err(|_| crate::Error::Stopping)?;
+        answer.await.map_err(|_| crate::Error::Stopping)?
+    }
+}
+
+async fn run(store: SagaStore, relay: Relay, mut rx: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let (sagas, waiters): (Vec<NewSaga>, Vec<_>) =
+            batch.drain(..).map(|r| (r.saga, r.done)).unzip();
+        let span = tracing::debug_span!("intake", sagas = sagas.len());
+        let results = match store.create_many(&sagas).instrument(span).await {
+            Ok(results) => results,
+            Err(e) if e.is_transient() || sagas.len() == 1 => {
+                // The database is away (or busy): the same for every saga of the batch, and
+                // trying them one by one would only make each client wait longer.
+                tracing::warn!(error = %e, sagas = sagas.len(), "cannot store new sagas");
+                let message = e.to_string();
+                let mut results = vec![Err(e)];
+                results.resize_with(sagas.len(), || {
+                    Err(crate::Error::Unavailable(message.clone()))
+                });
+                results
+            }
+            Err(e) => {
+                // One bad saga must not fail the others: each on its own, with its own error.
+                tracing::debug!(error = %e, "batch of new sagas failed; storing them one by one");
+                let mut results = Vec::with_capacity(sagas.len());
+                for saga in &sagas {
+                    let one = store.create_many(std::slice::from_ref(saga)).await;
+                    results.push(one.and_then(|mut one| {
+                        one.pop()
+                            .unwrap_or(Err(crate::Error::Conflict(saga.state.saga_id)))
+                    }));
+                }
+                results
+            }
+        };
+        if results.iter().any(|r| matches!(r, Ok(Created::New))) {
+            relay.notify();
+        }
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            // The client may have gone; the saga is stored either way.
+            let _ = waiter.send(result);
+        }
+    }
+}
