@@ -190,6 +190,32 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Drops the PostgreSQL database `url` names (connecting to the server through `server_url`),
+/// closing its connections first. For throw-away databases (benchmarks).
+pub async fn drop_database(server_url: &str, url: &str) -> Result<()> {
+    install_default_drivers();
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(_, n)| n.to_string())
+        .unwrap_or_default();
+    if name.is_empty() || name.contains('"') {
+        return Ok(());
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(server_url)
+        .await
+        .map_err(Error::db(format!("connecting to {}", redact(server_url))))?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .map_err(Error::db(format!("dropping database {name}")))?;
+    pool.close().await;
+    Ok(())
+}
+
 /// Replaces the database name of a PostgreSQL URL: `postgres://h/test` + `x` → `postgres://h/x`.
 /// Used to give each component (and each test) a database of its own on one server.
 pub fn with_database_name(url: &str, name: &str) -> String {

@@ -79,6 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = std::env::temp_dir().join(format!("saga-bench-{}", std::process::id()));
     let mut embedded = None;
     let mut instances = None;
+    let postgres_server = args.database_url.clone().filter(|u| !u.is_empty());
     let (urls, pids) = if !args.url.is_empty() {
         let urls = args.url.iter().map(|u| u.trim_end_matches('/').to_string());
         (urls.collect(), args.pid.clone())
@@ -152,5 +153,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(kafka);
     }
     let _ = std::fs::remove_dir_all(&data_dir);
+    // The bench's own PostgreSQL databases go too: a benchmark leaves nothing behind.
+    if let (Some(server), true) = (postgres_server, args.url.is_empty()) {
+        for component in ["orchestrator", "orders", "users", "payments"] {
+            let name = format!("saga_bench_{}_{component}", std::process::id());
+            let url = platform::db::with_database_name(&server, &name);
+            if let Err(e) = platform::db::drop_database(&server, &url).await {
+                eprintln!("could not drop {name}: {e}");
+            }
+        }
+    }
     Ok(())
 }
