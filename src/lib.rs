@@ -54,7 +54,8 @@ pub struct SystemConfig {
     pub chaos: services::chaos::Chaos,
     /// Times a message may fail with a non-transient error before it is dead-lettered.
     pub max_delivery_attempts: u32,
-    /// How long the orchestrator keeps processed inbox and sent outbox rows.
+    /// How long processed inbox and sent outbox rows (orchestrator) and processed commands
+    /// (services) are kept.
     pub retention: std::time::Duration,
 }
 
@@ -100,6 +101,7 @@ impl SystemConfig {
             topics: self.topics.clone(),
             chaos: self.chaos.clone(),
             max_attempts: self.max_delivery_attempts,
+            retention: self.retention,
         })
     }
 

@@ -53,6 +53,15 @@ impl Orchestrator {
     /// Connects, migrates, binds the listener and starts the tasks. Returns once the API accepts
     /// connections.
     pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self> {
+        let resend_window = config.policy.saga_timeout_ms + config.policy.compensation_limit_ms;
+        if (config.retention.as_millis() as i64) < resend_window {
+            tracing::warn!(
+                retention_ms = config.retention.as_millis() as u64,
+                resend_window_ms = resend_window,
+                "RETENTION_MS is shorter than SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS: a command \
+                 re-sent after its services pruned it would be handled again"
+            );
+        }
         let db = Db::connect(&config.database_url, &MIGRATIONS, config.sqlite_sync).await?;
         let store = SagaStore::new(db);
         let definition = Arc::new(create_order::definition(&config.topics));
@@ -178,13 +187,16 @@ pub struct PolicyArgs {
     #[arg(long, env = "SAGA_TIMEOUT_MS", default_value_t = Policy::default().saga_timeout_ms)]
     pub saga_timeout_ms: i64,
     /// How long processed replies (inbox) and published commands (outbox) are kept before they
-    /// are pruned. Keep it longer than a reply can be redelivered; sagas themselves are kept.
+    /// are pruned; the services keep processed commands as long. Keep it longer than
+    /// SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS (how long a command may be re-sent); sagas
+    /// themselves are kept.
     #[arg(long, env = "RETENTION_MS", default_value_t = DEFAULT_RETENTION_MS)]
     pub retention_ms: u64,
 }
 
-/// One hour: far beyond any redelivery, short enough to keep the tables small.
-pub const DEFAULT_RETENTION_MS: u64 = 3_600_000;
+/// Two hours: longer than a saga can wait for a reply with the default deadlines (saga timeout
+/// 5 min + compensation limit 1 h), short enough to keep the tables small.
+pub const DEFAULT_RETENTION_MS: u64 = 7_200_000;
 
 impl PolicyArgs {
     pub fn policy(&self) -> Policy {

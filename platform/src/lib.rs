@@ -9,6 +9,7 @@
 //!   topic creation on a real cluster, and dead-lettering of messages that cannot be handled.
 //! - [`embedded`]: librdkafka's in-memory mock cluster, the development and test broker.
 //! - [`db`]: one connection type for SQLite (the default) and PostgreSQL (production).
+//! - [`prune`]: keeping inbox-like tables bounded by a retention time.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the Ctrl-C / SIGTERM signal.
 
 pub mod db;
@@ -16,6 +17,7 @@ pub mod embedded;
 pub mod envelope;
 mod error;
 pub mod kafka;
+pub mod prune;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -70,6 +70,8 @@ pub struct ServiceConfig {
     pub chaos: Chaos,
     /// Times a command may fail with a non-transient error before it is dead-lettered.
     pub max_attempts: u32,
+    /// How long processed commands (and their stored replies) are kept for de-duplication.
+    pub retention: Duration,
 }
 
 /// A running service task.
@@ -125,8 +127,12 @@ pub async fn start<S: CommandService>(
         cancel: cancel.clone(),
     };
     let token = cancel.clone();
+    let pruner = prune(db.clone(), config.retention, cancel.clone());
     let join = tokio::spawn(async move {
-        platform::kafka::run_consumer(consumer, runner, dead_letters, token).await;
+        tokio::join!(
+            platform::kafka::run_consumer(consumer, runner, dead_letters, token),
+            pruner
+        );
         delayed.close();
         delayed.wait().await;
         platform::kafka::flush(&producer);
@@ -139,6 +145,34 @@ pub async fn start<S: CommandService>(
         cancel,
         join,
     })
+}
+
+/// Deletes processed commands older than `retention`, so the table stays bounded. A command
+/// re-sent later than that would be handled again: keep the retention longer than a saga can
+/// re-send a command (its compensation limit).
+async fn prune(db: Db, retention: Duration, cancel: CancellationToken) {
+    platform::prune::run(
+        "pruning processed commands",
+        retention,
+        cancel,
+        Error::is_transient,
+        |before, limit| {
+            let db = db.clone();
+            async move {
+                let deleted = sqlx::query(
+                    "DELETE FROM processed_commands WHERE command_id IN \
+                     (SELECT command_id FROM processed_commands WHERE processed_at < $1 ORDER BY processed_at LIMIT $2)",
+                )
+                .bind(before)
+                .bind(limit)
+                .execute(&db.writer)
+                .await?
+                .rows_affected();
+                Ok::<_, Error>(deleted as i64 == limit)
+            }
+        },
+    )
+    .await;
 }
 
 struct Runner<S> {

@@ -1,15 +1,18 @@
-//! Bounded storage: processed inbox rows and sent outbox rows go after the retention time;
-//! sagas stay queryable.
+//! Bounded storage: processed inbox rows, sent outbox rows and the services' processed commands
+//! go after the retention time; sagas stay queryable.
 
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_inbox_and_sent_outbox_rows_are_pruned_and_sagas_stay_queryable() {
+async fn old_inbox_outbox_and_processed_command_rows_are_pruned_and_sagas_stay_queryable() {
     let mut app = spawn_app().await;
     app.stop_orchestrator().await;
     app.config.retention = Duration::from_secs(2);
+    for service in ["orders", "users", "payments"] {
+        app.restart_service(service, Default::default()).await;
+    }
     app.start_orchestrator().await;
 
     let mut ids = Vec::new();
@@ -28,17 +31,38 @@ async fn old_inbox_and_sent_outbox_rows_are_pruned_and_sagas_stay_queryable() {
         outbox >= 80,
         "every command and event is recorded first ({outbox})"
     );
+    let services = [
+        app.db("orders").await,
+        app.db("users").await,
+        app.db("payments").await,
+    ];
+    let processed = |i: usize| {
+        let pool = services[i].clone();
+        async move {
+            count(
+                &pool,
+                "SELECT COUNT(*) FROM processed_commands WHERE command_id <> $1",
+                "",
+            )
+            .await
+        }
+    };
+    assert!(
+        processed(0).await >= 20,
+        "the order service recorded its commands"
+    );
 
     let start = Instant::now();
     loop {
         let inbox = count(&db, "SELECT COUNT(*) FROM inbox WHERE message_id <> $1", "").await;
         let outbox = count(&db, "SELECT COUNT(*) FROM outbox WHERE msg_key <> $1", "").await;
-        if inbox == 0 && outbox == 0 {
+        let commands = processed(0).await + processed(1).await + processed(2).await;
+        if inbox == 0 && outbox == 0 && commands == 0 {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
-            "still {inbox} inbox and {outbox} outbox rows"
+            "still {inbox} inbox, {outbox} outbox and {commands} processed command rows"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,0 +1,69 @@
+//! Keeping de-duplication tables bounded: rows older than a retention time are deleted a bounded
+//! batch at a time, at an interval, until shutdown. The orchestrator prunes its inbox and sent
+//! outbox rows, each command service its `processed_commands`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::{self, Retried};
+
+/// Rows deleted per statement: short transactions that do not hold up the consumers.
+pub const BATCH: i64 = 5_000;
+
+/// How often pruning runs for a retention: a quarter of it, between 100 ms and one minute.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// Every [`interval`], calls `prune(before, BATCH)` with `before` = now − `retention` until it
+/// reports no full batch (`Ok(false)`); transient errors are retried, others logged. Ends when
+/// `cancel` fires.
+pub async fn run<E, F, Fut>(
+    what: &'static str,
+    retention: Duration,
+    cancel: CancellationToken,
+    transient: fn(&E) -> bool,
+    mut prune: F,
+) where
+    E: std::fmt::Display,
+    F: FnMut(i64, i64) -> Fut,
+    Fut: Future<Output = Result<bool, E>>,
+{
+    let mut tick = tokio::time::interval(interval(retention));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = crate::time::now_ms() - retention.as_millis() as i64;
+        loop {
+            match retry::until_cancelled(&cancel, what, transient, || prune(before, BATCH)).await {
+                Retried::Ok(true) if !cancel.is_cancelled() => continue,
+                Retried::Ok(_) => break,
+                Retried::Permanent(e) => {
+                    tracing::error!(error = %e, "{what} failed");
+                    break;
+                }
+                Retried::Cancelled => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_follows_the_retention_within_bounds() {
+        assert_eq!(interval(Duration::from_secs(2)), Duration::from_millis(500));
+        assert_eq!(
+            interval(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(interval(Duration::from_secs(3600)), Duration::from_secs(60));
+    }
+}
