@@ -492,12 +492,12 @@ impl SagaStore {
     pub async fn finish_claim(&self, claim: Claim, sent: &[i64], now: i64) -> Result<()> {
         match claim.tx {
             Some(mut tx) => {
-                mark_sent(&mut *tx, sent, now).await?;
+                mark_sent(&mut tx, sent, now).await?;
                 tx.commit().await?;
             }
             None => {
                 let mut conn = self.db.writer.acquire().await?;
-                mark_sent(&mut *conn, sent, now).await?;
+                mark_sent(&mut conn, sent, now).await?;
             }
         }
         Ok(())
