@@ -60,18 +60,6 @@ impl CommandService for OrderService {
                         json!({"reason": "the store cannot take this order (test customer noorder-)"}),
                     ));
                 }
-                // One order per saga, even if create_order arrives under another command id.
-                if let Some(row) = sqlx::query("SELECT order_id FROM orders WHERE saga_id = $1")
-                    .bind(&saga_id)
-                    .fetch_optional(&mut **tx)
-                    .await?
-                {
-                    let order_id: String = row.try_get("order_id")?;
-                    return Ok(Outcome::Reply(
-                        "order.created",
-                        json!({ "order_id": order_id }),
-                    ));
-                }
                 let order_id = Uuid::new_v4().to_string();
                 let details = command
                     .payload
@@ -83,9 +71,12 @@ impl CommandService for OrderService {
                     .get("amount_cents")
                     .and_then(Value::as_i64)
                     .unwrap_or(0);
-                sqlx::query(
+                // One order per saga, even if create_order arrives under another command id: the
+                // insert does nothing if the saga has one, and that one is the answer. (One
+                // statement on the usual path rather than a look-up first.)
+                let inserted = sqlx::query(
                     "INSERT INTO orders (order_id, saga_id, customer_id, order_details, amount_cents, status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6)",
+                     VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6) ON CONFLICT (saga_id) DO NOTHING",
                 )
                 .bind(&order_id)
                 .bind(&saga_id)
@@ -94,7 +85,17 @@ impl CommandService for OrderService {
                 .bind(amount)
                 .bind(now)
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected();
+                let order_id = if inserted == 1 {
+                    order_id
+                } else {
+                    sqlx::query("SELECT order_id FROM orders WHERE saga_id = $1")
+                        .bind(&saga_id)
+                        .fetch_one(&mut **tx)
+                        .await?
+                        .try_get("order_id")?
+                };
                 Ok(Outcome::Reply(
                     "order.created",
                     json!({ "order_id": order_id }),
@@ -110,24 +111,31 @@ impl CommandService for OrderService {
                         json!({"order_id": order_id, "reason": "the order cannot be confirmed (test customer noupdate-)"}),
                     ));
                 }
-                let current = current_status(tx, order_id).await?;
-                match current.as_deref() {
-                    None => Ok(Outcome::Reply(
-                        "order.status_update_failed",
-                        json!({"order_id": order_id, "reason": "no such order"}),
-                    )),
-                    Some("CANCELLED") => Ok(Outcome::Reply(
-                        "order.status_update_failed",
-                        json!({"order_id": order_id, "reason": "the order is cancelled"}),
-                    )),
-                    Some(_) => {
-                        set_status(tx, order_id, status, now).await?;
-                        Ok(Outcome::Reply(
-                            "order.status_updated",
-                            json!({"order_id": order_id, "status": status}),
-                        ))
-                    }
+                // Any order but a cancelled one takes the status; only when none did is it
+                // worth looking at why.
+                let updated = sqlx::query(
+                    "UPDATE orders SET status = $1, updated_at = $2 WHERE order_id = $3 AND status <> 'CANCELLED'",
+                )
+                .bind(status)
+                .bind(now)
+                .bind(order_id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if updated == 1 {
+                    return Ok(Outcome::Reply(
+                        "order.status_updated",
+                        json!({"order_id": order_id, "status": status}),
+                    ));
                 }
+                let reason = match current_status(tx, order_id).await? {
+                    None => "no such order",
+                    Some(_) => "the order is cancelled",
+                };
+                Ok(Outcome::Reply(
+                    "order.status_update_failed",
+                    json!({"order_id": order_id, "reason": reason}),
+                ))
             }
             "cancel_order" => {
                 // The saga may not know the order id (create_order's reply never came): the
@@ -141,11 +149,10 @@ impl CommandService for OrderService {
                         .map(|r| r.try_get::<String, _>("order_id"))
                         .transpose()?,
                 };
-                // Cancelling an order that does not exist leaves nothing to undo: that is success.
+                // Cancelling an order that does not exist leaves nothing to undo (the update
+                // changes no row): that is success.
                 if let Some(order_id) = &order_id {
-                    if current_status(tx, order_id).await?.is_some() {
-                        set_status(tx, order_id, "CANCELLED", now).await?;
-                    }
+                    set_status(tx, order_id, "CANCELLED", now).await?;
                 }
                 Ok(Outcome::Reply(
                     "order.cancelled",

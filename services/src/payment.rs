@@ -52,28 +52,6 @@ impl CommandService for PaymentService {
                         "authorize_payment has no integer amount_cents".into(),
                     ));
                 };
-                // One payment per saga, even if authorize_payment arrives under another id.
-                if let Some(row) = sqlx::query(
-                    "SELECT payment_id, status, reason FROM payments WHERE saga_id = $1",
-                )
-                .bind(&saga_id)
-                .fetch_optional(&mut **tx)
-                .await?
-                {
-                    let payment_id: String = row.try_get("payment_id")?;
-                    let status: String = row.try_get("status")?;
-                    let reason: Option<String> = row.try_get("reason")?;
-                    return Ok(match status.as_str() {
-                        "DECLINED" => Outcome::Reply(
-                            "payment.failed",
-                            json!({"payment_id": payment_id, "reason": reason}),
-                        ),
-                        _ => Outcome::Reply(
-                            "payment.authorized",
-                            json!({"payment_id": payment_id, "amount_cents": amount}),
-                        ),
-                    });
-                }
                 let declined = if customer.starts_with("declined-") {
                     Some("card declined (test customer declined-)".to_string())
                 } else if amount > MAX_AMOUNT_CENTS {
@@ -88,9 +66,9 @@ impl CommandService for PaymentService {
                     .payload
                     .get("payment_method_id")
                     .and_then(Value::as_str);
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO payments (payment_id, saga_id, customer_id, payment_method_id, amount_cents, status, reason, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (saga_id) DO NOTHING",
                 )
                 .bind(&payment_id)
                 .bind(&saga_id)
@@ -101,7 +79,31 @@ impl CommandService for PaymentService {
                 .bind(declined.as_deref())
                 .bind(now)
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    // One payment per saga, even if authorize_payment arrives under another id:
+                    // the saga's payment exists, and it is the answer.
+                    let row = sqlx::query(
+                        "SELECT payment_id, status, reason FROM payments WHERE saga_id = $1",
+                    )
+                    .bind(&saga_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    let payment_id: String = row.try_get("payment_id")?;
+                    let status: String = row.try_get("status")?;
+                    let reason: Option<String> = row.try_get("reason")?;
+                    return Ok(match status.as_str() {
+                        "DECLINED" => Outcome::Reply(
+                            "payment.failed",
+                            json!({"payment_id": payment_id, "reason": reason}),
+                        ),
+                        _ => Outcome::Reply(
+                            "payment.authorized",
+                            json!({"payment_id": payment_id, "amount_cents": amount}),
+                        ),
+                    });
+                }
                 Ok(match declined {
                     Some(reason) => Outcome::Reply("payment.failed", json!({"reason": reason})),
                     None => Outcome::Reply(
