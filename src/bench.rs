@@ -419,7 +419,13 @@ impl Instances {
                 .stderr(log)
                 .spawn()
                 .map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("starting {}: {e}", exe.display()))
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "starting {}: {e} (build it with `cargo build --release --bins`)",
+                            exe.display()
+                        ),
+                    )
                 })?;
             instances.children.push(child);
             instances.urls.push(format!("http://{addr}"));
