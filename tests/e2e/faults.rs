@@ -16,12 +16,7 @@ async fn kill_9_of_the_orchestrator_with_200_sagas_in_flight_loses_nothing() {
     assert_eq!(ids.len(), 240, "every order accepted");
     app.kill9("orchestrator");
     let db = app.db("orchestrator").await;
-    let unfinished = count(
-        &db,
-        "SELECT COUNT(*) FROM sagas WHERE wake_at IS NOT NULL AND saga_id <> $1",
-        "",
-    )
-    .await;
+    let unfinished = unfinished_sagas(&db).await;
     assert!(unfinished > 0, "the kill should catch sagas in flight");
     app.spawn_proc("orchestrator");
     app.wait_healthy().await;

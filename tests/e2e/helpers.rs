@@ -487,6 +487,16 @@ pub async fn scalar(pool: &AnyPool, sql: &str, arg: &str) -> Option<String> {
         .map(|r| r.try_get::<String, _>(0).unwrap())
 }
 
+/// Sagas not ended yet (a pending deadline), from the orchestrator's database.
+pub async fn unfinished_sagas(orchestrator_db: &AnyPool) -> i64 {
+    count(
+        orchestrator_db,
+        "SELECT COUNT(*) FROM sagas WHERE wake_at IS NOT NULL AND saga_id <> $1",
+        "",
+    )
+    .await
+}
+
 pub async fn count(pool: &AnyPool, sql: &str, arg: &str) -> i64 {
     sqlx::query(sql)
         .bind(arg)

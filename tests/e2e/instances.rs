@@ -37,12 +37,7 @@ async fn three_instances_share_the_work_and_a_kill_9_of_one_loses_nothing() {
     let mut ids = app.post_many_to(&INSTANCES, 300, "three").await;
     assert_eq!(ids.len(), 300, "every order accepted");
     let db = app.db("orchestrator").await;
-    let unfinished = count(
-        &db,
-        "SELECT COUNT(*) FROM sagas WHERE wake_at IS NOT NULL AND saga_id <> $1",
-        "",
-    )
-    .await;
+    let unfinished = unfinished_sagas(&db).await;
     app.kill9("orchestrator-2");
     assert!(unfinished > 0, "the kill should catch sagas in flight");
 
@@ -57,15 +52,7 @@ async fn three_instances_share_the_work_and_a_kill_9_of_one_loses_nothing() {
     assert_eq!(by_status.get("COMPENSATED"), Some(&315), "{by_status:?}");
     // Nothing is left behind by the dead instance: no saga unfinished (including any it created
     // without answering), and its claimed outbox rows were published by the others.
-    assert_eq!(
-        count(
-            &db,
-            "SELECT COUNT(*) FROM sagas WHERE wake_at IS NOT NULL AND saga_id <> $1",
-            ""
-        )
-        .await,
-        0
-    );
+    assert_eq!(unfinished_sagas(&db).await, 0);
     wait_outbox_drained(&db).await;
     app.stop().await;
 }

@@ -145,27 +145,6 @@ impl SagaStore {
         &self.db
     }
 
-    /// Stores a new saga and its first messages in one transaction. With an idempotency key that
-    /// was used before, stores nothing and returns the saga the key started.
-    pub async fn create(
-        &self,
-        state: &SagaState,
-        customer_id: &str,
-        idempotency_key: Option<&str>,
-        messages: &[Outgoing],
-    ) -> Result<Created> {
-        let saga = NewSaga {
-            state: state.clone(),
-            customer_id: customer_id.to_string(),
-            idempotency_key: idempotency_key.map(str::to_string),
-            messages: messages.to_vec(),
-        };
-        self.create_many(std::slice::from_ref(&saga))
-            .await?
-            .pop()
-            .unwrap_or(Err(Error::Conflict(state.saga_id)))
-    }
-
     /// Stores new sagas and their first messages in ONE transaction (group commit for
     /// `POST /orders`): one multi-row insert of the sagas, one of their messages. A saga whose
     /// idempotency key was used before (by an earlier request, or earlier in this batch) is not
