@@ -283,7 +283,7 @@ impl<S: CommandService> Runner<S> {
         let mut tx = self.db.writer.begin().await?;
         let sql = format!(
             "SELECT command_id, reply FROM processed_commands WHERE command_id IN ({})",
-            platform::db::placeholders(1, commands.len())
+            self.db.engine.placeholders(1, commands.len())
         );
         let mut q = sqlx::query(&sql);
         for c in commands {
@@ -326,7 +326,7 @@ impl<S: CommandService> Runner<S> {
         if !fresh.is_empty() {
             let sql = format!(
                 "INSERT INTO processed_commands (command_id, command_type, saga_id, reply, processed_at) VALUES {}",
-                platform::db::values(fresh.len(), 5)
+                self.db.engine.values(fresh.len(), 5)
             );
             let now = platform::time::now_ms();
             let mut q = sqlx::query(&sql);

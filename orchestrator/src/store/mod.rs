@@ -14,7 +14,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use uuid::Uuid;
 
-use platform::db::{placeholders, values, Db, Engine, Migrations};
+use platform::db::{Db, Engine, Migrations};
 use platform::Envelope;
 
 use crate::saga::engine::Outgoing;
@@ -157,7 +157,7 @@ impl SagaStore {
         let sql = format!(
             "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at) \
              VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING saga_id",
-            values(sagas.len(), 10)
+            self.db.engine.values(sagas.len(), 10)
         );
         let mut q = sqlx::query(&sql);
         for saga in sagas {
@@ -187,7 +187,7 @@ impl SagaStore {
             .flat_map(|s| s.messages.iter().cloned())
             .collect();
         if let Some(now) = sagas.iter().map(|s| s.state.created_at).max() {
-            insert_outbox(&mut tx, &messages, now).await?;
+            insert_outbox(&mut tx, self.db.engine, &messages, now).await?;
         }
         tx.commit().await?;
         let mut results = Vec::with_capacity(sagas.len());
@@ -285,7 +285,7 @@ impl SagaStore {
         let sql = format!(
             "INSERT INTO inbox (message_id, saga_id, message_type, received_at) VALUES {} \
              ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-            values(replies.len(), 4)
+            self.db.engine.values(replies.len(), 4)
         );
         let mut q = sqlx::query(&sql);
         for r in replies {
@@ -313,9 +313,15 @@ impl SagaStore {
         // saga id -> (version read, current state, transitions applied)
         let mut sagas: HashMap<Uuid, (i64, SagaState, i64)> = HashMap::new();
         if !ids.is_empty() {
+            // PostgreSQL: lock them now, in saga id order, so two instances handling replies
+            // of the same sagas (a rebalance) wait for each other instead of deadlocking.
+            let lock = match self.db.engine {
+                Engine::Postgres => " ORDER BY saga_id FOR UPDATE",
+                Engine::Sqlite => "",
+            };
             let sql = format!(
-                "SELECT saga_id, state, version FROM sagas WHERE saga_id IN ({})",
-                placeholders(1, ids.len())
+                "SELECT saga_id, state, version FROM sagas WHERE saga_id IN ({}){lock}",
+                self.db.engine.placeholders(1, ids.len())
             );
             let mut q = sqlx::query(&sql);
             for id in &ids {
@@ -362,18 +368,13 @@ impl SagaStore {
         }
 
         // 4. Store each changed saga once, under its version check, and the messages.
-        // In saga id order, so two instances updating the same sagas (a rebalance) cannot
-        // deadlock on PostgreSQL.
-        let mut changed: Vec<_> = sagas.values().filter(|(_, _, n)| *n > 0).collect();
-        changed.sort_by_key(|(_, state, _)| state.saga_id);
-        for (version, state, applied) in changed {
-            update_saga(&mut tx, state, *version, *applied).await?;
-        }
-        insert_outbox(&mut tx, &messages, now).await?;
+        let changed: Vec<_> = sagas.values().filter(|(_, _, n)| *n > 0).collect();
+        update_sagas(&mut tx, self.db.engine, &changed).await?;
+        insert_outbox(&mut tx, self.db.engine, &messages, now).await?;
         if !orphans.is_empty() {
             let sql = format!(
                 "DELETE FROM inbox WHERE message_id IN ({})",
-                placeholders(1, orphans.len())
+                self.db.engine.placeholders(1, orphans.len())
             );
             let mut q = sqlx::query(&sql);
             for id in &orphans {
@@ -399,7 +400,7 @@ impl SagaStore {
         decide: impl FnOnce(&SagaState) -> Decision,
     ) -> Result<Option<Changed>> {
         let mut tx = self.db.writer.begin().await?;
-        let outcome = transition_in(&mut tx, saga_id, now, decide).await?;
+        let outcome = transition_in(&mut tx, self.db.engine, saga_id, now, decide).await?;
         match &outcome {
             Some(Changed::Yes { status, .. }) => {
                 tx.commit().await?;
@@ -471,12 +472,12 @@ impl SagaStore {
     pub async fn finish_claim(&self, claim: Claim, sent: &[i64], now: i64) -> Result<()> {
         match claim.tx {
             Some(mut tx) => {
-                mark_sent(&mut tx, sent, now).await?;
+                mark_sent(&mut tx, self.db.engine, sent, now).await?;
                 tx.commit().await?;
             }
             None => {
                 let mut conn = self.db.writer.acquire().await?;
-                mark_sent(&mut conn, sent, now).await?;
+                mark_sent(&mut conn, self.db.engine, sent, now).await?;
             }
         }
         Ok(())
@@ -520,6 +521,7 @@ impl SagaStore {
 /// messages to the outbox — all inside `tx`, which the caller commits.
 async fn transition_in(
     tx: &mut Transaction<'_, Any>,
+    engine: Engine,
     saga_id: Uuid,
     now: i64,
     decide: impl FnOnce(&SagaState) -> Decision,
@@ -534,8 +536,8 @@ async fn transition_in(
     match decide(&current) {
         Decision::Ignored(why) => Ok(Some(Changed::No(why))),
         Decision::Applied { state, messages } => {
-            update_saga(tx, &state, version, 1).await?;
-            insert_outbox(tx, &messages, now).await?;
+            update_sagas(tx, engine, &[&(version, state.clone(), 1)]).await?;
+            insert_outbox(tx, engine, &messages, now).await?;
             Ok(Some(Changed::Yes {
                 status: state.status,
                 messages: messages.len(),
@@ -545,13 +547,19 @@ async fn transition_in(
 }
 
 /// Stamps outbox rows as published.
-async fn mark_sent(conn: &mut sqlx::AnyConnection, ids: &[i64], now: i64) -> Result<()> {
+async fn mark_sent(
+    conn: &mut sqlx::AnyConnection,
+    engine: Engine,
+    ids: &[i64],
+    now: i64,
+) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     let sql = format!(
-        "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
-        placeholders(2, ids.len())
+        "UPDATE outbox SET sent_at = {} WHERE id IN ({})",
+        engine.placeholders(1, 1),
+        engine.placeholders(2, ids.len())
     );
     let mut q = sqlx::query(&sql).bind(now);
     for id in ids {
@@ -580,6 +588,7 @@ async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
 
 async fn insert_outbox(
     tx: &mut Transaction<'_, Any>,
+    engine: Engine,
     messages: &[Outgoing],
     now: i64,
 ) -> Result<()> {
@@ -587,7 +596,7 @@ async fn insert_outbox(
     for chunk in messages.chunks(OUTBOX_ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES {}",
-            values(chunk.len(), 5)
+            engine.values(chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for m in chunk {
@@ -606,34 +615,53 @@ async fn insert_outbox(
 /// Rows per multi-row outbox insert: well under SQLite's and PostgreSQL's bound-parameter limits.
 const OUTBOX_ROWS_PER_INSERT: usize = 1_000;
 
-/// Stores `state` over the version that was read, counting `transitions` new versions. Another
-/// writer (an instance, the timer) having stored a version since is a [`Error::Conflict`]: the
-/// transaction rolls back and the caller retries on fresh state.
-async fn update_saga(
+/// Stores each `(version read, new state, transitions)` over the version that was read, counting
+/// `transitions` new versions, in one statement (one round trip however many sagas a batch of
+/// replies moved). Another writer (an instance, the timer) having stored a version since is an
+/// [`Error::Conflict`]: the transaction rolls back and the caller retries on fresh state.
+async fn update_sagas(
     tx: &mut Transaction<'_, Any>,
-    state: &SagaState,
-    version: i64,
-    transitions: i64,
+    engine: Engine,
+    changed: &[&(i64, SagaState, i64)],
 ) -> Result<()> {
-    let updated = sqlx::query(
-        "UPDATE sagas SET status = $1, state = $2, version = version + $3, updated_at = $4, wake_at = $5 \
-         WHERE saga_id = $6 AND version = $7",
-    )
-    .bind(state.status.as_str())
-    .bind(to_json(state))
-    .bind(transitions)
-    .bind(state.updated_at)
-    .bind(state.next_wake())
-    .bind(state.saga_id.to_string())
-    .bind(version)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Err(Error::Conflict(state.saga_id));
+    for chunk in changed.chunks(SAGAS_PER_UPDATE) {
+        let sql = format!(
+            "WITH v (id, status, state, transitions, updated_at, wake_at, version) AS (VALUES {}) \
+             UPDATE sagas SET status = v.status, state = v.state, version = sagas.version + v.transitions, \
+             updated_at = v.updated_at, wake_at = v.wake_at \
+             FROM v WHERE sagas.saga_id = v.id AND sagas.version = v.version RETURNING saga_id",
+            engine.values(chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for (version, state, transitions) in chunk.iter().copied() {
+            q = q
+                .bind(state.saga_id.to_string())
+                .bind(state.status.as_str())
+                .bind(to_json(state))
+                .bind(*transitions)
+                .bind(state.updated_at)
+                .bind(state.next_wake())
+                .bind(*version);
+        }
+        let updated: std::collections::HashSet<String> = q
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("saga_id"))
+            .collect::<std::result::Result<_, _>>()?;
+        if let Some((_, lost, _)) = chunk
+            .iter()
+            .copied()
+            .find(|(_, state, _)| !updated.contains(&state.saga_id.to_string()))
+        {
+            return Err(Error::Conflict(lost.saga_id));
+        }
     }
     Ok(())
 }
+
+/// Sagas per multi-row update (7 parameters each).
+const SAGAS_PER_UPDATE: usize = 1_000;
 
 fn to_json(state: &SagaState) -> String {
     serde_json::to_string(state).unwrap_or_else(|_| Value::Null.to_string())
