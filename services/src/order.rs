@@ -5,30 +5,22 @@
 //! - `noupdate-`: `update_order_status` fails (`order.status_update_failed`), so the saga reverts
 //!   the payment and cancels the order.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{json, Value};
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
-use platform::db::Migrations;
+use platform::db::{Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
-use crate::runtime::{field, CommandService, Outcome};
+use crate::runtime::{column, field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
 use crate::Result;
 
 /// The same SQL runs on SQLite and PostgreSQL.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/order");
 
 pub struct OrderService;
-
-macro_rules! reject_on_err {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(reason) => return Ok(Outcome::Reject(reason)),
-        }
-    };
-}
-pub(crate) use reject_on_err;
 
 impl CommandService for OrderService {
     const NAME: &'static str = "order-service";
@@ -48,121 +40,56 @@ impl CommandService for OrderService {
         &topics.order_events
     }
 
-    async fn handle(&self, tx: &mut Transaction<'_, Any>, command: &Envelope) -> Result<Outcome> {
-        let saga_id = command.correlation_id.to_string();
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        engine: Engine,
+        commands: &[&Envelope],
+    ) -> Result<Vec<Outcome>> {
         let now = platform::time::now_ms();
-        match command.message_type.as_str() {
-            "create_order" => {
-                let customer = reject_on_err!(field(command, "customer_id"));
-                if customer.starts_with("noorder-") {
-                    return Ok(Outcome::Reply(
-                        "order.creation_failed",
-                        json!({"reason": "the store cannot take this order (test customer noorder-)"}),
-                    ));
+        let mut out = Outcomes::new(commands.len());
+        let mut creates = Vec::new();
+        let mut updates = Vec::new();
+        let mut cancels = Vec::new();
+        for (i, command) in commands.iter().enumerate() {
+            match command.message_type.as_str() {
+                "create_order" => {
+                    let customer = reject_on_err!(out, i, field(command, "customer_id"));
+                    if customer.starts_with("noorder-") {
+                        out.set(i, Outcome::Reply(
+                            "order.creation_failed",
+                            json!({"reason": "the store cannot take this order (test customer noorder-)"}),
+                        ));
+                        continue;
+                    }
+                    creates.push((i, *command, customer));
                 }
-                let order_id = Uuid::new_v4().to_string();
-                let details = command
-                    .payload
-                    .get("order_details")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let amount = command
-                    .payload
-                    .get("amount_cents")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                // One order per saga, even if create_order arrives under another command id: the
-                // insert does nothing if the saga has one, and that one is the answer. (One
-                // statement on the usual path rather than a look-up first.)
-                let inserted = sqlx::query(
-                    "INSERT INTO orders (order_id, saga_id, customer_id, order_details, amount_cents, status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6) ON CONFLICT (saga_id) DO NOTHING",
-                )
-                .bind(&order_id)
-                .bind(&saga_id)
-                .bind(customer)
-                .bind(details.to_string())
-                .bind(amount)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                let order_id = if inserted == 1 {
-                    order_id
-                } else {
-                    sqlx::query("SELECT order_id FROM orders WHERE saga_id = $1")
-                        .bind(&saga_id)
-                        .fetch_one(&mut **tx)
-                        .await?
-                        .try_get("order_id")?
-                };
-                Ok(Outcome::Reply(
-                    "order.created",
-                    json!({ "order_id": order_id }),
-                ))
-            }
-            "update_order_status" => {
-                let order_id = reject_on_err!(field(command, "order_id"));
-                let status = reject_on_err!(field(command, "status"));
-                let customer = field(command, "customer_id").unwrap_or_default();
-                if customer.starts_with("noupdate-") {
-                    return Ok(Outcome::Reply(
-                        "order.status_update_failed",
-                        json!({"order_id": order_id, "reason": "the order cannot be confirmed (test customer noupdate-)"}),
-                    ));
+                "update_order_status" => {
+                    let order_id = reject_on_err!(out, i, field(command, "order_id"));
+                    let status = reject_on_err!(out, i, field(command, "status"));
+                    let customer = field(command, "customer_id").unwrap_or_default();
+                    if customer.starts_with("noupdate-") {
+                        out.set(i, Outcome::Reply(
+                            "order.status_update_failed",
+                            json!({"order_id": order_id, "reason": "the order cannot be confirmed (test customer noupdate-)"}),
+                        ));
+                        continue;
+                    }
+                    updates.push((i, order_id, status));
                 }
-                // Any order but a cancelled one takes the status; only when none did is it
-                // worth looking at why.
-                let updated = sqlx::query(
-                    "UPDATE orders SET status = $1, updated_at = $2 WHERE order_id = $3 AND status <> 'CANCELLED'",
-                )
-                .bind(status)
-                .bind(now)
-                .bind(order_id)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                if updated == 1 {
-                    return Ok(Outcome::Reply(
-                        "order.status_updated",
-                        json!({"order_id": order_id, "status": status}),
-                    ));
-                }
-                let reason = match current_status(tx, order_id).await? {
-                    None => "no such order",
-                    Some(_) => "the order is cancelled",
-                };
-                Ok(Outcome::Reply(
-                    "order.status_update_failed",
-                    json!({"order_id": order_id, "reason": reason}),
-                ))
-            }
-            "cancel_order" => {
                 // The saga may not know the order id (create_order's reply never came): the
                 // order is then found by its saga.
-                let order_id = match field(command, "order_id") {
-                    Ok(id) => Some(id.to_string()),
-                    Err(_) => sqlx::query("SELECT order_id FROM orders WHERE saga_id = $1")
-                        .bind(&saga_id)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                        .map(|r| r.try_get::<String, _>("order_id"))
-                        .transpose()?,
-                };
-                // Cancelling an order that does not exist leaves nothing to undo (the update
-                // changes no row): that is success.
-                if let Some(order_id) = &order_id {
-                    set_status(tx, order_id, "CANCELLED", now).await?;
-                }
-                Ok(Outcome::Reply(
-                    "order.cancelled",
-                    json!({ "order_id": order_id }),
-                ))
+                "cancel_order" => cancels.push((i, *command, field(command, "order_id").ok())),
+                other => out.set(
+                    i,
+                    Outcome::Reject(format!("order-service does not handle {other:?}")),
+                ),
             }
-            other => Ok(Outcome::Reject(format!(
-                "order-service does not handle {other:?}"
-            ))),
         }
+        create_orders(tx, engine, &creates, now, &mut out).await?;
+        update_statuses(tx, engine, &updates, now, &mut out).await?;
+        cancel_orders(tx, engine, &cancels, now, &mut out).await?;
+        Ok(out.into_vec())
     }
 
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
@@ -179,25 +106,181 @@ impl CommandService for OrderService {
     }
 }
 
-async fn current_status(tx: &mut Transaction<'_, Any>, order_id: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT status FROM orders WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.map(|r| r.try_get("status")).transpose()?)
+/// One order per saga, even if create_order arrives under another command id: the insert skips a
+/// saga that has one, and that one is the answer. One statement on the usual path.
+async fn create_orders(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    creates: &[(usize, &Envelope, &str)],
+    now: i64,
+    out: &mut Outcomes,
+) -> Result<()> {
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO orders (order_id, saga_id, customer_id, order_details, amount_cents, status, created_at, updated_at) \
+         VALUES {} ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id, order_id",
+        engine.values(creates.len(), 8)
+    );
+    let mut q = sqlx::query(&sql);
+    for (_, command, customer) in creates {
+        let details = command.payload.get("order_details").unwrap_or(&Value::Null);
+        let amount = command.payload.get("amount_cents").and_then(Value::as_i64);
+        q = q
+            .bind(Uuid::new_v4().to_string())
+            .bind(command.correlation_id.to_string())
+            .bind(*customer)
+            .bind(details.to_string())
+            .bind(amount.unwrap_or(0))
+            .bind("PENDING")
+            .bind(now)
+            .bind(now);
+    }
+    let mut order_of = pairs(q.fetch_all(&mut **tx).await?, "saga_id", "order_id")?;
+    let existing: Vec<String> = creates
+        .iter()
+        .map(|(_, c, _)| c.correlation_id.to_string())
+        .filter(|saga| !order_of.contains_key(saga))
+        .collect();
+    if !existing.is_empty() {
+        let sql = format!(
+            "SELECT saga_id, order_id FROM orders WHERE saga_id IN ({})",
+            engine.placeholders(1, existing.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for saga in &existing {
+            q = q.bind(saga);
+        }
+        order_of.extend(pairs(q.fetch_all(&mut **tx).await?, "saga_id", "order_id")?);
+    }
+    for (i, command, _) in creates {
+        let order_id = order_of.get(&command.correlation_id.to_string());
+        out.set(
+            *i,
+            Outcome::Reply("order.created", json!({ "order_id": order_id })),
+        );
+    }
+    Ok(())
 }
 
-async fn set_status(
+/// Any order but a cancelled one takes the status; only for those that did not is it worth
+/// looking at why.
+async fn update_statuses(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    status: &str,
+    engine: Engine,
+    updates: &[(usize, &str, &str)],
     now: i64,
+    out: &mut Outcomes,
 ) -> Result<()> {
-    sqlx::query("UPDATE orders SET status = $1, updated_at = $2 WHERE order_id = $3")
-        .bind(status)
-        .bind(now)
-        .bind(order_id)
-        .execute(&mut **tx)
-        .await?;
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "WITH v (id, new_status, at) AS (VALUES {}) \
+         UPDATE orders SET status = v.new_status, updated_at = v.at FROM v \
+         WHERE orders.order_id = v.id AND orders.status <> 'CANCELLED' RETURNING order_id",
+        engine.values(updates.len(), 3)
+    );
+    let mut q = sqlx::query(&sql);
+    for (_, order_id, status) in updates {
+        q = q.bind(*order_id).bind(*status).bind(now);
+    }
+    let updated = column(q.fetch_all(&mut **tx).await?, "order_id")?;
+    let missed: Vec<&str> = updates
+        .iter()
+        .map(|(_, order_id, _)| *order_id)
+        .filter(|id| !updated.contains(*id))
+        .collect();
+    let mut exists = HashSet::new();
+    if !missed.is_empty() {
+        let sql = format!(
+            "SELECT order_id FROM orders WHERE order_id IN ({})",
+            engine.placeholders(1, missed.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &missed {
+            q = q.bind(*id);
+        }
+        exists = column(q.fetch_all(&mut **tx).await?, "order_id")?;
+    }
+    for (i, order_id, status) in updates {
+        out.set(
+            *i,
+            if updated.contains(*order_id) {
+                Outcome::Reply(
+                    "order.status_updated",
+                    json!({"order_id": order_id, "status": status}),
+                )
+            } else {
+                let reason = if exists.contains(*order_id) {
+                    "the order is cancelled"
+                } else {
+                    "no such order"
+                };
+                Outcome::Reply(
+                    "order.status_update_failed",
+                    json!({"order_id": order_id, "reason": reason}),
+                )
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Cancelling an order that does not exist leaves nothing to undo (no row changes): success.
+async fn cancel_orders(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    cancels: &[(usize, &Envelope, Option<&str>)],
+    now: i64,
+    out: &mut Outcomes,
+) -> Result<()> {
+    if cancels.is_empty() {
+        return Ok(());
+    }
+    let unknown: Vec<String> = cancels
+        .iter()
+        .filter(|(_, _, order_id)| order_id.is_none())
+        .map(|(_, c, _)| c.correlation_id.to_string())
+        .collect();
+    let mut order_of = HashMap::new();
+    if !unknown.is_empty() {
+        let sql = format!(
+            "SELECT saga_id, order_id FROM orders WHERE saga_id IN ({})",
+            engine.placeholders(1, unknown.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for saga in &unknown {
+            q = q.bind(saga);
+        }
+        order_of = pairs(q.fetch_all(&mut **tx).await?, "saga_id", "order_id")?;
+    }
+    let order_ids: Vec<Option<String>> = cancels
+        .iter()
+        .map(|(_, c, order_id)| match order_id {
+            Some(id) => Some(id.to_string()),
+            None => order_of.get(&c.correlation_id.to_string()).cloned(),
+        })
+        .collect();
+    let known: Vec<&String> = order_ids.iter().flatten().collect();
+    if !known.is_empty() {
+        let sql = format!(
+            "UPDATE orders SET status = 'CANCELLED', updated_at = {} WHERE order_id IN ({})",
+            engine.placeholders(1, 1),
+            engine.placeholders(2, known.len())
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for id in known {
+            q = q.bind(id);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for ((i, _, _), order_id) in cancels.iter().zip(order_ids) {
+        out.set(
+            *i,
+            Outcome::Reply("order.cancelled", json!({ "order_id": order_id })),
+        );
+    }
     Ok(())
 }

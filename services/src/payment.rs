@@ -3,15 +3,16 @@
 //! Test behaviours: a `customer_id` starting with `declined-`, or an amount over
 //! [`MAX_AMOUNT_CENTS`], is declined (`payment.failed`), like a payment provider's test cards.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{json, Value};
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use platform::db::Migrations;
+use platform::db::{Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
-use crate::order::reject_on_err;
-use crate::runtime::{field, CommandService, Outcome};
+use crate::runtime::{column, field, reject_on_err, CommandService, Outcome, Outcomes};
 use crate::Result;
 
 /// The same SQL runs on SQLite and PostgreSQL.
@@ -40,107 +41,57 @@ impl CommandService for PaymentService {
         &topics.payment_events
     }
 
-    async fn handle(&self, tx: &mut Transaction<'_, Any>, command: &Envelope) -> Result<Outcome> {
-        let saga_id = command.correlation_id.to_string();
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        engine: Engine,
+        commands: &[&Envelope],
+    ) -> Result<Vec<Outcome>> {
         let now = platform::time::now_ms();
-        match command.message_type.as_str() {
-            "authorize_payment" => {
-                let customer = reject_on_err!(field(command, "customer_id"));
-                let Some(amount) = command.payload.get("amount_cents").and_then(Value::as_i64)
-                else {
-                    return Ok(Outcome::Reject(
-                        "authorize_payment has no integer amount_cents".into(),
-                    ));
-                };
-                let declined = if customer.starts_with("declined-") {
-                    Some("card declined (test customer declined-)".to_string())
-                } else if amount > MAX_AMOUNT_CENTS {
-                    Some(format!(
-                        "amount {amount} cents is over the limit of {MAX_AMOUNT_CENTS}"
-                    ))
-                } else {
-                    None
-                };
-                let payment_id = Uuid::new_v4().to_string();
-                let method = command
-                    .payload
-                    .get("payment_method_id")
-                    .and_then(Value::as_str);
-                let inserted = sqlx::query(
-                    "INSERT INTO payments (payment_id, saga_id, customer_id, payment_method_id, amount_cents, status, reason, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (saga_id) DO NOTHING",
-                )
-                .bind(&payment_id)
-                .bind(&saga_id)
-                .bind(customer)
-                .bind(method)
-                .bind(amount)
-                .bind(if declined.is_some() { "DECLINED" } else { "AUTHORIZED" })
-                .bind(declined.as_deref())
-                .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    // One payment per saga, even if authorize_payment arrives under another id:
-                    // the saga's payment exists, and it is the answer.
-                    let row = sqlx::query(
-                        "SELECT payment_id, status, reason FROM payments WHERE saga_id = $1",
-                    )
-                    .bind(&saga_id)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    let payment_id: String = row.try_get("payment_id")?;
-                    let status: String = row.try_get("status")?;
-                    let reason: Option<String> = row.try_get("reason")?;
-                    return Ok(match status.as_str() {
-                        "DECLINED" => Outcome::Reply(
-                            "payment.failed",
-                            json!({"payment_id": payment_id, "reason": reason}),
-                        ),
-                        _ => Outcome::Reply(
-                            "payment.authorized",
-                            json!({"payment_id": payment_id, "amount_cents": amount}),
-                        ),
+        let mut out = Outcomes::new(commands.len());
+        let mut authorizations = Vec::new();
+        let mut releases = Vec::new();
+        for (i, command) in commands.iter().enumerate() {
+            match command.message_type.as_str() {
+                "authorize_payment" => {
+                    let customer = reject_on_err!(out, i, field(command, "customer_id"));
+                    let Some(amount) = command.payload.get("amount_cents").and_then(Value::as_i64)
+                    else {
+                        out.set(
+                            i,
+                            Outcome::Reject("authorize_payment has no integer amount_cents".into()),
+                        );
+                        continue;
+                    };
+                    let declined = if customer.starts_with("declined-") {
+                        Some("card declined (test customer declined-)".to_string())
+                    } else if amount > MAX_AMOUNT_CENTS {
+                        Some(format!(
+                            "amount {amount} cents is over the limit of {MAX_AMOUNT_CENTS}"
+                        ))
+                    } else {
+                        None
+                    };
+                    authorizations.push(Authorization {
+                        i,
+                        command,
+                        customer,
+                        amount,
+                        declined,
                     });
                 }
-                Ok(match declined {
-                    Some(reason) => Outcome::Reply("payment.failed", json!({"reason": reason})),
-                    None => Outcome::Reply(
-                        "payment.authorized",
-                        json!({"payment_id": payment_id, "amount_cents": amount}),
-                    ),
-                })
-            }
-            "revert_payment" => {
-                // Releasing a payment that was never authorized leaves nothing to undo: success.
                 // Without a payment id (its authorization was never confirmed to the saga), the
                 // payment is found by its saga.
-                let released = match field(command, "payment_id") {
-                    Ok(payment_id) => {
-                        sqlx::query("UPDATE payments SET status = 'RELEASED', updated_at = $1 WHERE payment_id = $2 AND status = 'AUTHORIZED'")
-                            .bind(now)
-                            .bind(payment_id)
-                            .execute(&mut **tx)
-                            .await?
-                    }
-                    Err(_) => {
-                        sqlx::query("UPDATE payments SET status = 'RELEASED', updated_at = $1 WHERE saga_id = $2 AND status = 'AUTHORIZED'")
-                            .bind(now)
-                            .bind(&saga_id)
-                            .execute(&mut **tx)
-                            .await?
-                    }
-                };
-                Ok(Outcome::Reply(
-                    "payment.released",
-                    json!({ "released": released.rows_affected() > 0 }),
-                ))
+                "revert_payment" => releases.push((i, *command, field(command, "payment_id").ok())),
+                other => out.set(
+                    i,
+                    Outcome::Reject(format!("payment-service does not handle {other:?}")),
+                ),
             }
-            other => Ok(Outcome::Reject(format!(
-                "payment-service does not handle {other:?}"
-            ))),
         }
+        authorize(tx, engine, &authorizations, now, &mut out).await?;
+        release(tx, engine, &releases, now, &mut out).await?;
+        Ok(out.into_vec())
     }
 
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
@@ -156,4 +107,156 @@ impl CommandService for PaymentService {
             _ => None,
         }
     }
+}
+
+struct Authorization<'a> {
+    /// The command's place in the batch.
+    i: usize,
+    command: &'a Envelope,
+    customer: &'a str,
+    amount: i64,
+    declined: Option<String>,
+}
+
+/// One payment per saga, even if authorize_payment arrives under another command id: the insert
+/// skips a saga that has one, and that one is the answer.
+async fn authorize(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    authorizations: &[Authorization<'_>],
+    now: i64,
+    out: &mut Outcomes,
+) -> Result<()> {
+    if authorizations.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO payments (payment_id, saga_id, customer_id, payment_method_id, amount_cents, status, reason, created_at, updated_at) \
+         VALUES {} ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id",
+        engine.values(authorizations.len(), 9)
+    );
+    let ids: Vec<String> = authorizations
+        .iter()
+        .map(|_| Uuid::new_v4().to_string())
+        .collect();
+    let mut q = sqlx::query(&sql);
+    for (a, payment_id) in authorizations.iter().zip(&ids) {
+        let method = a
+            .command
+            .payload
+            .get("payment_method_id")
+            .and_then(Value::as_str);
+        q = q
+            .bind(payment_id)
+            .bind(a.command.correlation_id.to_string())
+            .bind(a.customer)
+            .bind(method)
+            .bind(a.amount)
+            .bind(if a.declined.is_some() {
+                "DECLINED"
+            } else {
+                "AUTHORIZED"
+            })
+            .bind(a.declined.as_deref())
+            .bind(now)
+            .bind(now);
+    }
+    let inserted = column(q.fetch_all(&mut **tx).await?, "saga_id")?;
+    let existing: Vec<String> = authorizations
+        .iter()
+        .map(|a| a.command.correlation_id.to_string())
+        .filter(|saga| !inserted.contains(saga))
+        .collect();
+    let mut stored = HashMap::new();
+    if !existing.is_empty() {
+        let sql = format!(
+            "SELECT saga_id, payment_id, status, reason FROM payments WHERE saga_id IN ({})",
+            engine.placeholders(1, existing.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for saga in &existing {
+            q = q.bind(saga);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let payment: (String, String, Option<String>) = (
+                row.try_get("payment_id")?,
+                row.try_get("status")?,
+                row.try_get("reason")?,
+            );
+            stored.insert(row.try_get::<String, _>("saga_id")?, payment);
+        }
+    }
+    for (a, payment_id) in authorizations.iter().zip(ids) {
+        let outcome = match stored.remove(&a.command.correlation_id.to_string()) {
+            // The saga's payment existed: it is the answer.
+            Some((payment_id, status, reason)) if status == "DECLINED" => Outcome::Reply(
+                "payment.failed",
+                json!({"payment_id": payment_id, "reason": reason}),
+            ),
+            Some((payment_id, _, _)) => Outcome::Reply(
+                "payment.authorized",
+                json!({"payment_id": payment_id, "amount_cents": a.amount}),
+            ),
+            None => match &a.declined {
+                Some(reason) => Outcome::Reply("payment.failed", json!({"reason": reason})),
+                None => Outcome::Reply(
+                    "payment.authorized",
+                    json!({"payment_id": payment_id, "amount_cents": a.amount}),
+                ),
+            },
+        };
+        out.set(a.i, outcome);
+    }
+    Ok(())
+}
+
+/// Releasing a payment that was never authorized leaves nothing to undo: success. A payment is
+/// named by its id, or else found by its saga; each group takes one statement.
+async fn release(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    releases: &[(usize, &Envelope, Option<&str>)],
+    now: i64,
+    out: &mut Outcomes,
+) -> Result<()> {
+    let by_payment: Vec<String> = releases
+        .iter()
+        .filter_map(|(_, _, id)| id.map(str::to_string))
+        .collect();
+    let by_saga: Vec<String> = releases
+        .iter()
+        .filter(|(_, _, id)| id.is_none())
+        .map(|(_, c, _)| c.correlation_id.to_string())
+        .collect();
+    let mut released = HashSet::new();
+    for (column_name, keys) in [("payment_id", &by_payment), ("saga_id", &by_saga)] {
+        if keys.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "UPDATE payments SET status = 'RELEASED', updated_at = {} \
+             WHERE status = 'AUTHORIZED' AND {column_name} IN ({}) RETURNING {column_name}",
+            engine.placeholders(1, 1),
+            engine.placeholders(2, keys.len())
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for key in keys {
+            q = q.bind(key);
+        }
+        released.extend(column(q.fetch_all(&mut **tx).await?, column_name)?);
+    }
+    for (i, command, payment_id) in releases {
+        let key = match payment_id {
+            Some(id) => id.to_string(),
+            None => command.correlation_id.to_string(),
+        };
+        out.set(
+            *i,
+            Outcome::Reply(
+                "payment.released",
+                json!({ "released": released.contains(&key) }),
+            ),
+        );
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! was stored, or the orchestrator re-sending) finds its id there and gets the stored reply again,
 //! with the same message id, so the orchestrator's inbox drops it.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,14 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde_json::Value;
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use platform::db::{Db, Migrations, SqliteSync};
+use platform::db::{Db, Engine, Migrations, SqliteSync};
 use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::retry::{self, Retried};
 use platform::{Envelope, TopicSpec, Topics};
@@ -49,12 +51,17 @@ pub trait CommandService: Send + Sync + 'static {
     fn migrations() -> Migrations;
     fn commands(topics: &Topics) -> &TopicSpec;
     fn replies(topics: &Topics) -> &TopicSpec;
-    /// Applies `command` inside `tx` and says what to reply. Runs at most once per command id.
+    /// Applies `commands` inside `tx` and says what to reply to each, in order. Runs at most once
+    /// per command id. The commands are of distinct sagas, and commands of different sagas touch
+    /// different rows, so a service may apply them in any order: with set-based statements, a
+    /// few per batch (at most [`platform::kafka::MAX_BATCH`] commands) rather than one or two per
+    /// command, since every statement is a round trip to the database.
     fn handle(
         &self,
         tx: &mut Transaction<'_, Any>,
-        command: &Envelope,
-    ) -> impl Future<Output = Result<Outcome>> + Send;
+        engine: Engine,
+        commands: &[&Envelope],
+    ) -> impl Future<Output = Result<Vec<Outcome>>> + Send;
     /// What an injected failure ([`Chaos`]) of `command` looks like: a failure reply for a
     /// forward step, a refusal for a compensation. `None` if the command cannot fail.
     fn failure(&self, command: &Envelope) -> Option<Outcome>;
@@ -289,7 +296,7 @@ impl<S: CommandService> Runner<S> {
         for c in commands {
             q = q.bind(c.message_id.to_string());
         }
-        let mut known = std::collections::HashMap::new();
+        let mut known = HashMap::new();
         for row in q.fetch_all(&mut *tx).await? {
             let stored: String = row.try_get("reply")?;
             let Ok(reply) = serde_json::from_str::<Envelope>(&stored) else {
@@ -297,30 +304,57 @@ impl<S: CommandService> Runner<S> {
             };
             known.insert(row.try_get::<String, _>("command_id")?, reply);
         }
-        let mut fresh = Vec::new();
-        let mut out = Vec::with_capacity(commands.len());
-        for command in commands {
+        // Each new command's outcome: injected by chaos, or the service's. The service gets
+        // them in waves of distinct sagas, in arrival order.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
+        let mut wave: Vec<(usize, &Envelope)> = Vec::new();
+        let mut sagas = HashSet::new();
+        let mut new_ids = HashSet::new();
+        for (i, command) in commands.iter().enumerate() {
             let id = command.message_id.to_string();
-            if let Some(reply) = known.get(&id) {
-                out.push(reply.clone());
+            // Seen before, or earlier in this batch: the reply of its first handling.
+            if known.contains_key(&id) || !new_ids.insert(id) {
+                outcomes.push(None);
                 continue;
             }
-            let injected = if self.chaos.fail(&command.message_type) {
-                self.service.failure(command)
-            } else {
-                None
+            if self.chaos.fail(&command.message_type) {
+                if let Some(injected) = self.service.failure(command) {
+                    outcomes.push(Some(injected));
+                    continue;
+                }
+            }
+            outcomes.push(None);
+            if !sagas.insert(command.correlation_id) {
+                self.handle_wave(&mut tx, &mut wave, &mut outcomes).await?;
+                sagas = HashSet::from([command.correlation_id]);
+            }
+            wave.push((i, *command));
+        }
+        self.handle_wave(&mut tx, &mut wave, &mut outcomes).await?;
+
+        let mut fresh = Vec::new();
+        let mut out = Vec::with_capacity(commands.len());
+        for (command, outcome) in commands.iter().zip(outcomes) {
+            let id = command.message_id.to_string();
+            let reply = match outcome {
+                Some(Outcome::Reply(reply_type, payload)) => {
+                    let reply = Envelope::reply_to(command, reply_type, payload);
+                    known.insert(id, reply.clone());
+                    fresh.push((*command, reply.clone()));
+                    reply
+                }
+                Some(_) => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                None => match known.get(&id) {
+                    Some(reply) => reply.clone(),
+                    None => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                },
             };
-            let outcome = match injected {
-                Some(outcome) => outcome,
-                None => self.service.handle(&mut tx, command).await?,
-            };
-            let Outcome::Reply(reply_type, payload) = outcome else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            let reply = Envelope::reply_to(command, reply_type, payload);
-            known.insert(id, reply.clone());
-            fresh.push((*command, reply.clone()));
             out.push(reply);
         }
         if !fresh.is_empty() {
@@ -389,6 +423,25 @@ impl<S: CommandService> Runner<S> {
         }
     }
 
+    /// Hands `wave` (commands of distinct sagas, with their places in the batch) to the service
+    /// and files the outcomes in their places.
+    async fn handle_wave(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        wave: &mut Vec<(usize, &Envelope)>,
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<()> {
+        if wave.is_empty() {
+            return Ok(());
+        }
+        let commands: Vec<&Envelope> = wave.iter().map(|(_, c)| *c).collect();
+        let results = self.service.handle(tx, self.db.engine, &commands).await?;
+        for ((i, _), outcome) in wave.drain(..).zip(results) {
+            outcomes[i] = Some(outcome);
+        }
+        Ok(())
+    }
+
     /// One transaction: the stored reply if the command was seen before, else the effect, the
     /// record of the command and its reply. `Ok(Err(_))` rejects the command.
     async fn handle_once(&self, command: &Envelope) -> Result<Result<Envelope, String>> {
@@ -415,7 +468,12 @@ impl<S: CommandService> Runner<S> {
                 tracing::info!("chaos: failure injected");
                 outcome
             }
-            None => self.service.handle(&mut tx, command).await?,
+            None => self
+                .service
+                .handle(&mut tx, self.db.engine, &[command])
+                .await?
+                .pop()
+                .unwrap_or_else(|| Outcome::Reject("the service gave no outcome".into())),
         };
         let (reply_type, payload) = match outcome {
             Outcome::Reply(t, p) => (t, p),
@@ -511,4 +569,56 @@ pub fn field<'a>(command: &'a Envelope, name: &str) -> Result<&'a str, String> {
                 command.message_type
             )
         })
+}
+
+/// The outcome of each command of a batch, filled in by the statements that decide them.
+pub struct Outcomes(Vec<Option<Outcome>>);
+
+impl Outcomes {
+    pub fn new(n: usize) -> Self {
+        Outcomes((0..n).map(|_| None).collect())
+    }
+
+    pub fn set(&mut self, i: usize, outcome: Outcome) {
+        self.0[i] = Some(outcome);
+    }
+
+    /// In command order. A command nothing decided is rejected rather than answered wrongly.
+    pub fn into_vec(self) -> Vec<Outcome> {
+        self.0
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Reject("no outcome was decided".into())))
+            .collect()
+    }
+}
+
+/// `let x = reject_on_err!(out, i, result);`: the value, or command `i` is rejected with the
+/// error's text and the loop over the commands moves on.
+macro_rules! reject_on_err {
+    ($out:expr, $i:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reason) => {
+                $out.set($i, Outcome::Reject(reason));
+                continue;
+            }
+        }
+    };
+}
+pub(crate) use reject_on_err;
+
+/// The values of text column `name` of `rows`.
+pub fn column(rows: Vec<AnyRow>, name: &str) -> Result<HashSet<String>> {
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(name))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// `key -> value` from two text columns of `rows`.
+pub fn pairs(rows: Vec<AnyRow>, key: &str, value: &str) -> Result<HashMap<String, String>> {
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>(key)?, r.try_get::<String, _>(value)?)))
+        .collect::<std::result::Result<_, sqlx::Error>>()?)
 }

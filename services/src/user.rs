@@ -4,13 +4,12 @@
 //! (`user.payment_info_failed`). Every other customer gets one on first lookup.
 
 use serde_json::json;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Transaction};
 
-use platform::db::Migrations;
+use platform::db::{Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
-use crate::order::reject_on_err;
-use crate::runtime::{field, CommandService, Outcome};
+use crate::runtime::{field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
 use crate::Result;
 
 /// The same SQL runs on SQLite and PostgreSQL.
@@ -36,40 +35,79 @@ impl CommandService for UserService {
         &topics.user_events
     }
 
-    async fn handle(&self, tx: &mut Transaction<'_, Any>, command: &Envelope) -> Result<Outcome> {
-        if command.message_type != "get_payment_info" {
-            return Ok(Outcome::Reject(format!(
-                "user-service does not handle {:?}",
-                command.message_type
-            )));
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        engine: Engine,
+        commands: &[&Envelope],
+    ) -> Result<Vec<Outcome>> {
+        let mut out = Outcomes::new(commands.len());
+        let mut lookups = Vec::new();
+        for (i, command) in commands.iter().enumerate() {
+            if command.message_type != "get_payment_info" {
+                out.set(
+                    i,
+                    Outcome::Reject(format!(
+                        "user-service does not handle {:?}",
+                        command.message_type
+                    )),
+                );
+                continue;
+            }
+            let customer = reject_on_err!(out, i, field(command, "customer_id"));
+            if customer.starts_with("nocard-") {
+                out.set(i, Outcome::Reply(
+                    "user.payment_info_failed",
+                    json!({"customer_id": customer, "reason": "the customer has no payment method (test customer nocard-)"}),
+                ));
+                continue;
+            }
+            lookups.push((i, customer));
         }
-        let customer = reject_on_err!(field(command, "customer_id"));
-        if customer.starts_with("nocard-") {
-            return Ok(Outcome::Reply(
-                "user.payment_info_failed",
-                json!({"customer_id": customer, "reason": "the customer has no payment method (test customer nocard-)"}),
-            ));
+        if lookups.is_empty() {
+            return Ok(out.into_vec());
         }
-        let candidate = format!("pm_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(
-            "INSERT INTO payment_methods (customer_id, payment_method_id, created_at) VALUES ($1, $2, $3) \
+        // A customer seen for the first time gets a payment method; then every customer's is read.
+        let mut customers: Vec<&str> = lookups.iter().map(|(_, c)| *c).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        let sql = format!(
+            "INSERT INTO payment_methods (customer_id, payment_method_id, created_at) VALUES {} \
              ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(customer)
-        .bind(&candidate)
-        .bind(platform::time::now_ms())
-        .execute(&mut **tx)
-        .await?;
-        let row =
-            sqlx::query("SELECT payment_method_id FROM payment_methods WHERE customer_id = $1")
-                .bind(customer)
-                .fetch_one(&mut **tx)
-                .await?;
-        let method: String = row.try_get("payment_method_id")?;
-        Ok(Outcome::Reply(
-            "user.payment_info_retrieved",
-            json!({"customer_id": customer, "payment_method_id": method}),
-        ))
+            engine.values(customers.len(), 3)
+        );
+        let now = platform::time::now_ms();
+        let mut q = sqlx::query(&sql);
+        for customer in &customers {
+            q = q
+                .bind(*customer)
+                .bind(format!("pm_{}", uuid::Uuid::new_v4().simple()))
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+        let sql = format!(
+            "SELECT customer_id, payment_method_id FROM payment_methods WHERE customer_id IN ({})",
+            engine.placeholders(1, customers.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for customer in &customers {
+            q = q.bind(*customer);
+        }
+        let method_of = pairs(
+            q.fetch_all(&mut **tx).await?,
+            "customer_id",
+            "payment_method_id",
+        )?;
+        for (i, customer) in lookups {
+            out.set(
+                i,
+                Outcome::Reply(
+                    "user.payment_info_retrieved",
+                    json!({"customer_id": customer, "payment_method_id": method_of.get(customer)}),
+                ),
+            );
+        }
+        Ok(out.into_vec())
     }
 
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
