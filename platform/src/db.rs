@@ -99,6 +99,14 @@ impl Db {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute(sync).await?;
                             conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            // Statement journals (multi-row statements inside a transaction
+                            // keep one) in memory, not in a temporary file: they only matter
+                            // while the statement runs. Measured: 4 % of the CPU in files.
+                            conn.execute("PRAGMA temp_store = MEMORY").await?;
+                            // Checkpoint every ~16 MB of WAL instead of ~4 MB: a page rewritten
+                            // many times in between (the hot end of an index) is copied back
+                            // once. Durability is unchanged (the WAL is the log).
+                            conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
                             Ok(())
                         })
                     })

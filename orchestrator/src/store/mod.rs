@@ -110,17 +110,21 @@ impl SagaStore {
     pub async fn get_when_ended(&self, saga_id: Uuid, wait: Duration) -> Result<Option<SagaState>> {
         let deadline = tokio::time::Instant::now() + wait;
         let watch = self.watchers.watch(saga_id);
+        let mut rechecks = watch::Rechecks::new(self.db.engine);
         loop {
             // Armed before reading, so an end committed in between still wakes us.
-            let notified = watch.notify.notified();
+            let notified = watch.slot.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let state = self.get(saga_id).await?;
+            let state = match watch.slot.ended() {
+                Some(ended) => return Ok(Some(ended)),
+                None => self.get(saga_id).await?,
+            };
             match state {
                 Some(s) if s.completed_at.is_none() && tokio::time::Instant::now() < deadline => {}
                 other => return Ok(other),
             }
-            let recheck = (tokio::time::Instant::now() + watch::RECHECK).min(deadline);
+            let recheck = (tokio::time::Instant::now() + rechecks.next_delay()).min(deadline);
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(recheck) => {}
@@ -128,16 +132,16 @@ impl SagaStore {
         }
     }
 
-    /// Tells waiters of sagas that `status` ended.
-    fn ended(&self, saga_id: Uuid, status: SagaStatus) {
+    /// Tells waiters of `state`'s saga that it ended, if it did.
+    fn ended(&self, state: &SagaState) {
         if matches!(
-            status,
+            state.status,
             SagaStatus::Completed
                 | SagaStatus::Compensated
                 | SagaStatus::Cancelled
                 | SagaStatus::Failed
         ) {
-            self.watchers.wake(saga_id);
+            self.watchers.wake(state);
         }
     }
 
@@ -383,9 +387,9 @@ impl SagaStore {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        for (reply, outcome) in replies.iter().zip(&outcomes) {
-            if let ReplyOutcome::Applied { status, .. } = outcome {
-                self.ended(reply.correlation_id, *status);
+        for (_, state, applied) in sagas.values() {
+            if *applied > 0 {
+                self.ended(state);
             }
         }
         Ok(outcomes)
@@ -401,14 +405,24 @@ impl SagaStore {
     ) -> Result<Option<Changed>> {
         let mut tx = self.db.writer.begin().await?;
         let outcome = transition_in(&mut tx, self.db.engine, saga_id, now, decide).await?;
-        match &outcome {
-            Some(Changed::Yes { status, .. }) => {
+        match outcome {
+            Some(Ok((state, messages))) => {
                 tx.commit().await?;
-                self.ended(saga_id, *status);
+                self.ended(&state);
+                Ok(Some(Changed::Yes {
+                    status: state.status,
+                    messages,
+                }))
             }
-            _ => tx.rollback().await?,
+            Some(Err(why)) => {
+                tx.rollback().await?;
+                Ok(Some(Changed::No(why)))
+            }
+            None => {
+                tx.rollback().await?;
+                Ok(None)
+            }
         }
-        Ok(outcome)
     }
 
     /// Sagas whose timer is due, most overdue first.
@@ -518,14 +532,15 @@ impl SagaStore {
 }
 
 /// Loads the saga, lets `decide` move it, stores the result under a version check and writes its
-/// messages to the outbox — all inside `tx`, which the caller commits.
+/// messages to the outbox — all inside `tx`, which the caller commits. Gives the new state and the
+/// number of messages, or why nothing changed; `None` when there is no such saga.
 async fn transition_in(
     tx: &mut Transaction<'_, Any>,
     engine: Engine,
     saga_id: Uuid,
     now: i64,
     decide: impl FnOnce(&SagaState) -> Decision,
-) -> Result<Option<Changed>> {
+) -> Result<Option<std::result::Result<(SagaState, usize), Ignored>>> {
     let row = sqlx::query("SELECT saga_id, state, version FROM sagas WHERE saga_id = $1")
         .bind(saga_id.to_string())
         .fetch_optional(&mut **tx)
@@ -534,14 +549,12 @@ async fn transition_in(
     let current = decode(&row)?;
     let version: i64 = row.try_get("version")?;
     match decide(&current) {
-        Decision::Ignored(why) => Ok(Some(Changed::No(why))),
+        Decision::Ignored(why) => Ok(Some(Err(why))),
         Decision::Applied { state, messages } => {
-            update_sagas(tx, engine, &[&(version, state.clone(), 1)]).await?;
+            let changed = (version, state, 1);
+            update_sagas(tx, engine, &[&changed]).await?;
             insert_outbox(tx, engine, &messages, now).await?;
-            Ok(Some(Changed::Yes {
-                status: state.status,
-                messages: messages.len(),
-            }))
+            Ok(Some(Ok((changed.1, messages.len()))))
         }
     }
 }
