@@ -73,7 +73,7 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
         &t.dead_letter,
     ];
     let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-    let consumer = config.kafka.relaxed_consumer(NAME, &names)?;
+    let consumer = config.kafka.consumer(NAME, &names)?;
     let producer = config.kafka.producer()?;
     // A message the notifier cannot read is still logged; dead-lettering happens only if the log
     // itself cannot be written, which the handler retries instead.
