@@ -242,6 +242,15 @@ pub fn with_database_name(url: &str, name: &str) -> String {
     }
 }
 
+/// A statement whose text is built at run time (multi-row inserts, `IN` lists): not kept in the
+/// connection's prepared-statement cache. Every batch size is another text, so caching them
+/// mostly evicts the fixed statements, and a cached 256-row statement is a large compiled
+/// program: with the cache, the orchestrator's memory grew by tens of MB. (PostgreSQL: an unnamed
+/// statement instead of one more named one on the server.)
+pub fn dynamic(sql: &str) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(sql).persistent(false)
+}
+
 impl Engine {
     /// `($1, $2, ...), ($n, ...)`: `rows` tuples of `width` placeholders, for multi-row
     /// statements (the `Any` driver's QueryBuilder writes `?`, which PostgreSQL does not accept).

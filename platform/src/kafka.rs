@@ -139,7 +139,11 @@ impl KafkaSettings {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "500")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Prefetch at most 16 MB per consumer instead of librdkafka's 64 MB: a handler takes
+            // at most MAX_BATCH messages at a time anyway, and a process that falls behind
+            // should not grow by the size of its backlog (the orchestrator's RSS budget).
+            .set("queued.max.messages.kbytes", "16384");
         if self.embedded {
             for (k, v) in EMBEDDED_CONSUMER_CONFIG
                 .split(',')

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
-use platform::db::{Engine, Migrations};
+use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
 use crate::runtime::{column, field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
@@ -123,7 +123,7 @@ async fn create_orders(
          VALUES {} ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id, order_id",
         engine.values(creates.len(), 8)
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = db::dynamic(&sql);
     for (_, command, customer) in creates {
         let details = command.payload.get("order_details").unwrap_or(&Value::Null);
         let amount = command.payload.get("amount_cents").and_then(Value::as_i64);
@@ -148,7 +148,7 @@ async fn create_orders(
             "SELECT saga_id, order_id FROM orders WHERE saga_id IN ({})",
             engine.placeholders(1, existing.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for saga in &existing {
             q = q.bind(saga);
         }
@@ -182,7 +182,7 @@ async fn update_statuses(
          WHERE orders.order_id = v.id AND orders.status <> 'CANCELLED' RETURNING order_id",
         engine.values(updates.len(), 3)
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = db::dynamic(&sql);
     for (_, order_id, status) in updates {
         q = q.bind(*order_id).bind(*status).bind(now);
     }
@@ -198,7 +198,7 @@ async fn update_statuses(
             "SELECT order_id FROM orders WHERE order_id IN ({})",
             engine.placeholders(1, missed.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for id in &missed {
             q = q.bind(*id);
         }
@@ -250,7 +250,7 @@ async fn cancel_orders(
             "SELECT saga_id, order_id FROM orders WHERE saga_id IN ({})",
             engine.placeholders(1, unknown.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for saga in &unknown {
             q = q.bind(saga);
         }
@@ -270,7 +270,7 @@ async fn cancel_orders(
             engine.placeholders(1, 1),
             engine.placeholders(2, known.len())
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let mut q = db::dynamic(&sql).bind(now);
         for id in known {
             q = q.bind(id);
         }

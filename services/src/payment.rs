@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use platform::db::{Engine, Migrations};
+use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
 use crate::runtime::{column, field, reject_on_err, CommandService, Outcome, Outcomes};
@@ -139,7 +139,7 @@ async fn authorize(
         .iter()
         .map(|_| Uuid::new_v4().to_string())
         .collect();
-    let mut q = sqlx::query(&sql);
+    let mut q = db::dynamic(&sql);
     for (a, payment_id) in authorizations.iter().zip(&ids) {
         let method = a
             .command
@@ -173,7 +173,7 @@ async fn authorize(
             "SELECT saga_id, payment_id, status, reason FROM payments WHERE saga_id IN ({})",
             engine.placeholders(1, existing.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for saga in &existing {
             q = q.bind(saga);
         }
@@ -239,7 +239,7 @@ async fn release(
             engine.placeholders(1, 1),
             engine.placeholders(2, keys.len())
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let mut q = db::dynamic(&sql).bind(now);
         for key in keys {
             q = q.bind(key);
         }

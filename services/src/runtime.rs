@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use platform::db::{Db, Engine, Migrations, SqliteSync};
+use platform::db::{self, Db, Engine, Migrations, SqliteSync};
 use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::retry::{self, Retried};
 use platform::{Envelope, TopicSpec, Topics};
@@ -292,7 +292,7 @@ impl<S: CommandService> Runner<S> {
             "SELECT command_id, reply FROM processed_commands WHERE command_id IN ({})",
             self.db.engine.placeholders(1, commands.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for c in commands {
             q = q.bind(c.message_id.to_string());
         }
@@ -363,7 +363,7 @@ impl<S: CommandService> Runner<S> {
                 self.db.engine.values(fresh.len(), 5)
             );
             let now = platform::time::now_ms();
-            let mut q = sqlx::query(&sql);
+            let mut q = db::dynamic(&sql);
             for (command, reply) in &fresh {
                 q = q
                     .bind(command.message_id.to_string())

@@ -6,7 +6,7 @@
 use serde_json::json;
 use sqlx::{Any, Transaction};
 
-use platform::db::{Engine, Migrations};
+use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
 use crate::runtime::{field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
@@ -77,7 +77,7 @@ impl CommandService for UserService {
             engine.values(customers.len(), 3)
         );
         let now = platform::time::now_ms();
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for customer in &customers {
             q = q
                 .bind(*customer)
@@ -89,7 +89,7 @@ impl CommandService for UserService {
             "SELECT customer_id, payment_method_id FROM payment_methods WHERE customer_id IN ({})",
             engine.placeholders(1, customers.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for customer in &customers {
             q = q.bind(*customer);
         }

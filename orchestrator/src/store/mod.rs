@@ -14,7 +14,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use uuid::Uuid;
 
-use platform::db::{Db, Engine, Migrations};
+use platform::db::{self, Db, Engine, Migrations};
 use platform::Envelope;
 
 use crate::saga::engine::Outgoing;
@@ -163,7 +163,7 @@ impl SagaStore {
              VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING saga_id",
             self.db.engine.values(sagas.len(), 10)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for saga in sagas {
             let state = &saga.state;
             q = q
@@ -291,7 +291,7 @@ impl SagaStore {
              ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
             self.db.engine.values(replies.len(), 4)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for r in replies {
             q = q
                 .bind(r.message_id.to_string())
@@ -327,7 +327,7 @@ impl SagaStore {
                 "SELECT saga_id, state, version FROM sagas WHERE saga_id IN ({}){lock}",
                 self.db.engine.placeholders(1, ids.len())
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = db::dynamic(&sql);
             for id in &ids {
                 q = q.bind(id);
             }
@@ -380,7 +380,7 @@ impl SagaStore {
                 "DELETE FROM inbox WHERE message_id IN ({})",
                 self.db.engine.placeholders(1, orphans.len())
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = db::dynamic(&sql);
             for id in &orphans {
                 q = q.bind(id);
             }
@@ -574,7 +574,7 @@ async fn mark_sent(
         engine.placeholders(1, 1),
         engine.placeholders(2, ids.len())
     );
-    let mut q = sqlx::query(&sql).bind(now);
+    let mut q = db::dynamic(&sql).bind(now);
     for id in ids {
         q = q.bind(*id);
     }
@@ -611,7 +611,7 @@ async fn insert_outbox(
             "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES {}",
             engine.values(chunk.len(), 5)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for m in chunk {
             q = q
                 .bind(m.envelope.message_id.to_string())
@@ -645,7 +645,7 @@ async fn update_sagas(
              FROM v WHERE sagas.saga_id = v.id AND sagas.version = v.version RETURNING saga_id",
             engine.values(chunk.len(), 7)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::dynamic(&sql);
         for (version, state, transitions) in chunk.iter().copied() {
             q = q
                 .bind(state.saga_id.to_string())
