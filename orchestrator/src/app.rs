@@ -98,6 +98,9 @@ impl Orchestrator {
             retention: config.retention,
         };
         tasks.spawn(pruner.run(cancel.clone()));
+        let (listening, url) = (store.clone(), config.database_url.clone());
+        let stop = cancel.clone();
+        tasks.spawn(async move { listening.listen_for_ends(url, stop).await });
         let handler = ReplyHandler {
             store: store.clone(),
             definition: definition.clone(),

@@ -29,6 +29,25 @@ pub mod topics;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs before `main` in every binary (and before the first allocation): mimalloc commits the
+/// arenas it reserves eagerly by default, which made the orchestrator's resident memory ~35 MB
+/// larger than what it uses (peak RSS in the benchmark 87-90 MB with the default, 52 MB without;
+/// throughput unchanged). Set here because the first arena is reserved by the first allocation,
+/// before `main` could say anything.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn tune_allocator() {
+        /// `mi_option_arena_eager_commit` in mimalloc v3's `mimalloc.h` (libmimalloc-sys is
+        /// pinned to the version this index was read from).
+        const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+        // SAFETY: sets a plain option value; no allocation, no other state.
+        unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+    }
+    tune_allocator
+};
+
 pub use envelope::Envelope;
 pub use error::{Error, Result};
 pub use topics::{TopicSpec, Topics};

@@ -34,9 +34,44 @@ async fn three_instances_share_the_work_and_a_kill_9_of_one_loses_nothing() {
         assert_eq!(saga["status"], "COMPLETED", "{instance}: {saga}");
     }
 
+    // A long poll on any instance ends when the saga does, whichever instance ends it (NOTIFY),
+    // not at a waiter's safety re-read 2 s later.
+    let db = app.db("orchestrator").await;
+    for n in 0..6 {
+        let (status, created) = app.post_order(&format!("c-poll-{n}")).await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["saga_id"].as_str().unwrap().to_string();
+        let mut polls = tokio::task::JoinSet::new();
+        for instance in INSTANCES {
+            let request = app
+                .client
+                .get(app.url_of(instance, &format!("/sagas/{id}?wait_ms=9000")))
+                .timeout(Duration::from_secs(15))
+                .send();
+            polls.spawn(async move {
+                let saga: Value = request.await.unwrap().json().await.unwrap();
+                (instance, saga, platform::time::now_ms())
+            });
+        }
+        let answers = polls.join_all().await;
+        let ended_at: i64 = sqlx::query("SELECT updated_at FROM sagas WHERE saga_id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get("updated_at");
+        for (instance, saga, answered_at) in answers {
+            assert_eq!(saga["status"], "COMPLETED", "{instance}: {saga}");
+            assert!(
+                answered_at - ended_at < 1_000,
+                "{instance} answered {} ms after the saga ended",
+                answered_at - ended_at
+            );
+        }
+    }
+
     let mut ids = app.post_many_to(&INSTANCES, 300, "three").await;
     assert_eq!(ids.len(), 300, "every order accepted");
-    let db = app.db("orchestrator").await;
     let unfinished = unfinished_sagas(&db).await;
     app.kill9("orchestrator-2");
     assert!(unfinished > 0, "the kill should catch sagas in flight");

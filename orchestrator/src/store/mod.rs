@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use platform::db::{self, Db, Engine, Migrations};
@@ -110,7 +111,6 @@ impl SagaStore {
     pub async fn get_when_ended(&self, saga_id: Uuid, wait: Duration) -> Result<Option<SagaState>> {
         let deadline = tokio::time::Instant::now() + wait;
         let watch = self.watchers.watch(saga_id);
-        let mut rechecks = watch::Rechecks::new(self.db.engine);
         loop {
             // Armed before reading, so an end committed in between still wakes us.
             let notified = watch.slot.notify.notified();
@@ -124,7 +124,7 @@ impl SagaStore {
                 Some(s) if s.completed_at.is_none() && tokio::time::Instant::now() < deadline => {}
                 other => return Ok(other),
             }
-            let recheck = (tokio::time::Instant::now() + rechecks.next_delay()).min(deadline);
+            let recheck = (tokio::time::Instant::now() + watch::RECHECK).min(deadline);
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(recheck) => {}
@@ -134,14 +134,37 @@ impl SagaStore {
 
     /// Tells waiters of `state`'s saga that it ended, if it did.
     fn ended(&self, state: &SagaState) {
-        if matches!(
-            state.status,
-            SagaStatus::Completed
-                | SagaStatus::Compensated
-                | SagaStatus::Cancelled
-                | SagaStatus::Failed
-        ) {
+        if has_ended(state) {
             self.watchers.wake(state);
+        }
+    }
+
+    /// On PostgreSQL, inside the transaction that ends them: tells every instance's waiters (see
+    /// [`watch::listen`]) that these sagas ended, once the transaction commits.
+    async fn announce_ended(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        ended: &[&SagaState],
+    ) -> Result<()> {
+        if self.db.engine != Engine::Postgres {
+            return Ok(());
+        }
+        for chunk in ended.chunks(watch::IDS_PER_NOTIFY) {
+            let ids: Vec<String> = chunk.iter().map(|s| s.saga_id.to_string()).collect();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(watch::CHANNEL)
+                .bind(ids.join(","))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Wakes waiters of sagas that other instances end, until `cancel` fires (PostgreSQL only:
+    /// on SQLite this process is the only writer). `url` is the database's.
+    pub async fn listen_for_ends(&self, url: String, cancel: CancellationToken) {
+        if self.db.engine == Engine::Postgres {
+            watch::listen(self.watchers.clone(), url, cancel).await;
         }
     }
 
@@ -386,11 +409,15 @@ impl SagaStore {
             }
             q.execute(&mut *tx).await?;
         }
+        let ended: Vec<&SagaState> = sagas
+            .values()
+            .filter(|(_, state, applied)| *applied > 0 && has_ended(state))
+            .map(|(_, state, _)| state)
+            .collect();
+        self.announce_ended(&mut tx, &ended).await?;
         tx.commit().await?;
-        for (_, state, applied) in sagas.values() {
-            if *applied > 0 {
-                self.ended(state);
-            }
+        for state in ended {
+            self.ended(state);
         }
         Ok(outcomes)
     }
@@ -407,6 +434,9 @@ impl SagaStore {
         let outcome = transition_in(&mut tx, self.db.engine, saga_id, now, decide).await?;
         match outcome {
             Some(Ok((state, messages))) => {
+                if has_ended(&state) {
+                    self.announce_ended(&mut tx, &[&state]).await?;
+                }
                 tx.commit().await?;
                 self.ended(&state);
                 Ok(Some(Changed::Yes {
@@ -675,6 +705,17 @@ async fn update_sagas(
 
 /// Sagas per multi-row update (7 parameters each).
 const SAGAS_PER_UPDATE: usize = 1_000;
+
+/// Whether `state` is final: what long polls wait for.
+fn has_ended(state: &SagaState) -> bool {
+    matches!(
+        state.status,
+        SagaStatus::Completed
+            | SagaStatus::Compensated
+            | SagaStatus::Cancelled
+            | SagaStatus::Failed
+    )
+}
 
 fn to_json(state: &SagaState) -> String {
     serde_json::to_string(state).unwrap_or_else(|_| Value::Null.to_string())

@@ -1,8 +1,11 @@
 //! Waiting for a saga to end without polling: `GET /sagas/{id}?wait_ms=N` parks on a per-saga
 //! [`Notify`] that the store pokes, with the saga's final state, after committing its last
 //! transition, so the waiter answers without reading the saga again. Another instance may make
-//! that transition (several orchestrators share one PostgreSQL database), so a waiter also
-//! re-reads the saga now and then; see [`Rechecks`].
+//! that transition (several orchestrators share one PostgreSQL database): on PostgreSQL the
+//! transaction that ends sagas also sends their ids with `NOTIFY` ([`CHANNEL`]), and every
+//! instance's [`listen`] task wakes its own waiters, which then read the saga. A waiter also
+//! re-reads the saga every couple of seconds, for a notification lost while a connection was
+//! down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,39 +14,48 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use platform::db::Engine;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::saga::SagaState;
 
-/// When a waiter re-reads its saga in case another instance ended it: after 200 ms, then twice
-/// as long each time up to 1 s, so thousands of waiters under load do not turn into thousands of
-/// reads per second. On SQLite only this process writes the database, so its own wake-ups are
-/// enough and the re-read is a rare safety net.
-#[derive(Debug)]
-pub struct Rechecks {
-    next: Duration,
-    max: Duration,
-}
+/// The PostgreSQL channel that carries the ids of sagas that ended, comma-separated.
+pub const CHANNEL: &str = "saga_ended";
 
-impl Rechecks {
-    pub fn new(engine: Engine) -> Self {
-        match engine {
-            Engine::Postgres => Rechecks {
-                next: Duration::from_millis(200),
-                max: Duration::from_secs(1),
-            },
-            Engine::Sqlite => Rechecks {
-                next: Duration::from_secs(2),
-                max: Duration::from_secs(2),
-            },
+/// Saga ids per notification: a payload must stay under PostgreSQL's 8,000 bytes.
+pub const IDS_PER_NOTIFY: usize = 200;
+
+/// How long a waiter waits between safety re-reads of its saga: wake-ups (in-process, or by
+/// `NOTIFY` from other instances) are what normally answers.
+pub const RECHECK: Duration = Duration::from_secs(2);
+
+/// Until `cancel` fires, listens on [`CHANNEL`] and wakes the waiters of every saga named there.
+/// A lost connection is reconnected after a pause; waiters cover the gap with [`RECHECK`].
+pub async fn listen(watchers: Watchers, url: String, cancel: CancellationToken) {
+    loop {
+        let listening = async {
+            let mut listener = PgListener::connect(&url).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                let note = listener.recv().await?;
+                for id in note.payload().split(',') {
+                    if let Ok(id) = Uuid::parse_str(id) {
+                        watchers.wake_id(id);
+                    }
+                }
+            }
+        };
+        let result: Result<(), sqlx::Error> = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listening => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "listening for sagas ended by other instances; reconnecting");
         }
-    }
-
-    /// How long until the next re-read.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 
@@ -82,6 +94,13 @@ impl Watchers {
         let slot = self.lock().get(&state.saga_id).cloned();
         if let Some(slot) = slot {
             *slot.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes everyone waiting for `saga_id`, which another instance ended: they read it.
+    pub fn wake_id(&self, saga_id: Uuid) {
+        if let Some(slot) = self.lock().get(&saga_id) {
             slot.notify.notify_waiters();
         }
     }
