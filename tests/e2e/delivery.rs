@@ -294,3 +294,66 @@ async fn concurrent_posts_with_one_idempotency_key_start_one_saga() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_of_one_saga_fetched_together_take_effect_in_their_order() {
+    // A service applies a batch with set-based statements, grouped by command type; commands of
+    // one saga must still take effect in the order they were sent. Each saga's two commands go out
+    // back to back (usually one fetch, so one batch): create then cancel must end CANCELLED, cancel
+    // (of nothing yet) then create must end PENDING — whichever type a batch applies first.
+    let app = spawn_app().await;
+    let producer = app.producer();
+    let topic = app.config.topics.order_commands.name.clone();
+    let command = |saga: &uuid::Uuid, kind: &str, payload: Value| {
+        serde_json::json!({
+            "message_id": uuid::Uuid::new_v4(),
+            "type": kind,
+            "correlation_id": saga,
+            "causation_id": null,
+            "timestamp": "2026-01-01T00:00:00Z",
+            "payload": payload
+        })
+        .to_string()
+    };
+    let sagas: Vec<uuid::Uuid> = (0..20).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut deliveries = Vec::new();
+    for (n, saga) in sagas.iter().enumerate() {
+        let key = saga.to_string();
+        let create = command(
+            saga,
+            "create_order",
+            serde_json::json!({"customer_id": format!("c-batch-{n}"), "amount_cents": 100, "order_details": {}}),
+        );
+        let cancel = command(saga, "cancel_order", serde_json::json!({}));
+        let in_order = if n % 2 == 0 {
+            [create, cancel]
+        } else {
+            [cancel, create]
+        };
+        for payload in in_order {
+            let record = rdkafka::producer::FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+    }
+    for d in deliveries {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let start = std::time::Instant::now();
+    for (n, saga) in sagas.iter().enumerate() {
+        let expected = if n % 2 == 0 { "CANCELLED" } else { "PENDING" };
+        loop {
+            let status = app.order_status(&saga.to_string()).await;
+            if status.as_deref() == Some(expected) {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "order of saga {saga} is {status:?}, not {expected}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    app.stop().await;
+}
