@@ -420,11 +420,41 @@ pub async fn run_consumer<H: MessageHandler>(
         store_confirmed(&consumer, &mut unconfirmed, true),
     )
     .await;
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        // Nothing stored since the last auto-commit is also a (harmless) error here.
-        tracing::debug!(error = %e, "final offset commit");
+    close(consumer).await;
+}
+
+/// How long shutdown waits for a consumer to commit and leave its group.
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Commits the stored offsets and closes the consumer (it leaves its group) on a thread of its
+/// own, waiting at most [`CLOSE_LIMIT`]. Both calls block, and closing during a rebalance can
+/// block for good inside librdkafka (seen: `rd_kafka_assign` from the close's rebalance handling
+/// waiting on a queue nobody serves): on a runtime worker that froze the whole process, timers
+/// included. A close that does not finish is left behind; the group moves the partitions after
+/// the session timeout, and offsets not committed mean redelivery, which the inbox absorbs.
+async fn close(consumer: StreamConsumer) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last auto-commit is also a (harmless) error here.
+                tracing::debug!(error = %e, "final offset commit");
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to close the consumer");
+        return;
     }
-    consumer.unsubscribe();
+    if tokio::time::timeout(CLOSE_LIMIT, closed).await.is_err() {
+        tracing::warn!(
+            limit_s = CLOSE_LIMIT.as_secs(),
+            "the Kafka consumer did not close in time; going on without it"
+        );
+    }
 }
 
 /// Stores the offsets of the handled messages at the front of the queue whose replies are

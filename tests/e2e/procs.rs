@@ -184,10 +184,15 @@ impl TestApp {
             if let Some(status) = child.try_wait().unwrap() {
                 return (status, started.elapsed());
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{name} ignored SIGTERM"
-            );
+            if started.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.config.data_dir.join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "{name} ignored SIGTERM; its log, newest first:\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
