@@ -251,6 +251,29 @@ pub fn dynamic(sql: &str) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments
     sqlx::query(sql).persistent(false)
 }
 
+/// The rows of `select … IN (keys)`: `select` ends with the key column (`"SELECT saga_id,
+/// order_id FROM orders WHERE saga_id"`), the list is bound from `keys`. No keys, no query.
+pub async fn fetch_in<'c, E, K>(
+    executor: E,
+    engine: Engine,
+    select: &str,
+    keys: &[K],
+) -> std::result::Result<Vec<sqlx::any::AnyRow>, sqlx::Error>
+where
+    E: Executor<'c, Database = Any>,
+    K: AsRef<str>,
+{
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("{select} IN ({})", engine.placeholders(1, keys.len()));
+    let mut q = dynamic(&sql);
+    for key in keys {
+        q = q.bind(key.as_ref());
+    }
+    q.fetch_all(executor).await
+}
+
 impl Engine {
     /// `($1, $2, ...), ($n, ...)`: `rows` tuples of `width` placeholders, for multi-row
     /// statements (the `Any` driver's QueryBuilder writes `?`, which PostgreSQL does not accept).

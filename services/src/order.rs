@@ -5,8 +5,6 @@
 //! - `noupdate-`: `update_order_status` fails (`order.status_update_failed`), so the saga reverts
 //!   the payment and cancels the order.
 
-use std::collections::{HashMap, HashSet};
-
 use serde_json::{json, Value};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
@@ -106,6 +104,9 @@ impl CommandService for OrderService {
     }
 }
 
+/// Looks up the order of each of a list of sagas (see [`db::fetch_in`]).
+const ORDER_OF_SAGA: &str = "SELECT saga_id, order_id FROM orders WHERE saga_id";
+
 /// One order per saga, even if create_order arrives under another command id: the insert skips a
 /// saga that has one, and that one is the answer. One statement on the usual path.
 async fn create_orders(
@@ -143,17 +144,8 @@ async fn create_orders(
         .map(|(_, c, _)| c.correlation_id.to_string())
         .filter(|saga| !order_of.contains_key(saga))
         .collect();
-    if !existing.is_empty() {
-        let sql = format!(
-            "SELECT saga_id, order_id FROM orders WHERE saga_id IN ({})",
-            engine.placeholders(1, existing.len())
-        );
-        let mut q = db::dynamic(&sql);
-        for saga in &existing {
-            q = q.bind(saga);
-        }
-        order_of.extend(pairs(q.fetch_all(&mut **tx).await?, "saga_id", "order_id")?);
-    }
+    let rows = db::fetch_in(&mut **tx, engine, ORDER_OF_SAGA, &existing).await?;
+    order_of.extend(pairs(rows, "saga_id", "order_id")?);
     for (i, command, _) in creates {
         let order_id = order_of.get(&command.correlation_id.to_string());
         out.set(
@@ -192,18 +184,14 @@ async fn update_statuses(
         .map(|(_, order_id, _)| *order_id)
         .filter(|id| !updated.contains(*id))
         .collect();
-    let mut exists = HashSet::new();
-    if !missed.is_empty() {
-        let sql = format!(
-            "SELECT order_id FROM orders WHERE order_id IN ({})",
-            engine.placeholders(1, missed.len())
-        );
-        let mut q = db::dynamic(&sql);
-        for id in &missed {
-            q = q.bind(*id);
-        }
-        exists = column(q.fetch_all(&mut **tx).await?, "order_id")?;
-    }
+    let rows = db::fetch_in(
+        &mut **tx,
+        engine,
+        "SELECT order_id FROM orders WHERE order_id",
+        &missed,
+    )
+    .await?;
+    let exists = column(rows, "order_id")?;
     for (i, order_id, status) in updates {
         out.set(
             *i,
@@ -244,18 +232,8 @@ async fn cancel_orders(
         .filter(|(_, _, order_id)| order_id.is_none())
         .map(|(_, c, _)| c.correlation_id.to_string())
         .collect();
-    let mut order_of = HashMap::new();
-    if !unknown.is_empty() {
-        let sql = format!(
-            "SELECT saga_id, order_id FROM orders WHERE saga_id IN ({})",
-            engine.placeholders(1, unknown.len())
-        );
-        let mut q = db::dynamic(&sql);
-        for saga in &unknown {
-            q = q.bind(saga);
-        }
-        order_of = pairs(q.fetch_all(&mut **tx).await?, "saga_id", "order_id")?;
-    }
+    let rows = db::fetch_in(&mut **tx, engine, ORDER_OF_SAGA, &unknown).await?;
+    let order_of = pairs(rows, "saga_id", "order_id")?;
     let order_ids: Vec<Option<String>> = cancels
         .iter()
         .map(|(_, c, order_id)| match order_id {

@@ -168,23 +168,14 @@ async fn authorize(
         .filter(|saga| !inserted.contains(saga))
         .collect();
     let mut stored = HashMap::new();
-    if !existing.is_empty() {
-        let sql = format!(
-            "SELECT saga_id, payment_id, status, reason FROM payments WHERE saga_id IN ({})",
-            engine.placeholders(1, existing.len())
+    let select = "SELECT saga_id, payment_id, status, reason FROM payments WHERE saga_id";
+    for row in db::fetch_in(&mut **tx, engine, select, &existing).await? {
+        let payment: (String, String, Option<String>) = (
+            row.try_get("payment_id")?,
+            row.try_get("status")?,
+            row.try_get("reason")?,
         );
-        let mut q = db::dynamic(&sql);
-        for saga in &existing {
-            q = q.bind(saga);
-        }
-        for row in q.fetch_all(&mut **tx).await? {
-            let payment: (String, String, Option<String>) = (
-                row.try_get("payment_id")?,
-                row.try_get("status")?,
-                row.try_get("reason")?,
-            );
-            stored.insert(row.try_get::<String, _>("saga_id")?, payment);
-        }
+        stored.insert(row.try_get::<String, _>("saga_id")?, payment);
     }
     for (a, payment_id) in authorizations.iter().zip(ids) {
         let outcome = match stored.remove(&a.command.correlation_id.to_string()) {

@@ -288,16 +288,10 @@ impl<S: CommandService> Runner<S> {
     /// `None` when the batch must be handled one by one.
     async fn handle_many(&self, commands: &[&Envelope]) -> Result<Option<Vec<Envelope>>> {
         let mut tx = self.db.writer.begin().await?;
-        let sql = format!(
-            "SELECT command_id, reply FROM processed_commands WHERE command_id IN ({})",
-            self.db.engine.placeholders(1, commands.len())
-        );
-        let mut q = db::dynamic(&sql);
-        for c in commands {
-            q = q.bind(c.message_id.to_string());
-        }
+        let ids: Vec<String> = commands.iter().map(|c| c.message_id.to_string()).collect();
+        let select = "SELECT command_id, reply FROM processed_commands WHERE command_id";
         let mut known = HashMap::new();
-        for row in q.fetch_all(&mut *tx).await? {
+        for row in db::fetch_in(&mut *tx, self.db.engine, select, &ids).await? {
             let stored: String = row.try_get("reply")?;
             let Ok(reply) = serde_json::from_str::<Envelope>(&stored) else {
                 return Ok(None);

@@ -85,19 +85,9 @@ impl CommandService for UserService {
                 .bind(now);
         }
         q.execute(&mut **tx).await?;
-        let sql = format!(
-            "SELECT customer_id, payment_method_id FROM payment_methods WHERE customer_id IN ({})",
-            engine.placeholders(1, customers.len())
-        );
-        let mut q = db::dynamic(&sql);
-        for customer in &customers {
-            q = q.bind(*customer);
-        }
-        let method_of = pairs(
-            q.fetch_all(&mut **tx).await?,
-            "customer_id",
-            "payment_method_id",
-        )?;
+        let select = "SELECT customer_id, payment_method_id FROM payment_methods WHERE customer_id";
+        let rows = db::fetch_in(&mut **tx, engine, select, &customers).await?;
+        let method_of = pairs(rows, "customer_id", "payment_method_id")?;
         for (i, customer) in lookups {
             out.set(
                 i,

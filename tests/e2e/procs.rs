@@ -153,14 +153,22 @@ impl TestApp {
     /// Prints the end of every process log (to see why a test failed).
     pub fn dump_logs(&self) {
         for c in COMPONENTS.iter().chain(&INSTANCES[1..]) {
-            let text = std::fs::read_to_string(self.config.data_dir.join(format!("{c}.log")))
-                .unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
             eprintln!(
                 "--- {c}.log (last lines, newest first)\n{}",
-                tail.join("\n")
+                self.log_tail(c, 15)
             );
         }
+    }
+
+    /// The last `lines` lines of process `name`'s log, newest first.
+    fn log_tail(&self, name: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.config.data_dir.join(format!("{name}.log")))
+            .unwrap_or_default();
+        text.lines()
+            .rev()
+            .take(lines)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `kill -9`: no shutdown path runs.
@@ -185,12 +193,9 @@ impl TestApp {
                 return (status, started.elapsed());
             }
             if started.elapsed() > Duration::from_secs(60) {
-                let log = std::fs::read_to_string(self.config.data_dir.join(format!("{name}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 panic!(
                     "{name} ignored SIGTERM; its log, newest first:\n{}",
-                    tail.join("\n")
+                    self.log_tail(name, 40)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
