@@ -57,6 +57,9 @@ pub struct SystemConfig {
     /// How long processed inbox and sent outbox rows (orchestrator) and processed commands
     /// (services) are kept.
     pub retention: std::time::Duration,
+    /// Metrics and readiness of every component (one registry per process; the orchestrator's
+    /// port serves them).
+    pub ops: platform::Ops,
 }
 
 impl SystemConfig {
@@ -90,6 +93,7 @@ impl SystemConfig {
             policy: self.policy,
             max_delivery_attempts: self.max_delivery_attempts,
             retention: self.retention,
+            ops: self.ops.clone(),
         })
     }
 
@@ -102,6 +106,7 @@ impl SystemConfig {
             chaos: self.chaos.clone(),
             max_attempts: self.max_delivery_attempts,
             retention: self.retention,
+            ops: self.ops.clone(),
         })
     }
 
@@ -111,6 +116,7 @@ impl SystemConfig {
             stdout: self.notification_stdout,
             kafka,
             topics: self.topics.clone(),
+            ops: self.ops.clone(),
         }
     }
 }

@@ -40,9 +40,13 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), saga_system::Error> {
-    platform::telemetry::init();
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    platform::shutdown::exit(run(args).await)
+}
+
+async fn run(args: Args) -> Result<(), saga_system::Error> {
+    let _telemetry = platform::telemetry::init("saga-system")?;
     let config = saga_system::SystemConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -54,6 +58,7 @@ async fn main() -> Result<(), saga_system::Error> {
         chaos: args.chaos,
         max_delivery_attempts: args.max_delivery_attempts,
         retention: args.policy.retention(),
+        ops: platform::Ops::default(),
     };
     let cancel = platform::shutdown::on_signal();
     let system = saga_system::System::start(&config, &cancel).await?;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use platform::db::{Db, SqliteSync};
 use platform::kafka::{DeadLetters, KafkaSettings};
-use platform::Topics;
+use platform::{Ops, Topics};
 
 use crate::http::{self, AppState};
 use crate::intake::Intake;
@@ -39,6 +39,8 @@ pub struct Config {
     pub max_delivery_attempts: u32,
     /// How long processed inbox rows and sent outbox rows are kept before they are pruned.
     pub retention: std::time::Duration,
+    /// Where metrics and readiness go (shared with the other components of the process).
+    pub ops: Ops,
 }
 
 /// A running orchestrator.
@@ -63,17 +65,22 @@ impl Orchestrator {
             );
         }
         let db = Db::connect(&config.database_url, &MIGRATIONS, config.sqlite_sync).await?;
-        let store = SagaStore::new(db);
+        let ops = config.ops.clone();
+        ops.metrics.watch_pool("orchestrator", &db);
+        let store = SagaStore::new(db.clone(), ops.metrics.clone());
         let definition = Arc::new(create_order::definition(&config.topics));
         let producer = config.kafka.producer()?;
         let relay = Relay::new(store.clone(), producer.clone());
         let reply_topics = create_order::reply_topics(&config.topics);
         let topic_refs: Vec<&str> = reply_topics.iter().map(String::as_str).collect();
-        let consumer = config.kafka.consumer(&config.group_id, &topic_refs)?;
+        let consumer = config
+            .kafka
+            .consumer(&config.group_id, &topic_refs, &ops)?;
         let dead_letters = DeadLetters::new(
             producer.clone(),
             &config.topics.dead_letter.name,
             "orchestrator",
+            &ops.metrics,
         );
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -85,6 +92,18 @@ impl Orchestrator {
         let addr = listener.local_addr().map_err(Error::Serve)?;
 
         let mut tasks = JoinSet::new();
+        tasks.spawn(platform::health::watch_database(
+            ops.health.clone(),
+            "database:orchestrator".into(),
+            db,
+            cancel.clone(),
+        ));
+        tasks.spawn(platform::health::watch_broker(
+            ops.health.clone(),
+            "kafka:orchestrator".into(),
+            producer.clone(),
+            cancel.clone(),
+        ));
         tasks.spawn(relay.clone().run(cancel.clone()));
         let timers = Timers {
             store: store.clone(),
@@ -124,11 +143,15 @@ impl Orchestrator {
             policy: config.policy,
             relay,
             producer,
+            ops: ops.clone(),
         });
         let stop = cancel.clone();
+        let health = ops.health.clone();
         tasks.spawn(async move {
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                health.stopping();
+            });
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "http server stopped");
             }

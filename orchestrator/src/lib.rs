@@ -10,6 +10,7 @@
 //!   topics.
 //! - [`timers`]: where time is handled — re-sends, give-ups, saga deadlines.
 //! - [`pruner`]: where storage is kept bounded — old inbox and sent outbox rows are deleted.
+//! - [`observe`]: where sagas are measured — metrics read off each committed transition.
 //! - [`http`]: the API — `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
 //! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
 
@@ -17,6 +18,7 @@ pub mod app;
 mod error;
 pub mod http;
 pub mod intake;
+pub mod observe;
 pub mod pruner;
 pub mod relay;
 pub mod replies;

@@ -124,6 +124,9 @@ impl Relay {
             let mut record = FutureRecord::to(&row.topic)
                 .key(&row.key)
                 .payload(&row.payload);
+            if let Some(headers) = row.trace.kafka_headers() {
+                record = record.headers(headers);
+            }
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {

@@ -4,16 +4,18 @@
 //! outbox); only after that commits does the consume loop store the Kafka offset. A crash at any
 //! point therefore redelivers the reply, and the inbox makes the redelivery change nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
-use platform::kafka::{Disposition, MessageHandler};
+use platform::kafka::{dead_letter, Disposition, MessageHandler};
 use platform::retry::{self, Retried};
-use platform::Envelope;
+use platform::{Envelope, TraceContext};
 
 use crate::relay::Relay;
 use crate::saga::engine::{self, Policy};
@@ -41,20 +43,32 @@ impl MessageHandler for ReplyHandler {
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
         let reply = match Envelope::from_bytes(message.payload()) {
             Ok(e) => e,
-            Err(reason) => return Disposition::DeadLetter(reason),
+            Err(reason) => return Disposition::unreadable(reason),
         };
-        let span = tracing::info_span!(
-            "reply",
-            saga_id = %reply.correlation_id,
-            message_type = %reply.message_type,
-            topic = message.topic(),
-            offset = message.offset(),
-        );
-        self.apply(&reply).instrument(span).await
+        let (span, trace) = self.span(&reply, message);
+        self.apply(&reply, &trace).instrument(span).await
     }
 }
 
 impl ReplyHandler {
+    /// The span a reply is handled in: it continues the trace of the message (the span of the
+    /// participant that sent it), and the commands it causes carry its context.
+    fn span(&self, reply: &Envelope, message: &BorrowedMessage<'_>) -> (tracing::Span, TraceContext) {
+        let span = tracing::info_span!(
+            "reply",
+            saga_id = %reply.correlation_id,
+            saga_type = %self.definition.saga_type,
+            message_type = %reply.message_type,
+            message_id = %reply.message_id,
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            trace_id = tracing::field::Empty,
+        );
+        let trace = platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
+        (span, trace)
+    }
+
     /// Replies that arrived together share one transaction (one commit instead of one per
     /// reply). If that fails, each is handled on its own, with its own retries.
     async fn apply_batch(&self, messages: &[BorrowedMessage<'_>]) -> Vec<Disposition> {
@@ -62,19 +76,34 @@ impl ReplyHandler {
             .iter()
             .map(|m| Envelope::from_bytes(m.payload()))
             .collect();
+        // One span per reply, open while the batch is applied.
+        let spans: Vec<Option<(tracing::Span, TraceContext)>> = parsed
+            .iter()
+            .zip(messages)
+            .map(|(p, m)| p.as_ref().ok().map(|r| self.span(r, m)))
+            .collect();
+        let traces: HashMap<Uuid, &TraceContext> = parsed
+            .iter()
+            .zip(&spans)
+            .filter_map(|(p, s)| Some((p.as_ref().ok()?.message_id, &s.as_ref()?.1)))
+            .collect();
         let replies: Vec<&Envelope> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
         let now = platform::time::now_ms();
         let outcomes = if replies.len() > 1 {
             self.store
                 .apply_replies(&replies, now, |state, reply| {
-                    engine::on_reply(
+                    let decision = engine::on_reply(
                         &self.definition,
                         &self.policy,
                         state,
                         reply.into(),
                         reply.message_id,
                         now,
-                    )
+                    );
+                    match traces.get(&reply.message_id) {
+                        Some(trace) => decision.traced(trace),
+                        None => decision,
+                    }
                 })
                 .await
                 .map_err(
@@ -86,27 +115,22 @@ impl ReplyHandler {
         };
         let mut outcomes = outcomes.map(Vec::into_iter);
         let mut out = Vec::with_capacity(messages.len());
-        for parsed in &parsed {
-            let reply = match parsed {
-                Ok(r) => r,
-                Err(reason) => {
-                    out.push(Disposition::DeadLetter(reason.clone()));
-                    continue;
-                }
+        for (parsed, span) in parsed.iter().zip(spans) {
+            let (Ok(reply), Some((span, trace))) = (parsed, span) else {
+                let reason = parsed.as_ref().err().cloned().unwrap_or_default();
+                out.push(Disposition::unreadable(reason));
+                continue;
             };
             let disposition = match outcomes.as_mut().and_then(Iterator::next) {
-                Some(outcome) => self.disposition(reply, Retried::Ok(outcome)),
-                None => {
-                    let span = tracing::info_span!("reply", saga_id = %reply.correlation_id, message_type = %reply.message_type);
-                    self.apply(reply).instrument(span).await
-                }
+                Some(outcome) => span.in_scope(|| self.disposition(reply, Retried::Ok(outcome))),
+                None => self.apply(reply, &trace).instrument(span).await,
             };
             out.push(disposition);
         }
         out
     }
 
-    async fn apply(&self, reply: &Envelope) -> Disposition {
+    async fn apply(&self, reply: &Envelope, trace: &TraceContext) -> Disposition {
         let outcome = retry::until_cancelled(
             &self.cancel,
             "applying a reply",
@@ -122,6 +146,7 @@ impl ReplyHandler {
                         reply.message_id,
                         now,
                     )
+                    .traced(trace)
                 })
             },
         )
@@ -150,10 +175,11 @@ impl ReplyHandler {
                 tracing::info!(reason = ?why, "reply ignored");
                 Disposition::Done
             }
-            Retried::Ok(ReplyOutcome::UnknownSaga) => {
-                Disposition::DeadLetter(format!("no saga with id {}", reply.correlation_id))
-            }
-            Retried::Permanent(e) => Disposition::DeadLetter(e.to_string()),
+            Retried::Ok(ReplyOutcome::UnknownSaga) => Disposition::dead_letter(
+                dead_letter::UNKNOWN_SAGA,
+                format!("no saga with id {}", reply.correlation_id),
+            ),
+            Retried::Permanent(e) => Disposition::dead_letter(dead_letter::FAILED, e.to_string()),
             Retried::Cancelled => Disposition::Abandoned,
         }
     }

@@ -64,14 +64,21 @@ impl Timers {
         };
         let mut changed = 0;
         for saga_id in due {
-            let span = tracing::info_span!("timer", saga_id = %saga_id);
+            let span = tracing::info_span!(
+                "timer",
+                saga_id = %saga_id,
+                saga_type = %self.definition.saga_type,
+                trace_id = tracing::field::Empty,
+            );
             let outcome = retry::until_cancelled(
                 cancel,
                 "handling a saga timer",
                 |e: &crate::Error| e.is_transient(),
                 || {
                     self.store.transition(saga_id, now, |state| {
-                        engine::on_timer(&self.definition, &self.policy, state, now)
+                        // Time passing is part of the saga's own trace.
+                        let trace = platform::trace::continue_trace(&span, &state.trace);
+                        engine::on_timer(&self.definition, &self.policy, state, now).traced(&trace)
                     })
                 },
             )

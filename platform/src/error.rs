@@ -35,6 +35,9 @@ pub enum Error {
     },
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A setting that cannot work; the message names it.
+    #[error("{0}")]
+    Config(String),
     #[error("io {context}: {source}")]
     Io {
         context: String,

@@ -6,22 +6,27 @@
 //! - A message that cannot be handled goes to the dead-letter topic with headers saying where it
 //!   came from and why, and the partition moves on.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, Topics};
+use crate::health::Health;
+use crate::metrics::{DeadLetterLabels, GroupLabels, HandledLabels, LagLabels, Metrics};
+use crate::{Error, Ops, Result, Topics};
 
 /// Consumer settings the embedded mock cluster needs (`KAFKA_CONFIG` for processes that use it):
 /// the mock waits `session.timeout.ms` - 1 s on every membership change, and does not wake a
@@ -45,6 +50,10 @@ pub struct KafkaArgs {
     /// Create missing topics from topics.json at start-up with the Admin API.
     #[arg(long, env = "CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
+    /// How long to wait at start-up for the cluster to answer before giving up with an error
+    /// (a wrong address, TLS setting or password would otherwise retry silently forever).
+    #[arg(long, env = "KAFKA_STARTUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kafka_startup_timeout: Duration,
 }
 
 impl KafkaArgs {
@@ -53,6 +62,7 @@ impl KafkaArgs {
     pub async fn prepare(&self) -> Result<(KafkaSettings, Topics)> {
         let topics = Topics::load(self.topics_file.as_deref())?;
         let kafka = self.settings()?;
+        kafka.probe(self.kafka_startup_timeout).await?;
         if self.create_topics {
             kafka.ensure_topics(&topics).await?;
         }
@@ -67,6 +77,9 @@ impl KafkaArgs {
         })
     }
 }
+
+/// How often librdkafka reports statistics (consumer lag) to the metrics.
+const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// Parses `key=value,key=value`.
 pub fn parse_overrides(s: &str) -> Result<Vec<(String, String)>> {
@@ -129,11 +142,12 @@ impl KafkaSettings {
             .set("message.timeout.ms", "30000");
         self.finish(c)
             .create()
-            .map_err(Error::kafka("creating producer"))
+            .map_err(|e| invalid_settings("the producer", e))
     }
 
-    /// An at-least-once consumer in `group`, subscribed to `topics`.
-    pub fn consumer(&self, group: &str, topics: &[&str]) -> Result<StreamConsumer> {
+    /// An at-least-once consumer in `group`, subscribed to `topics`, reporting its lag and
+    /// assignment to `ops` (see [`Observer`]).
+    pub fn consumer(&self, group: &str, topics: &[&str], ops: &Ops) -> Result<KafkaConsumer> {
         let mut c = self.config();
         c.set("group.id", group)
             .set("enable.auto.commit", "true")
@@ -143,7 +157,8 @@ impl KafkaSettings {
             // Prefetch at most 16 MB per consumer instead of librdkafka's 64 MB: a handler takes
             // at most MAX_BATCH messages at a time anyway, and a process that falls behind
             // should not grow by the size of its backlog (the orchestrator's RSS budget).
-            .set("queued.max.messages.kbytes", "16384");
+            .set("queued.max.messages.kbytes", "16384")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         if self.embedded {
             for (k, v) in EMBEDDED_CONSUMER_CONFIG
                 .split(',')
@@ -152,14 +167,64 @@ impl KafkaSettings {
                 c.set(k, v);
             }
         }
-        let consumer: StreamConsumer = self
+        let context = Observer::new(group, ops);
+        let consumer: KafkaConsumer = self
             .finish(c)
-            .create()
-            .map_err(Error::kafka(format!("creating consumer for group {group}")))?;
+            .create_with_context(context)
+            .map_err(|e| invalid_settings(&format!("the consumer of group {group}"), e))?;
         consumer
             .subscribe(topics)
             .map_err(Error::kafka(format!("subscribing to {topics:?}")))?;
         Ok(consumer)
+    }
+
+    /// Fails unless the cluster answers a metadata request within `timeout`. librdkafka retries
+    /// a wrong address, a TLS mismatch or a bad password forever, quietly; this turns them into
+    /// one error at start-up that says what went wrong and which setting to look at.
+    pub async fn probe(&self, timeout: Duration) -> Result<()> {
+        let client: BaseProducer<ProbeContext> = self
+            .finish(self.config())
+            .create_with_context(ProbeContext::default())
+            .map_err(|e| invalid_settings("a client", e))?;
+        let answer = tokio::task::spawn_blocking(move || {
+            let r = client.client().fetch_metadata(None, timeout);
+            // Errors reach the context through the client's queue: serve it once.
+            client.poll(Duration::from_millis(100));
+            let last = client.context().last_error();
+            (r.map(|m| m.brokers().len()), last)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("probing Kafka: {e}")))?;
+        match answer {
+            (Ok(n), _) if n > 0 => Ok(()),
+            (result, last) => {
+                let why = last
+                    .or_else(|| result.err().map(|e| e.to_string()))
+                    .unwrap_or_else(|| "the cluster reported no brokers".into());
+                Err(Error::Config(format!(
+                    "cannot use Kafka at KAFKA_BROKERS={} within {} s{}: {why}; check {}",
+                    self.brokers,
+                    timeout.as_secs(),
+                    self.security_summary(),
+                    setting_to_check(&why),
+                )))
+            }
+        }
+    }
+
+    /// ` (security.protocol=..., sasl.mechanism=...)` when set, for error messages.
+    fn security_summary(&self) -> String {
+        let shown: Vec<String> = self
+            .overrides
+            .iter()
+            .filter(|(k, _)| k == "security.protocol" || k == "sasl.mechanism" || k == "sasl.mechanisms")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if shown.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", shown.join(", "))
+        }
     }
 
     /// Creates every topic of `topics.json` that does not exist yet. Existing topics are left as
@@ -212,6 +277,141 @@ impl KafkaSettings {
     }
 }
 
+/// Every consumer of the system: its context reports to the process's [`Ops`].
+pub type KafkaConsumer = StreamConsumer<Observer>;
+
+/// The context of every consumer: turns librdkafka's statistics into the consumer-lag gauges,
+/// and its rebalances into the partition count and the `/readyz` check of the group.
+pub struct Observer {
+    group: String,
+    metrics: Metrics,
+    health: Health,
+    /// The lag series reported last time, so partitions that moved away are dropped.
+    reported: Mutex<HashSet<LagLabels>>,
+}
+
+impl Observer {
+    fn new(group: &str, ops: &Ops) -> Self {
+        ops.health.set(
+            &Self::check_name(group),
+            false,
+            "not assigned partitions yet (joining the group)",
+            None,
+        );
+        Observer {
+            group: group.to_string(),
+            metrics: ops.metrics.clone(),
+            health: ops.health.clone(),
+            reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn check_name(group: &str) -> String {
+        format!("consumer_group:{group}")
+    }
+}
+
+impl ClientContext for Observer {
+    /// Runs on librdkafka's thread, every `statistics.interval.ms`: cheap, no waiting.
+    fn stats(&self, statistics: Statistics) {
+        let mut now = HashSet::new();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; a negative lag is "unknown".
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let labels = LagLabels {
+                    group: self.group.clone(),
+                    topic: topic.clone(),
+                    partition: partition.to_string(),
+                };
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&labels)
+                    .set(p.consumer_lag);
+                now.insert(labels);
+            }
+        }
+        if let Ok(mut reported) = self.reported.lock() {
+            for gone in reported.difference(&now) {
+                self.metrics.consumer_lag.remove(gone);
+            }
+            *reported = now;
+        }
+    }
+}
+
+impl ConsumerContext for Observer {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let gauge = self.metrics.assigned_partitions.get_or_create(&GroupLabels {
+            group: self.group.clone(),
+        });
+        let name = Self::check_name(&self.group);
+        match rebalance {
+            // With more members than partitions an empty assignment is normal: the process has
+            // joined and is ready; it gets partitions when another member leaves.
+            Rebalance::Assign(tpl) => {
+                gauge.set(tpl.count() as i64);
+                self.health.set(&name, true, "", None);
+            }
+            Rebalance::Revoke(_) => {
+                gauge.set(0);
+            }
+            Rebalance::Error(e) => {
+                self.health
+                    .set(&name, false, format!("rebalance failed: {e}"), None);
+            }
+        }
+    }
+}
+
+/// Remembers the last error librdkafka reported, so [`KafkaSettings::probe`] can say why the
+/// cluster did not answer.
+#[derive(Default)]
+struct ProbeContext {
+    last: Mutex<Option<String>>,
+}
+
+impl ProbeContext {
+    fn last_error(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// librdkafka refused the settings (an unknown property or SASL mechanism, a CA file that is
+/// not there): its message names the property; say where the settings come from.
+fn invalid_settings(what: &str, e: KafkaError) -> Error {
+    Error::Config(format!(
+        "cannot create {what} with these Kafka settings (KAFKA_BROKERS, KAFKA_CONFIG): {e}"
+    ))
+}
+
+/// Which setting an error from the cluster points at.
+fn setting_to_check(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("sasl") || e.contains("authenticat") || e.contains("credential") {
+        "sasl.mechanism, sasl.username and sasl.password in KAFKA_CONFIG"
+    } else if e.contains("ssl") || e.contains("tls") || e.contains("certificate") || e.contains("handshake") {
+        "security.protocol and the ssl.* settings in KAFKA_CONFIG"
+    } else {
+        "KAFKA_BROKERS (and security.protocol in KAFKA_CONFIG)"
+    }
+}
+
 /// What a handler decided about one message.
 pub enum Disposition {
     /// Handled (its effect is committed, or it was a duplicate): store the offset.
@@ -221,10 +421,41 @@ pub enum Disposition {
     /// broker round trip per message; offsets are still stored strictly in order.
     DoneWhenDelivered(DeliveryFuture),
     /// Cannot be handled: publish it to the dead-letter topic, then store the offset.
-    DeadLetter(String),
+    DeadLetter {
+        /// One of a few fixed words (see [`dead_letter`]): the metric label.
+        reason: &'static str,
+        /// What went wrong, for the `dlq.error` header and the logs.
+        error: String,
+    },
     /// Not handled because the process is stopping: do not store the offset, so the message is
     /// delivered again after the restart.
     Abandoned,
+}
+
+/// Why a message is dead-lettered: a fixed vocabulary, so the metric has few series.
+pub mod dead_letter {
+    /// Not an envelope: no payload, not JSON, missing fields.
+    pub const UNREADABLE: &str = "unreadable";
+    /// A reply naming a saga nobody has.
+    pub const UNKNOWN_SAGA: &str = "unknown_saga";
+    /// A command the service does not handle, or whose fields are wrong.
+    pub const REJECTED: &str = "rejected";
+    /// Handling failed with a non-transient error, `MAX_DELIVERY_ATTEMPTS` times.
+    pub const FAILED: &str = "failed";
+}
+
+impl Disposition {
+    pub fn dead_letter(reason: &'static str, error: impl Into<String>) -> Self {
+        Disposition::DeadLetter {
+            reason,
+            error: error.into(),
+        }
+    }
+
+    /// A message that is not a readable envelope.
+    pub fn unreadable(error: impl Into<String>) -> Self {
+        Self::dead_letter(dead_letter::UNREADABLE, error)
+    }
 }
 
 /// Handles one message. Implementations retry their own transient failures (a database that is
@@ -259,6 +490,7 @@ pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     source: String,
+    metrics: Metrics,
 }
 
 impl DeadLetters {
@@ -267,11 +499,13 @@ impl DeadLetters {
         producer: FutureProducer,
         topic: impl Into<String>,
         source: impl Into<String>,
+        metrics: &Metrics,
     ) -> Self {
         DeadLetters {
             producer,
             topic: topic.into(),
             source: source.into(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -281,6 +515,7 @@ impl DeadLetters {
     pub async fn publish(
         &self,
         message: &BorrowedMessage<'_>,
+        reason: &str,
         error: &str,
         cancel: &CancellationToken,
     ) -> bool {
@@ -313,6 +548,10 @@ impl DeadLetters {
                 value: Some(&self.source),
             })
             .insert(Header {
+                key: "dlq.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
                 key: "dlq.error",
                 value: Some(error),
             });
@@ -330,9 +569,17 @@ impl DeadLetters {
                         topic = message.topic(),
                         partition = message.partition(),
                         offset = message.offset(),
+                        reason,
                         error,
                         "message dead-lettered"
                     );
+                    self.metrics
+                        .dead_letters
+                        .get_or_create(&DeadLetterLabels {
+                            component: self.source.clone(),
+                            reason: reason.to_string(),
+                        })
+                        .inc();
                     return true;
                 }
                 Err((e, _)) => {
@@ -364,11 +611,21 @@ struct Unconfirmed {
 /// offset only after the handler is done (and its reply confirmed). Stops when `cancel` fires,
 /// then commits stored offsets.
 pub async fn run_consumer<H: MessageHandler>(
-    consumer: StreamConsumer,
+    consumer: KafkaConsumer,
     handler: H,
     dead_letters: DeadLetters,
     cancel: CancellationToken,
 ) {
+    let handled = |outcome: &str| {
+        dead_letters
+            .metrics
+            .messages_handled
+            .get_or_create_owned(&HandledLabels {
+                component: dead_letters.source.clone(),
+                outcome: outcome.to_string(),
+            })
+    };
+    let (done, dead_lettered) = (handled("done"), handled("dead_lettered"));
     let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
     'receive: loop {
         let first = tokio::select! {
@@ -393,12 +650,19 @@ pub async fn run_consumer<H: MessageHandler>(
         let dispositions = handler.handle_batch(&batch).await;
         for (message, disposition) in batch.iter().zip(dispositions) {
             let delivery = match disposition {
-                Disposition::Done => None,
-                Disposition::DoneWhenDelivered(d) => Some(d),
-                Disposition::DeadLetter(reason) => {
-                    if !dead_letters.publish(message, &reason, &cancel).await {
+                Disposition::Done => {
+                    done.inc();
+                    None
+                }
+                Disposition::DoneWhenDelivered(d) => {
+                    done.inc();
+                    Some(d)
+                }
+                Disposition::DeadLetter { reason, error } => {
+                    if !dead_letters.publish(message, reason, &error, &cancel).await {
                         break 'receive;
                     }
+                    dead_lettered.inc();
                     None
                 }
                 // Nothing after it is stored either: it is all delivered again after a restart.
@@ -432,7 +696,7 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 /// waiting on a queue nobody serves): on a runtime worker that froze the whole process, timers
 /// included. A close that does not finish is left behind; the group moves the partitions after
 /// the session timeout, and offsets not committed mean redelivery, which the inbox absorbs.
-async fn close(consumer: StreamConsumer) {
+async fn close(consumer: KafkaConsumer) {
     let (done, closed) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("consumer-close".into())
@@ -459,7 +723,7 @@ async fn close(consumer: StreamConsumer) {
 
 /// Stores the offsets of the handled messages at the front of the queue whose replies are
 /// confirmed; with `wait`, waits for every reply in the queue.
-async fn store_confirmed(consumer: &StreamConsumer, queue: &mut VecDeque<Unconfirmed>, wait: bool) {
+async fn store_confirmed(consumer: &KafkaConsumer, queue: &mut VecDeque<Unconfirmed>, wait: bool) {
     while let Some(front) = queue.front_mut() {
         if let Some(delivery) = front.delivery.as_mut() {
             let result = if wait {
@@ -518,5 +782,62 @@ mod tests {
         assert!(parse_overrides("novalue").is_err());
         assert!(parse_overrides("=v").is_err());
         assert!(parse_overrides("").unwrap().is_empty());
+    }
+
+    fn settings(config: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            overrides: parse_overrides(config).unwrap(),
+            embedded: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_and_sasl_clients_can_be_created() {
+        for config in [
+            "security.protocol=SSL",
+            "security.protocol=SASL_SSL,sasl.mechanism=PLAIN,sasl.username=u,sasl.password=p",
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-256,sasl.username=u,sasl.password=p",
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=u,sasl.password=p",
+            "security.protocol=SASL_SSL,sasl.mechanism=OAUTHBEARER,sasl.oauthbearer.config=principal=u",
+            "security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,sasl.username=u,sasl.password=p",
+        ] {
+            let k = settings(config);
+            if let Err(e) = k.producer() {
+                panic!("{config}: {e}");
+            }
+            if let Err(e) = k.consumer("g", &["t"], &Ops::default()) {
+                panic!("{config}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn security_mistakes_fail_at_creation_naming_the_setting() {
+        let cases = [
+            ("security.protocol=SASL_SSL,sasl.mechanism=FOO", "FOO"),
+            (
+                "security.protocol=SSL,ssl.ca.location=/nonexistent/ca.pem",
+                "ssl.ca.location",
+            ),
+            ("security.protocol=TLS", "security.protocol"),
+            ("sasl.mechanismz=PLAIN", "sasl.mechanismz"),
+        ];
+        for (config, named) in cases {
+            let e = match settings(config).producer() {
+                Ok(_) => panic!("{config} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(named), "{config}: {e}");
+            assert!(e.contains("KAFKA_CONFIG"), "{config}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_from_the_cluster_point_at_the_setting_to_check() {
+        assert!(setting_to_check("SASL authentication error: Authentication failed").contains("sasl.password"));
+        assert!(setting_to_check("SSL handshake failed: certificate verify failed").contains("ssl.*"));
+        assert!(setting_to_check("Connect to ipv4#127.0.0.1:1 failed: Connection refused").contains("KAFKA_BROKERS"));
     }
 }

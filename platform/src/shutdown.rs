@@ -58,3 +58,18 @@ pub async fn run_bounded(
     }
     tracing::info!("stopped cleanly");
 }
+
+/// What a binary's `main` returns: success, or the error on one line of stderr and exit status
+/// 1 (not the `Debug` dump a `Result` from `main` prints), so a misconfiguration reads as one
+/// sentence that names the setting.
+pub fn exit<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            tracing::error!(error = %line, "cannot start");
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

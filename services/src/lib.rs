@@ -52,6 +52,9 @@ pub struct ServiceArgs {
     /// it longer than the orchestrator may re-send a command (its COMPENSATION_LIMIT_MS).
     #[arg(long, env = "RETENTION_MS", default_value_t = DEFAULT_RETENTION_MS)]
     pub retention_ms: u64,
+    /// Where to serve `/livez`, `/readyz` and `/metrics` (e.g. `0.0.0.0:9090`); none if unset.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The same default as the orchestrator's `RETENTION_MS` (two hours).
@@ -62,8 +65,14 @@ pub async fn run_standalone<S: runtime::CommandService>(
     service: S,
     args: ServiceArgs,
 ) -> Result<()> {
+    let _telemetry = platform::telemetry::init(S::NAME)?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
+    let ops = platform::Ops::default();
+    let metrics_server = match args.metrics_addr {
+        Some(addr) => Some(platform::ops::serve(addr, ops.clone(), cancel.clone()).await?.1),
+        None => None,
+    };
     let config = ServiceConfig {
         database_url: args.database_url,
         sqlite_sync: args.sqlite_synchronous,
@@ -72,8 +81,15 @@ pub async fn run_standalone<S: runtime::CommandService>(
         chaos: args.chaos,
         max_attempts: args.max_delivery_attempts,
         retention: std::time::Duration::from_millis(args.retention_ms),
+        ops: ops.clone(),
     };
     let service = runtime::start(service, &config, cancel.clone()).await?;
-    platform::shutdown::run_bounded(&cancel, service.wait()).await;
+    platform::shutdown::run_bounded(&cancel, async {
+        tokio::join!(platform::health::not_ready_once(&ops.health, &cancel), service.wait());
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
+    })
+    .await;
     Ok(())
 }

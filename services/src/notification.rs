@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
-use platform::{Envelope, Topics};
+use platform::{Envelope, Ops, Topics, TraceContext};
 
 use crate::runtime::ServiceHandle;
 use crate::{Error, Result};
@@ -31,6 +31,8 @@ pub struct NotificationConfig {
     pub stdout: bool,
     pub kafka: KafkaSettings,
     pub topics: Topics,
+    /// Where metrics and readiness go (shared with the other components of the process).
+    pub ops: Ops,
 }
 
 struct Notifier {
@@ -73,11 +75,22 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
         &t.dead_letter,
     ];
     let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-    let consumer = config.kafka.consumer(NAME, &names)?;
+    let consumer = config.kafka.consumer(NAME, &names, &config.ops)?;
     let producer = config.kafka.producer()?;
     // A message the notifier cannot read is still logged; dead-lettering happens only if the log
     // itself cannot be written, which the handler retries instead.
-    let dead_letters = DeadLetters::new(producer, &t.dead_letter.name, NAME);
+    let dead_letters = DeadLetters::new(
+        producer.clone(),
+        &t.dead_letter.name,
+        NAME,
+        &config.ops.metrics,
+    );
+    let broker_check = platform::health::watch_broker(
+        config.ops.health.clone(),
+        format!("kafka:{NAME}"),
+        producer,
+        cancel.clone(),
+    );
     let notifier = Notifier {
         file: Mutex::new(file),
         path,
@@ -87,7 +100,10 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
     };
     let token = cancel.clone();
     let join: JoinHandle<()> = tokio::spawn(async move {
-        platform::kafka::run_consumer(consumer, notifier, dead_letters, token).await;
+        tokio::join!(
+            platform::kafka::run_consumer(consumer, notifier, dead_letters, token),
+            broker_check
+        );
         tracing::info!(service = NAME, "stopped");
     });
     tracing::info!(service = NAME, log = %config.log_file.display(), "started");
@@ -160,6 +176,9 @@ fn describe(message: &BorrowedMessage<'_>, dead_letter: bool) -> Value {
     line.insert("topic".into(), json!(message.topic()));
     line.insert("partition".into(), json!(message.partition()));
     line.insert("offset".into(), json!(message.offset()));
+    if let Some(trace_id) = TraceContext::from_kafka(message.headers()).trace_id() {
+        line.insert("trace_id".into(), json!(trace_id));
+    }
     match Envelope::from_bytes(message.payload()) {
         Ok(e) => {
             line.insert("type".into(), json!(e.message_type));

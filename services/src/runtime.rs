@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde_json::Value;
@@ -24,9 +24,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use platform::db::{self, Db, Engine, Migrations, SqliteSync};
-use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
+use platform::kafka::{dead_letter, DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::retry::{self, Retried};
-use platform::{Envelope, TopicSpec, Topics};
+use platform::{Envelope, Ops, TopicSpec, TraceContext, Topics};
 
 use crate::chaos::Chaos;
 use crate::{Error, Result};
@@ -79,6 +79,8 @@ pub struct ServiceConfig {
     pub max_attempts: u32,
     /// How long processed commands (and their stored replies) are kept for de-duplication.
     pub retention: Duration,
+    /// Where metrics and readiness go (shared with the other components of the process).
+    pub ops: Ops,
 }
 
 /// A running service task.
@@ -114,11 +116,19 @@ pub async fn start<S: CommandService>(
     cancel: CancellationToken,
 ) -> Result<ServiceHandle> {
     let db = Db::connect(&config.database_url, &S::migrations(), config.sqlite_sync).await?;
+    let ops = &config.ops;
+    ops.metrics.watch_pool(S::NAME, &db);
     let producer = config.kafka.producer()?;
-    let consumer = config
-        .kafka
-        .consumer(S::NAME, &[&S::commands(&config.topics).name])?;
-    let dead_letters = DeadLetters::new(producer.clone(), &config.topics.dead_letter.name, S::NAME);
+    let consumer =
+        config
+            .kafka
+            .consumer(S::NAME, &[&S::commands(&config.topics).name], ops)?;
+    let dead_letters = DeadLetters::new(
+        producer.clone(),
+        &config.topics.dead_letter.name,
+        S::NAME,
+        &ops.metrics,
+    );
     if !config.chaos.is_off() {
         tracing::warn!(service = S::NAME, chaos = ?config.chaos, "chaos knobs are on");
     }
@@ -135,10 +145,24 @@ pub async fn start<S: CommandService>(
     };
     let token = cancel.clone();
     let pruner = prune(db.clone(), config.retention, cancel.clone());
+    let db_check = platform::health::watch_database(
+        ops.health.clone(),
+        format!("database:{}", S::NAME),
+        db.clone(),
+        cancel.clone(),
+    );
+    let broker_check = platform::health::watch_broker(
+        ops.health.clone(),
+        format!("kafka:{}", S::NAME),
+        producer.clone(),
+        cancel.clone(),
+    );
     let join = tokio::spawn(async move {
         tokio::join!(
             platform::kafka::run_consumer(consumer, runner, dead_letters, token),
-            pruner
+            pruner,
+            db_check,
+            broker_check,
         );
         delayed.close();
         delayed.wait().await;
@@ -205,20 +229,30 @@ impl<S: CommandService> MessageHandler for Runner<S> {
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
         let command = match Envelope::from_bytes(message.payload()) {
             Ok(c) => c,
-            Err(reason) => return Disposition::DeadLetter(reason),
+            Err(reason) => return Disposition::unreadable(reason),
         };
-        let span = tracing::info_span!(
-            "command",
-            service = S::NAME,
-            saga_id = %command.correlation_id,
-            command = %command.message_type,
-        );
-        self.process(&command).instrument(span).await
+        let (span, trace) = span(S::NAME, &command, message);
+        self.process(&command, &trace).instrument(span).await
     }
 }
 
+/// The span a command is handled in: it continues the trace of the command (the orchestrator's
+/// span that sent it), and the reply carries its context.
+fn span(service: &str, command: &Envelope, message: &BorrowedMessage<'_>) -> (tracing::Span, TraceContext) {
+    let span = tracing::info_span!(
+        "command",
+        service,
+        saga_id = %command.correlation_id,
+        command = %command.message_type,
+        message_id = %command.message_id,
+        trace_id = tracing::field::Empty,
+    );
+    let trace = platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
+    (span, trace)
+}
+
 impl<S: CommandService> Runner<S> {
-    async fn process(&self, command: &Envelope) -> Disposition {
+    async fn process(&self, command: &Envelope, trace: &TraceContext) -> Disposition {
         let mut failures = 0;
         let reply = retry::until_cancelled(
             &self.cancel,
@@ -231,9 +265,9 @@ impl<S: CommandService> Runner<S> {
         )
         .await;
         match reply {
-            Retried::Ok(Ok(reply)) => self.respond(command, reply).await,
-            Retried::Ok(Err(reason)) => Disposition::DeadLetter(reason),
-            Retried::Permanent(e) => Disposition::DeadLetter(e.to_string()),
+            Retried::Ok(Ok(reply)) => self.respond(command, reply, trace).await,
+            Retried::Ok(Err(reason)) => Disposition::dead_letter(dead_letter::REJECTED, reason),
+            Retried::Permanent(e) => Disposition::dead_letter(dead_letter::FAILED, e.to_string()),
             Retried::Cancelled => Disposition::Abandoned,
         }
     }
@@ -261,23 +295,18 @@ impl<S: CommandService> Runner<S> {
         };
         let mut replies = replies.map(Vec::into_iter);
         let mut out = Vec::with_capacity(messages.len());
-        for parsed in parsed {
+        for (parsed, message) in parsed.into_iter().zip(messages) {
             let command = match parsed {
                 Ok(c) => c,
                 Err(reason) => {
-                    out.push(Disposition::DeadLetter(reason));
+                    out.push(Disposition::unreadable(reason));
                     continue;
                 }
             };
-            let span = tracing::info_span!(
-                "command",
-                service = S::NAME,
-                saga_id = %command.correlation_id,
-                command = %command.message_type,
-            );
+            let (span, trace) = span(S::NAME, &command, message);
             let disposition = match replies.as_mut().and_then(Iterator::next) {
-                Some(reply) => self.respond(&command, reply).instrument(span).await,
-                None => self.process(&command).instrument(span).await,
+                Some(reply) => self.respond(&command, reply, &trace).instrument(span).await,
+                None => self.process(&command, &trace).instrument(span).await,
             };
             out.push(disposition);
         }
@@ -372,8 +401,9 @@ impl<S: CommandService> Runner<S> {
         Ok(Some(out))
     }
 
-    /// Sends the reply to `command`, through the chaos knobs (drop, duplicate, delay).
-    async fn respond(&self, command: &Envelope, reply: Envelope) -> Disposition {
+    /// Sends the reply to `command`, through the chaos knobs (drop, duplicate, delay), with the
+    /// trace context of the span that handled the command.
+    async fn respond(&self, command: &Envelope, reply: Envelope, trace: &TraceContext) -> Disposition {
         let kind = command.message_type.as_str();
         if self.chaos.drop_reply(kind) {
             tracing::info!(reply = %reply.message_type, "chaos: reply dropped");
@@ -387,10 +417,11 @@ impl<S: CommandService> Runner<S> {
         let delay = self.chaos.delay(kind);
         if !delay.is_zero() {
             // Held back in the background, like a slow network: the partition moves on.
-            let (producer, topic, cancel) = (
+            let (producer, topic, cancel, trace) = (
                 self.producer.clone(),
                 self.reply_topic.clone(),
                 self.cancel.clone(),
+                trace.clone(),
             );
             self.delayed.spawn(async move {
                 tokio::select! {
@@ -398,14 +429,14 @@ impl<S: CommandService> Runner<S> {
                     _ = tokio::time::sleep(delay) => {}
                 }
                 for _ in 0..copies {
-                    publish(&producer, &topic, &reply, &cancel).await;
+                    publish(&producer, &topic, &reply, &trace, &cancel).await;
                 }
             });
             return Disposition::Done;
         }
         let mut delivery = None;
         for _ in 0..copies {
-            match enqueue(&self.producer, &self.reply_topic, &reply, &self.cancel).await {
+            match enqueue(&self.producer, &self.reply_topic, &reply, trace, &self.cancel).await {
                 Some(d) => delivery = Some(d),
                 None => return Disposition::Abandoned,
             }
@@ -506,11 +537,15 @@ async fn enqueue(
     producer: &FutureProducer,
     topic: &str,
     reply: &Envelope,
+    trace: &TraceContext,
     cancel: &CancellationToken,
 ) -> Option<DeliveryFuture> {
     let payload = reply.to_json();
     let key = reply.key();
-    let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+    let mut record = with_headers(
+        FutureRecord::to(topic).key(&key).payload(&payload),
+        trace.kafka_headers(),
+    );
     loop {
         match producer.send_result(record) {
             Ok(delivery) => return Some(delivery),
@@ -531,6 +566,7 @@ async fn publish(
     producer: &FutureProducer,
     topic: &str,
     reply: &Envelope,
+    trace: &TraceContext,
     cancel: &CancellationToken,
 ) -> bool {
     let payload = reply.to_json();
@@ -540,7 +576,10 @@ async fn publish(
         "publishing a reply",
         |_| true,
         || async {
-            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            let record = with_headers(
+                FutureRecord::to(topic).key(&key).payload(&payload),
+                trace.kafka_headers(),
+            );
             producer
                 .send(record, Duration::from_secs(5))
                 .await
@@ -549,6 +588,16 @@ async fn publish(
     )
     .await;
     matches!(sent, Retried::Ok(_))
+}
+
+fn with_headers<'a>(
+    record: FutureRecord<'a, String, String>,
+    headers: Option<OwnedHeaders>,
+) -> FutureRecord<'a, String, String> {
+    match headers {
+        Some(h) => record.headers(h),
+        None => record,
+    }
 }
 
 /// A string field of a command payload, or a rejection naming it.

@@ -24,21 +24,40 @@ struct Args {
     stdout: bool,
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// Where to serve `/livez`, `/readyz` and `/metrics` (e.g. `0.0.0.0:9090`); none if unset.
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), services::Error> {
-    platform::telemetry::init();
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    platform::shutdown::exit(run(args).await)
+}
+
+async fn run(args: Args) -> Result<(), services::Error> {
+    let _telemetry = platform::telemetry::init(notification::NAME)?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
+    let ops = platform::Ops::default();
+    let server = match args.metrics_addr {
+        Some(addr) => Some(platform::ops::serve(addr, ops.clone(), cancel.clone()).await?.1),
+        None => None,
+    };
     let config = NotificationConfig {
         log_file: args.log_file,
         stdout: args.stdout,
         kafka,
         topics,
+        ops: ops.clone(),
     };
     let service = notification::start(config, cancel.clone()).await?;
-    platform::shutdown::run_bounded(&cancel, service.wait()).await;
+    platform::shutdown::run_bounded(&cancel, async {
+        tokio::join!(platform::health::not_ready_once(&ops.health, &cancel), service.wait());
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+    })
+    .await;
     Ok(())
 }

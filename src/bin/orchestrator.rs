@@ -31,9 +31,13 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    platform::telemetry::init();
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    platform::shutdown::exit(run(args).await)
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let _telemetry = platform::telemetry::init("orchestrator")?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = orchestrator::Config {
@@ -46,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         policy: args.policy.policy(),
         max_delivery_attempts: args.max_delivery_attempts,
         retention: args.policy.retention(),
+        ops: platform::Ops::default(),
     };
     let orchestrator = orchestrator::Orchestrator::start(config, cancel.clone()).await?;
     platform::shutdown::run_bounded(&cancel, orchestrator.wait()).await;

@@ -13,7 +13,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), services::Error> {
-    platform::telemetry::init();
-    services::run_standalone(services::order::OrderService, Args::parse().service).await
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    platform::shutdown::exit(services::run_standalone(services::order::OrderService, args.service).await)
 }

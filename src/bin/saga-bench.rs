@@ -67,8 +67,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    platform::telemetry::init();
     let args = Args::parse();
+    // The system under test logs warnings only (RUST_LOG to see more): a log line per request
+    // would scroll the progress bar away.
+    let _telemetry = platform::telemetry::init_with("saga-bench", "warn")?;
     let load = match args.rate {
         Some(rate) => Load::Open { rate },
         None => Load::Closed {
@@ -102,6 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             chaos: Default::default(),
             max_delivery_attempts: 3,
             retention: std::time::Duration::from_millis(orchestrator::app::DEFAULT_RETENTION_MS),
+            ops: platform::Ops::default(),
         };
         if args.instances == 0 {
             let system = saga_system::System::start(&config, &cancel).await?;

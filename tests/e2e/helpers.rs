@@ -160,6 +160,7 @@ pub async fn spawn_app_on(
         chaos,
         max_delivery_attempts: 3,
         retention: std::time::Duration::from_millis(orchestrator::app::DEFAULT_RETENTION_MS),
+        ops: platform::Ops::default(),
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
     kafka.create_topics(&config.topics).expect("topics");

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -7,10 +9,36 @@ use serde_json::{json, Value};
 use super::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(platform::ops::livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
-/// 200 when the database and Kafka both answer, 503 naming what does not.
+/// Database, broker and consumer group, as last checked in the background: answers at once
+/// even while the broker is away.
+async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+    platform::ops::readyz(&app.ops.health)
+}
+
+/// Every metric of the process; the outbox gauges are read from the database now (bounded, so a
+/// database that is away does not hold the scrape).
+async fn metrics(State(app): State<AppState>) -> axum::response::Response {
+    let m = &app.ops.metrics;
+    match tokio::time::timeout(Duration::from_secs(2), app.store.outbox_backlog()).await {
+        Ok(Ok((unsent, oldest))) => {
+            m.outbox_unsent.set(unsent);
+            let age = oldest.map_or(0, |t| platform::time::now_ms() - t);
+            m.outbox_oldest_age.set(age.max(0) as f64 / 1000.0);
+        }
+        _ => tracing::debug!("outbox backlog not read for this scrape"),
+    }
+    platform::ops::metrics(m)
+}
+
+/// 200 when the database and Kafka both answer, 503 naming what does not. Asks both now (kept
+/// as it was for existing probes; `/livez` and `/readyz` are what probes should use).
 async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let (db, kafka) = tokio::join!(
         app.store.db().ping(),

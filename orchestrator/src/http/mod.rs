@@ -1,4 +1,9 @@
-//! The HTTP front: `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
+//! The HTTP front: `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, the probes (`/livez`,
+//! `/readyz`, `/health`) and `/metrics`.
+//!
+//! Every request gets an `x-request-id` (the client's, or a new UUID, returned in the response),
+//! a span that continues the caller's W3C trace (`traceparent`) or starts one, an access log line
+//! (target `http_access`), and a sample in `http_server_request_duration_seconds`.
 
 mod error;
 mod health;
@@ -7,14 +12,19 @@ mod sagas;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rdkafka::producer::FutureProducer;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
+
+use platform::trace::{TRACEPARENT, TRACESTATE};
+use platform::{Ops, TraceContext};
 
 pub use error::ApiError;
 
@@ -49,6 +59,8 @@ pub struct AppState {
     pub relay: Relay,
     /// Used by `/health` to ask the cluster for metadata.
     pub producer: FutureProducer,
+    /// Metrics and readiness of the process.
+    pub ops: Ops,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -56,11 +68,83 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(sagas::router())
         .merge(health::router())
+        .route_layer(axum::middleware::from_fn(name_route))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(deadline))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // The last layer added runs first: the request id is set, then the request observed
+        // (span, access log, metrics), then the id copied onto the response.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The trace context of the request's span, for handlers whose work continues it (a new saga
+/// belongs to the trace of the request that started it).
+#[derive(Debug, Clone)]
+pub struct RequestTrace(pub TraceContext);
+
+/// The route template that served a request, passed out to [`observe`] (routing happens inside
+/// it, so it cannot read [`MatchedPath`] itself).
+#[derive(Clone)]
+struct RouteName(String);
+
+async fn name_route(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let mut response = next.run(req).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteName(route));
+    }
+    response
+}
+
+/// A client's `x-request-id` is logged at most this long.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The span, the access log line and the latency sample of every request.
+async fn observe(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let (request_id, parent) = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let id: String = header("x-request-id")
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_REQUEST_ID)
+            .collect();
+        (id, TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE)))
+    };
+    let span = tracing::info_span!(
+        "http_request",
+        method = %method,
+        path = %req.uri().path(),
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
+    let trace = platform::trace::continue_trace(&span, &parent);
+    req.extensions_mut().insert(RequestTrace(trace));
+    let response = next.run(req).instrument(span.clone()).await;
+    let route = response
+        .extensions()
+        .get::<RouteName>()
+        .map_or("unmatched", |r| r.0.as_str());
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    app.ops
+        .metrics
+        .http_request(method.as_str(), route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            target: "http_access",
+            route,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request served"
+        )
+    });
+    response
 }
 
 /// `Json` whose rejections are [`ApiError`]s (JSON bodies with clear messages).

@@ -4,13 +4,13 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, RequestTrace};
 use crate::saga::{engine, SagaState};
 use crate::store::Created;
 
@@ -135,17 +135,30 @@ struct Accepted {
 
 async fn create_order(
     State(app): State<AppState>,
+    request: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     ApiJson(order): ApiJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let amount_cents = order.validate()?;
     let saga_id = Uuid::new_v4();
-    let span =
-        tracing::info_span!("create_order", saga_id = %saga_id, customer_id = %order.customer_id);
+    let span = tracing::info_span!(
+        "create_order",
+        saga_id = %saga_id,
+        saga_type = %app.definition.saga_type,
+        customer_id = %order.customer_id,
+        trace_id = tracing::field::Empty,
+    );
+    // The saga is one trace, rooted in the request that started it.
+    let parent = request.map(|Extension(RequestTrace(t))| t).unwrap_or_default();
+    let trace = platform::trace::continue_trace(&span, &parent);
     async move {
         let input = saga_input(&order, amount_cents);
-        let (state, messages) = engine::start(&app.definition, &app.policy, saga_id, input, platform::time::now_ms());
+        let (mut state, mut messages) = engine::start(&app.definition, &app.policy, saga_id, input, platform::time::now_ms());
+        state.trace = trace.clone();
+        for m in &mut messages {
+            m.trace = trace.clone();
+        }
         let created = app
             .intake
             .create(state.clone(), order.customer_id.clone(), key.clone(), messages)

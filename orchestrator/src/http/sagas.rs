@@ -44,6 +44,8 @@ pub struct SagaView {
     completed_at: Option<String>,
     /// When a saga still running is compensated.
     deadline_at: Option<String>,
+    /// The W3C trace id every message of the saga carries (find the saga in a tracing UI).
+    trace_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +113,7 @@ impl From<&SagaState> for SagaView {
                 SagaStatus::Started => s.deadline_at.map(time),
                 _ => None,
             },
+            trace_id: s.trace.trace_id(),
         }
     }
 }
@@ -225,10 +228,19 @@ async fn command(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let saga_id = parse_id(id)?;
     let now = platform::time::now_ms();
+    // What the command sends continues the saga's own trace (not the request's).
+    let span = tracing::info_span!(
+        "saga_command",
+        saga_id = %saga_id,
+        saga_type = %app.definition.saga_type,
+        command = verb,
+        trace_id = tracing::field::Empty,
+    );
     let outcome = app
         .store
         .transition(saga_id, now, |s| {
-            apply(&app.definition, &app.policy, s, now)
+            let trace = platform::trace::continue_trace(&span, &s.trace);
+            apply(&app.definition, &app.policy, s, now).traced(&trace)
         })
         .await?;
     respond(app, saga_id, outcome, verb).await

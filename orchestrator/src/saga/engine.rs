@@ -8,7 +8,7 @@
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use platform::Envelope;
+use platform::{Envelope, TraceContext};
 
 use super::definition::{CommandSpec, SagaDefinition};
 use super::state::{
@@ -84,6 +84,9 @@ impl<'a> From<&'a Envelope> for Reply<'a> {
 pub struct Outgoing {
     pub topic: String,
     pub envelope: Envelope,
+    /// The trace context the message is sent with. The engine leaves it empty (it knows nothing
+    /// of spans); the shell fills it in with the context of the span that handled the input.
+    pub trace: TraceContext,
 }
 
 /// Why an input changed nothing. None of these is an error: at-least-once delivery makes
@@ -118,6 +121,18 @@ pub enum Decision {
     Ignored(Ignored),
 }
 
+impl Decision {
+    /// Stamps every message of the decision with `trace` (the span that made it).
+    pub fn traced(mut self, trace: &TraceContext) -> Self {
+        if let Decision::Applied { messages, .. } = &mut self {
+            for m in messages {
+                m.trace = trace.clone();
+            }
+        }
+        self
+    }
+}
+
 /// Starts a saga: the first step's command, and a `saga.started` event.
 pub fn start(
     def: &SagaDefinition,
@@ -140,6 +155,7 @@ pub fn start(
         created_at: now,
         updated_at: now,
         completed_at: None,
+        trace: TraceContext::default(),
     };
     let mut m = Machine {
         def,
@@ -561,6 +577,7 @@ impl Machine<'_> {
                 timestamp: platform::time::rfc3339(now),
                 payload: Value::Object(payload),
             },
+            trace: TraceContext::default(),
         });
     }
 
@@ -690,6 +707,7 @@ impl Machine<'_> {
                     "error": state.compensation_error.as_ref().or(state.error.as_ref()),
                 }),
             },
+            trace: TraceContext::default(),
         });
     }
 }

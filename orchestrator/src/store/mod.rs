@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use platform::db::{self, Db, Engine, Migrations};
-use platform::Envelope;
+use platform::metrics::Metrics;
+use platform::{Envelope, TraceContext};
 
+use crate::observe::{self, Before};
 use crate::saga::engine::Outgoing;
 use crate::saga::{Decision, Ignored, SagaState, SagaStatus};
 use crate::{Error, Result};
@@ -77,6 +79,8 @@ pub struct OutboxRow {
     pub topic: String,
     pub key: String,
     pub payload: String,
+    /// Sent as the message's `traceparent` / `tracestate` headers.
+    pub trace: TraceContext,
 }
 
 /// Outbox rows claimed by one relay round; see [`SagaStore::claim_unsent`].
@@ -97,14 +101,21 @@ pub struct Pruned {
 pub struct SagaStore {
     db: Db,
     watchers: watch::Watchers,
+    /// Counts what committed transitions did (see [`observe`]).
+    metrics: Metrics,
 }
 
 impl SagaStore {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Db, metrics: Metrics) -> Self {
         SagaStore {
             db,
             watchers: Default::default(),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Like [`Self::get`], but if the saga has not ended yet, waits up to `wait` for it to end.
@@ -220,6 +231,7 @@ impl SagaStore {
         let mut results = Vec::with_capacity(sagas.len());
         for saga in sagas {
             if is_new(saga) {
+                observe::started(&self.metrics, &saga.state);
                 results.push(Ok(Created::New));
                 continue;
             }
@@ -339,6 +351,7 @@ impl SagaStore {
         ids.dedup();
         // saga id -> (version read, current state, transitions applied)
         let mut sagas: HashMap<Uuid, (i64, SagaState, i64)> = HashMap::new();
+        let mut before: HashMap<Uuid, Before> = HashMap::new();
         if !ids.is_empty() {
             // PostgreSQL: lock them now, in saga id order, so two instances handling replies
             // of the same sagas (a rebalance) wait for each other instead of deadlocking.
@@ -356,6 +369,7 @@ impl SagaStore {
             }
             for row in q.fetch_all(&mut *tx).await? {
                 let state = decode(&row)?;
+                before.insert(state.saga_id, Before::of(&state));
                 sagas.insert(state.saga_id, (row.try_get("version")?, state, 0));
             }
         }
@@ -419,6 +433,18 @@ impl SagaStore {
         for state in ended {
             self.ended(state);
         }
+        let duplicates = outcomes
+            .iter()
+            .filter(|o| **o == ReplyOutcome::Duplicate)
+            .count();
+        if duplicates > 0 {
+            self.metrics.inbox_duplicates.inc_by(duplicates as u64);
+        }
+        for (_, state, applied) in sagas.values() {
+            if let (true, Some(b)) = (*applied > 0, before.get(&state.saga_id)) {
+                observe::observe(&self.metrics, b, state);
+            }
+        }
         Ok(outcomes)
     }
 
@@ -433,12 +459,13 @@ impl SagaStore {
         let mut tx = self.db.writer.begin().await?;
         let outcome = transition_in(&mut tx, self.db.engine, saga_id, now, decide).await?;
         match outcome {
-            Some(Ok((state, messages))) => {
+            Some(Ok((before, state, messages))) => {
                 if has_ended(&state) {
                     self.announce_ended(&mut tx, &[&state]).await?;
                 }
                 tx.commit().await?;
                 self.ended(&state);
+                observe::observe(&self.metrics, &before, &state);
                 Ok(Some(Changed::Yes {
                     status: state.status,
                     messages,
@@ -483,7 +510,7 @@ impl SagaStore {
             Engine::Postgres => {
                 let mut tx = self.db.writer.begin().await?;
                 let rows = sqlx::query(
-                    "SELECT id, topic, msg_key, payload FROM outbox o WHERE sent_at IS NULL \
+                    "SELECT id, topic, msg_key, payload, traceparent, tracestate FROM outbox o WHERE sent_at IS NULL \
                      AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.topic = o.topic AND e.msg_key = o.msg_key \
                                      AND e.sent_at IS NULL AND e.id < o.id) \
                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -498,7 +525,7 @@ impl SagaStore {
             }
             Engine::Sqlite => {
                 let rows = sqlx::query(
-                    "SELECT id, topic, msg_key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                    "SELECT id, topic, msg_key, payload, traceparent, tracestate FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&self.db.writer)
@@ -551,6 +578,17 @@ impl SagaStore {
         Ok(Pruned { outbox, inbox })
     }
 
+    /// How many outbox rows are not published yet, and when the oldest was written (for the
+    /// outbox gauges, read at each scrape).
+    pub async fn outbox_backlog(&self) -> Result<(i64, Option<i64>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.db.reader)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+
     /// Number of outbox rows not yet published (for tests and health checks).
     pub async fn unsent_count(&self) -> Result<i64> {
         count(
@@ -570,7 +608,7 @@ async fn transition_in(
     saga_id: Uuid,
     now: i64,
     decide: impl FnOnce(&SagaState) -> Decision,
-) -> Result<Option<std::result::Result<(SagaState, usize), Ignored>>> {
+) -> Result<Option<std::result::Result<(Before, SagaState, usize), Ignored>>> {
     let row = sqlx::query("SELECT saga_id, state, version FROM sagas WHERE saga_id = $1")
         .bind(saga_id.to_string())
         .fetch_optional(&mut **tx)
@@ -584,7 +622,7 @@ async fn transition_in(
             let changed = (version, state, 1);
             update_sagas(tx, engine, &[&changed]).await?;
             insert_outbox(tx, engine, &messages, now).await?;
-            Ok(Some(Ok((changed.1, messages.len()))))
+            Ok(Some(Ok((Before::of(&current), changed.1, messages.len()))))
         }
     }
 }
@@ -620,6 +658,10 @@ fn outbox_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<OutboxRow>> {
                 topic: r.try_get("topic")?,
                 key: r.try_get("msg_key")?,
                 payload: r.try_get("payload")?,
+                trace: TraceContext {
+                    traceparent: r.try_get("traceparent")?,
+                    tracestate: r.try_get("tracestate")?,
+                },
             })
         })
         .collect()
@@ -638,8 +680,8 @@ async fn insert_outbox(
     // One statement for all: rows keep the order of `messages` (ids are assigned in order).
     for chunk in messages.chunks(OUTBOX_ROWS_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES {}",
-            engine.values(chunk.len(), 5)
+            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at, traceparent, tracestate) VALUES {}",
+            engine.values(chunk.len(), 7)
         );
         let mut q = db::dynamic(&sql);
         for m in chunk {
@@ -648,7 +690,9 @@ async fn insert_outbox(
                 .bind(&m.topic)
                 .bind(m.envelope.key())
                 .bind(m.envelope.to_json())
-                .bind(now);
+                .bind(now)
+                .bind(m.trace.traceparent.as_deref())
+                .bind(m.trace.tracestate.as_deref());
         }
         q.execute(&mut **tx).await?;
     }
@@ -656,7 +700,7 @@ async fn insert_outbox(
 }
 
 /// Rows per multi-row outbox insert: well under SQLite's and PostgreSQL's bound-parameter limits.
-const OUTBOX_ROWS_PER_INSERT: usize = 1_000;
+const OUTBOX_ROWS_PER_INSERT: usize = 1_000; // 7 parameters each
 
 /// Stores each `(version read, new state, transitions)` over the version that was read, counting
 /// `transitions` new versions, in one statement (one round trip however many sagas a batch of

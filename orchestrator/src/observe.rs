@@ -1,0 +1,164 @@
+//! Where sagas are measured: the metrics of a saga are read off what a committed transition
+//! changed (the state before and after), not counted inside the engine, so the engine stays pure
+//! and a transition that rolls back (a version conflict, retried on fresh state) counts nothing.
+
+use platform::metrics::{
+    CompensationFailureLabels, EndLabels, Metrics, SagaLabels, StepLabels, StepOutcomeLabels,
+};
+
+use crate::saga::{SagaState, SagaStatus, StepKind, StepStatus};
+
+/// What [`observe`] needs of the state before a transition: small, so a batch keeps one per saga
+/// without cloning whole states.
+#[derive(Debug, Clone)]
+pub struct Before {
+    status: SagaStatus,
+    /// Per step record: whether it had finished, and how many of its attempts had an outcome and
+    /// how many were logged at all.
+    steps: Vec<StepMark>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StepMark {
+    finished: bool,
+    logged: usize,
+    closed: usize,
+}
+
+impl Before {
+    pub fn of(state: &SagaState) -> Self {
+        Before {
+            status: state.status,
+            steps: state
+                .steps
+                .iter()
+                .map(|r| StepMark {
+                    finished: r.finished_at.is_some(),
+                    logged: r.attempt_log.len(),
+                    closed: r.attempt_log.iter().filter(|a| a.outcome.is_some()).count(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A saga was stored for the first time.
+pub fn started(metrics: &Metrics, state: &SagaState) {
+    metrics
+        .sagas_started
+        .get_or_create(&SagaLabels {
+            saga_type: state.saga_type.clone(),
+        })
+        .inc();
+}
+
+/// Counts what the committed transition from `before` to `after` did.
+pub fn observe(metrics: &Metrics, before: &Before, after: &SagaState) {
+    let saga_type = &after.saga_type;
+    if is_final(after.status) && after.status != before.status {
+        let labels = EndLabels {
+            saga_type: saga_type.clone(),
+            status: after.status.as_str().to_string(),
+        };
+        metrics.sagas_ended.get_or_create(&labels).inc();
+        if let Some(end) = after.completed_at {
+            metrics
+                .saga_duration
+                .get_or_create(&labels)
+                .observe(seconds(end - after.created_at));
+        }
+    }
+    for (i, record) in after.steps.iter().enumerate() {
+        let mark = before.steps.get(i).copied().unwrap_or(StepMark {
+            finished: false,
+            logged: 0,
+            closed: 0,
+        });
+        let step_labels = || StepLabels {
+            saga_type: saga_type.clone(),
+            step: record.name.clone(),
+        };
+        // Sendings after the first are re-sends (the first is in the record's first attempt).
+        let resent = record
+            .attempt_log
+            .iter()
+            .skip(mark.logged)
+            .filter(|a| a.number > 1)
+            .count();
+        if resent > 0 {
+            metrics
+                .command_resends
+                .get_or_create(&step_labels())
+                .inc_by(resent as u64);
+        }
+        if record.kind == StepKind::Compensation {
+            // Attempts that ended without a confirmation: refused, or unanswered.
+            let newly_closed = record.attempt_log.iter().filter(|a| a.outcome.is_some()).count();
+            if newly_closed > mark.closed {
+                for a in record
+                    .attempt_log
+                    .iter()
+                    .filter(|a| a.outcome.is_some())
+                    .skip(mark.closed)
+                {
+                    let outcome = a.outcome.as_deref().unwrap_or_default();
+                    let reason = if outcome.starts_with("failed") {
+                        "refused"
+                    } else if outcome == "timed out" {
+                        "timed_out"
+                    } else {
+                        continue;
+                    };
+                    metrics
+                        .compensation_failures
+                        .get_or_create(&CompensationFailureLabels {
+                            saga_type: saga_type.clone(),
+                            step: record.name.clone(),
+                            reason: reason.to_string(),
+                        })
+                        .inc();
+                }
+            }
+        }
+        let (Some(finished_at), false) = (record.finished_at, mark.finished) else {
+            continue;
+        };
+        let outcome = match record.status {
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+            StepStatus::Running => continue,
+        };
+        let kind = match record.kind {
+            StepKind::Forward => "forward",
+            StepKind::Compensation => "compensation",
+        };
+        let labels = StepOutcomeLabels {
+            saga_type: saga_type.clone(),
+            step: record.name.clone(),
+            kind: kind.to_string(),
+            outcome: outcome.to_string(),
+        };
+        metrics
+            .step_duration
+            .get_or_create(&labels)
+            .observe(seconds(finished_at - record.started_at));
+        match record.kind {
+            StepKind::Compensation => metrics.compensations.get_or_create(&labels).inc(),
+            StepKind::Forward if record.outcome_unknown => {
+                metrics.step_give_ups.get_or_create(&step_labels()).inc()
+            }
+            StepKind::Forward => 0,
+        };
+    }
+}
+
+fn is_final(status: SagaStatus) -> bool {
+    matches!(
+        status,
+        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Failed
+    )
+}
+
+fn seconds(ms: i64) -> f64 {
+    ms.max(0) as f64 / 1000.0
+}
