@@ -11,7 +11,7 @@ use platform::db::{Db, SqliteSync};
 use platform::kafka::{DeadLetters, KafkaSettings};
 use platform::{Ops, Topics};
 
-use crate::http::{self, AppState};
+use crate::http::{self, AppParts, AppState};
 use crate::intake::Intake;
 use crate::pruner::Pruner;
 use crate::relay::Relay;
@@ -136,7 +136,7 @@ impl Orchestrator {
         ));
         let (intake, intake_task) = Intake::start(store.clone(), relay.clone());
         tasks.spawn(intake_task);
-        let app = http::router(AppState {
+        let app = http::router(AppState::new(AppParts {
             store: store.clone(),
             intake,
             definition,
@@ -144,7 +144,7 @@ impl Orchestrator {
             relay,
             producer,
             ops: ops.clone(),
-        });
+        }));
         let stop = cancel.clone();
         let health = ops.health.clone();
         tasks.spawn(async move {

@@ -628,9 +628,13 @@ pub async fn run_consumer<H: MessageHandler>(
     let (done, dead_lettered) = (handled("done"), handled("dead_lettered"));
     let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
     'receive: loop {
+        let waiting = unconfirmed.front().is_some_and(|f| f.delivery.is_some());
         let first = tokio::select! {
             _ = cancel.cancelled() => break,
             m = consumer.recv() => m,
+            // Nothing new to read: store the offsets of replies confirmed meanwhile, so an idle
+            // consumer commits its last message instead of keeping it until the next one.
+            _ = confirm_next(&consumer, &mut unconfirmed), if waiting => continue,
         };
         let first = match first {
             Ok(m) => m,
@@ -719,6 +723,21 @@ async fn close(consumer: KafkaConsumer) {
             "the Kafka consumer did not close in time; going on without it"
         );
     }
+}
+
+/// Waits for the reply of the oldest handled message to be confirmed (or to fail), then stores
+/// its offset and those of every confirmed message after it. Cancel-safe: dropped while waiting,
+/// it leaves the queue as it was.
+async fn confirm_next(consumer: &KafkaConsumer, queue: &mut VecDeque<Unconfirmed>) {
+    if let Some(front) = queue.front_mut() {
+        if let Some(delivery) = front.delivery.as_mut() {
+            if !matches!(delivery.await, Ok(Ok(_))) {
+                tracing::warn!(topic = %front.topic, offset = front.offset, "reply not delivered");
+            }
+            front.delivery = None;
+        }
+    }
+    store_confirmed(consumer, queue, false).await;
 }
 
 /// Stores the offsets of the handled messages at the front of the queue whose replies are

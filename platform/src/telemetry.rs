@@ -71,7 +71,51 @@ pub fn init_with(service: &str, default_filter: &str) -> Result<Telemetry> {
     let format = LogFormat::from_env()?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let logs = match format {
+    let provider = otlp_provider(service)?;
+    let installed = match &provider {
+        // No OpenTelemetry: RUST_LOG filters globally, so whatever it leaves out (an info span
+        // when it says warn) is never even built.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(format))
+            .try_init()
+            .is_ok(),
+        // With it, each layer has its own filter: spans are exported whatever RUST_LOG keeps
+        // out of the logs, but only this system's own (not every HTTP client or driver span).
+        Some(p) => {
+            let ours = Targets::new()
+                .with_target("orchestrator", LevelFilter::INFO)
+                .with_target("services", LevelFilter::INFO)
+                .with_target("platform", LevelFilter::INFO)
+                .with_target("saga_system", LevelFilter::INFO);
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("saga-orchestrator"))
+                .with_filter(ours);
+            let ok = tracing_subscriber::registry()
+                .with(log_layer(format).with_filter(filter))
+                .with(otel)
+                .try_init()
+                .is_ok();
+            if ok {
+                crate::trace::set_otel_enabled();
+                tracing::info!("exporting traces over OTLP");
+            }
+            ok
+        }
+    };
+    if !installed {
+        // A second init in one process (tests): the first subscriber stays.
+        tracing::debug!("logging was already set up");
+    }
+    Ok(Telemetry { provider })
+}
+
+/// Log lines on stderr, as text or JSON.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .boxed(),
@@ -83,30 +127,6 @@ pub fn init_with(service: &str, default_filter: &str) -> Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed(),
     }
-    .with_filter(filter);
-    let provider = otlp_provider(service)?;
-    let otel = provider.as_ref().map(|p| {
-        // Its own filter: spans are exported whatever RUST_LOG keeps out of the logs, but only
-        // this system's own (not every HTTP client or driver span below them).
-        let ours = Targets::new()
-            .with_target("orchestrator", LevelFilter::INFO)
-            .with_target("services", LevelFilter::INFO)
-            .with_target("platform", LevelFilter::INFO)
-            .with_target("saga_system", LevelFilter::INFO);
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("saga-orchestrator"))
-            .with_filter(ours)
-    });
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(otel)
-        .try_init()
-        .is_ok();
-    if installed && provider.is_some() {
-        crate::trace::set_otel_enabled();
-        tracing::info!("exporting traces over OTLP");
-    }
-    Ok(Telemetry { provider })
 }
 
 /// The OTLP trace pipeline, if an endpoint is configured.

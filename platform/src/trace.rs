@@ -109,10 +109,17 @@ impl TraceContext {
     /// From header values as received; a malformed `traceparent` is ignored (and its
     /// `tracestate` with it), so a bad client starts a fresh trace rather than breaking one.
     pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
-        let parent = traceparent.and_then(TraceParent::parse);
-        match parent {
-            Some(p) => TraceContext {
-                traceparent: Some(p.header()),
+        let valid = traceparent
+            .map(str::trim)
+            .and_then(|t| Some((t, TraceParent::parse(t)?)));
+        match valid {
+            Some((raw, p)) => TraceContext {
+                // A version-00 value that parsed is canonical already: keep it as received.
+                traceparent: Some(if raw.starts_with("00-") {
+                    raw.to_string()
+                } else {
+                    p.header()
+                }),
                 tracestate: tracestate
                     .map(str::trim)
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE && s.is_ascii())
@@ -151,7 +158,11 @@ impl TraceContext {
 
     /// The trace id in hex, for logs and the API.
     pub fn trace_id(&self) -> Option<String> {
-        self.parent().map(|p| p.trace_id_hex())
+        // Only valid values are ever stored: the id is characters 3..35 of `00-<id>-...`.
+        self.traceparent
+            .as_deref()
+            .and_then(|t| t.get(3..35))
+            .map(str::to_string)
     }
 
     /// `headers` with this context added (none if empty).

@@ -94,12 +94,15 @@ pub fn free_addr() -> std::net::SocketAddr {
 impl TestApp {
     /// Starts (or restarts) one component as a process, configured by environment only.
     pub fn spawn_proc(&mut self, name: &'static str) {
-        let log = self.config.data_dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        // Logs go to stderr, what a program produces (notification lines) to stdout.
+        let open = |file: String| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.config.data_dir.join(file))
+                .unwrap()
+        };
+        let (log, out) = (open(format!("{name}.log")), open(format!("{name}.stdout")));
         let mut cmd = Command::new(binary(name));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -110,8 +113,8 @@ impl TestApp {
             .env("RUST_LOG", "warn,orchestrator=info,services=info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
+            .stdout(out)
+            .stderr(log);
         let p = self.config.policy;
         match name {
             instance if instance.starts_with("orchestrator") => {
@@ -158,6 +161,15 @@ impl TestApp {
                 self.log_tail(c, 15)
             );
         }
+    }
+
+    /// Everything process `name` logged (stderr) and printed (stdout) so far.
+    pub fn proc_output(&self, name: &str) -> (String, String) {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.config.data_dir.join(format!("{name}.{ext}")))
+                .unwrap_or_default()
+        };
+        (read("log"), read("stdout"))
     }
 
     /// The last `lines` lines of process `name`'s log, newest first.

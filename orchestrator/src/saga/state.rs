@@ -160,8 +160,9 @@ pub struct SagaState {
     pub updated_at: i64,
     pub completed_at: Option<i64>,
     /// The trace the saga belongs to: the context of the request that started it. Work not
-    /// caused by a message (deadlines, cancel, retry) continues this trace.
-    #[serde(default, skip_serializing_if = "TraceContext::is_empty")]
+    /// caused by a message (deadlines, cancel, retry) continues this trace. Stored in columns of
+    /// its own (set once), not in the JSON that every transition rewrites.
+    #[serde(skip)]
     pub trace: TraceContext,
 }
 

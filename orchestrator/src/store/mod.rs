@@ -193,9 +193,9 @@ impl SagaStore {
         }
         let mut tx = self.db.writer.begin().await?;
         let sql = format!(
-            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at) \
+            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at, traceparent, tracestate) \
              VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING saga_id",
-            self.db.engine.values(sagas.len(), 10)
+            self.db.engine.values(sagas.len(), 12)
         );
         let mut q = db::dynamic(&sql);
         for saga in sagas {
@@ -210,7 +210,9 @@ impl SagaStore {
                 .bind(1_i64)
                 .bind(state.created_at)
                 .bind(state.updated_at)
-                .bind(state.next_wake());
+                .bind(state.next_wake())
+                .bind(state.trace.traceparent.as_deref())
+                .bind(state.trace.tracestate.as_deref());
         }
         let inserted: std::collections::HashSet<String> = q
             .fetch_all(&mut *tx)
@@ -247,7 +249,7 @@ impl SagaStore {
     }
 
     pub async fn by_idempotency_key(&self, key: &str) -> Result<Option<SagaState>> {
-        let row = sqlx::query("SELECT saga_id, state FROM sagas WHERE idempotency_key = $1")
+        let row = sqlx::query("SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(&self.db.writer)
             .await?;
@@ -255,7 +257,7 @@ impl SagaStore {
     }
 
     pub async fn get(&self, saga_id: Uuid) -> Result<Option<SagaState>> {
-        let row = sqlx::query("SELECT saga_id, state FROM sagas WHERE saga_id = $1")
+        let row = sqlx::query("SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE saga_id = $1")
             .bind(saga_id.to_string())
             .fetch_optional(&self.db.reader)
             .await?;
@@ -267,7 +269,7 @@ impl SagaStore {
         let rows = match status {
             Some(status) => {
                 sqlx::query(
-                    "SELECT saga_id, state FROM sagas WHERE status = $1 ORDER BY created_at DESC, saga_id DESC LIMIT $2",
+                    "SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE status = $1 ORDER BY created_at DESC, saga_id DESC LIMIT $2",
                 )
                 .bind(status.as_str())
                 .bind(limit)
@@ -275,7 +277,7 @@ impl SagaStore {
                 .await?
             }
             None => {
-                sqlx::query("SELECT saga_id, state FROM sagas ORDER BY created_at DESC, saga_id DESC LIMIT $1")
+                sqlx::query("SELECT saga_id, state, traceparent, tracestate FROM sagas ORDER BY created_at DESC, saga_id DESC LIMIT $1")
                     .bind(limit)
                     .fetch_all(&self.db.reader)
                     .await?
@@ -360,7 +362,7 @@ impl SagaStore {
                 Engine::Sqlite => "",
             };
             let sql = format!(
-                "SELECT saga_id, state, version FROM sagas WHERE saga_id IN ({}){lock}",
+                "SELECT saga_id, state, version, traceparent, tracestate FROM sagas WHERE saga_id IN ({}){lock}",
                 self.db.engine.placeholders(1, ids.len())
             );
             let mut q = db::dynamic(&sql);
@@ -609,7 +611,7 @@ async fn transition_in(
     now: i64,
     decide: impl FnOnce(&SagaState) -> Decision,
 ) -> Result<Option<std::result::Result<(Before, SagaState, usize), Ignored>>> {
-    let row = sqlx::query("SELECT saga_id, state, version FROM sagas WHERE saga_id = $1")
+    let row = sqlx::query("SELECT saga_id, state, version, traceparent, tracestate FROM sagas WHERE saga_id = $1")
         .bind(saga_id.to_string())
         .fetch_optional(&mut **tx)
         .await?;
@@ -768,8 +770,14 @@ fn to_json(state: &SagaState) -> String {
 fn decode(row: &sqlx::any::AnyRow) -> Result<SagaState> {
     let id: String = row.try_get("saga_id")?;
     let json: String = row.try_get("state")?;
-    serde_json::from_str(&json).map_err(|source| Error::CorruptState {
+    let mut state: SagaState = serde_json::from_str(&json).map_err(|source| Error::CorruptState {
         saga_id: id,
         source,
-    })
+    })?;
+    // Kept beside the JSON, not in it: written once, never rewritten by a transition.
+    state.trace = TraceContext {
+        traceparent: row.try_get("traceparent")?,
+        tracestate: row.try_get("tracestate")?,
+    };
+    Ok(state)
 }

@@ -1,0 +1,158 @@
+//! Running on secured infrastructure: PostgreSQL over TLS, and settings that cannot work fail
+//! at start with one line naming the setting, never a hang.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::procs::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_completes_with_every_component_on_postgres_over_tls() {
+    let tls = format!("{}?sslmode=require", required_postgres().split('?').next().unwrap());
+    let app = spawn_processes_on(Some(tls), &[], 1).await;
+    let id = app.start_saga("c-1").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+    // The server says the connections of the orchestrator and of a service are encrypted.
+    let server = app.db("orchestrator").await;
+    for component in ["orchestrator", "orders"] {
+        let url = app.config.database_url(component).unwrap();
+        let name = url.split('?').next().unwrap().rsplit('/').next().unwrap().to_string();
+        let (tls, plain) = (
+            count(
+                &server,
+                "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE s.ssl AND a.datname = $1 AND a.pid <> pg_backend_pid()",
+                &name,
+            )
+            .await,
+            count(
+                &server,
+                "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE NOT s.ssl AND a.datname = $1 AND a.pid <> pg_backend_pid()",
+                &name,
+            )
+            .await,
+        );
+        assert!(tls > 0, "{component}: no TLS connection to {name}");
+        assert_eq!(plain, 0, "{component}: {plain} connections to {name} without TLS");
+    }
+}
+
+/// Runs the orchestrator binary with `env` until it exits (at most `limit`); returns its exit
+/// code, how long it ran, and its stderr.
+fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, Duration, String) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("CREATE_TOPICS", "false")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status.code(), started.elapsed(), err);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the orchestrator hung for {limit:?} with {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `error: ...` line a failed start prints.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
+    let app = spawn_app_on(None, &[NO_IN_PROCESS], fast_policy(), Default::default()).await;
+    let brokers = app.kafka.bootstrap_servers().to_string();
+    let sqlite = app.config.database_url("orchestrator").unwrap();
+    let pg = required_postgres();
+    let pg = pg.split('?').next().unwrap();
+    // The same server as a role that does not exist.
+    let server = pg.split_once("://").unwrap().1;
+    let server = server.rsplit_once('@').map_or(server, |(_, host)| host);
+    let nobody = format!("postgres://no_such_role_x@{server}");
+    let missing_ca = format!("{pg}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
+    let cases: Vec<(Vec<(&str, &str)>, &[&str])> = vec![
+        // TLS against a plaintext listener: the cluster never answers a TLS handshake.
+        (
+            vec![
+                ("KAFKA_BROKERS", &brokers),
+                ("KAFKA_CONFIG", "security.protocol=SSL"),
+                ("KAFKA_STARTUP_TIMEOUT", "3s"),
+                ("DATABASE_URL", &sqlite),
+            ],
+            &["KAFKA_BROKERS", "security.protocol"],
+        ),
+        (
+            vec![
+                ("KAFKA_BROKERS", &brokers),
+                ("KAFKA_CONFIG", "security.protocol=SASL_SSL,sasl.mechanism=NOPE"),
+                ("DATABASE_URL", &sqlite),
+            ],
+            &["KAFKA_CONFIG", "NOPE"],
+        ),
+        (
+            vec![
+                ("KAFKA_BROKERS", &brokers),
+                ("KAFKA_CONFIG", "security.protocol=SSL,ssl.ca.location=/nonexistent/ca.pem"),
+                ("DATABASE_URL", &sqlite),
+            ],
+            &["KAFKA_CONFIG", "ssl.ca.location"],
+        ),
+        // Nothing listens there.
+        (
+            vec![
+                ("KAFKA_BROKERS", "127.0.0.1:1"),
+                ("KAFKA_STARTUP_TIMEOUT", "2s"),
+                ("DATABASE_URL", &sqlite),
+            ],
+            &["KAFKA_BROKERS=127.0.0.1:1"],
+        ),
+        (
+            vec![("KAFKA_BROKERS", &brokers), ("DATABASE_URL", &nobody)],
+            &["DATABASE_URL", "no_such_role_x"],
+        ),
+        (
+            vec![("KAFKA_BROKERS", &brokers), ("DATABASE_URL", &missing_ca)],
+            &["DATABASE_URL", "/nonexistent/ca.pem"],
+        ),
+        (
+            vec![
+                ("KAFKA_BROKERS", &brokers),
+                ("DATABASE_URL", &sqlite),
+                ("LOG_FORMAT", "yaml"),
+            ],
+            &["LOG_FORMAT"],
+        ),
+    ];
+    for (env, named) in cases {
+        let (code, took, stderr) = run_orchestrator(&env, Duration::from_secs(40));
+        assert_eq!(code, Some(1), "{env:?}: {stderr}");
+        let line = error_line(&stderr);
+        for name in named {
+            assert!(line.contains(name), "{env:?}: {line:?} does not name {name}");
+        }
+        assert!(took < Duration::from_secs(20), "{env:?} took {took:?}");
+    }
+}
