@@ -73,9 +73,7 @@ impl Orchestrator {
         let relay = Relay::new(store.clone(), producer.clone());
         let reply_topics = create_order::reply_topics(&config.topics);
         let topic_refs: Vec<&str> = reply_topics.iter().map(String::as_str).collect();
-        let consumer = config
-            .kafka
-            .consumer(&config.group_id, &topic_refs, &ops)?;
+        let consumer = config.kafka.consumer(&config.group_id, &topic_refs, &ops)?;
         let dead_letters = DeadLetters::new(
             producer.clone(),
             &config.topics.dead_letter.name,

@@ -93,7 +93,11 @@ pub fn observe(metrics: &Metrics, before: &Before, after: &SagaState) {
         }
         if record.kind == StepKind::Compensation {
             // Attempts that ended without a confirmation: refused, or unanswered.
-            let newly_closed = record.attempt_log.iter().filter(|a| a.outcome.is_some()).count();
+            let newly_closed = record
+                .attempt_log
+                .iter()
+                .filter(|a| a.outcome.is_some())
+                .count();
             if newly_closed > mark.closed {
                 for a in record
                     .attempt_log
@@ -155,10 +159,149 @@ pub fn observe(metrics: &Metrics, before: &Before, after: &SagaState) {
 fn is_final(status: SagaStatus) -> bool {
     matches!(
         status,
-        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Failed
+        SagaStatus::Completed
+            | SagaStatus::Compensated
+            | SagaStatus::Cancelled
+            | SagaStatus::Failed
     )
 }
 
 fn seconds(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::saga::create_order;
+    use crate::saga::engine::{self, Decision, Policy, Reply};
+
+    fn apply(metrics: &Metrics, state: &SagaState, d: Decision) -> SagaState {
+        match d {
+            Decision::Applied { state: next, .. } => {
+                observe(metrics, &Before::of(state), &next);
+                next
+            }
+            Decision::Ignored(why) => panic!("ignored: {why:?}"),
+        }
+    }
+
+    fn reply(state: &SagaState, t: &str) -> Decision {
+        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let payload = json!({});
+        engine::on_reply(
+            &def,
+            &Policy::default(),
+            state,
+            Reply {
+                message_type: t,
+                causation_id: state.pending.map(|p| p.command_id),
+                payload: &payload,
+            },
+            Uuid::new_v4(),
+            state.updated_at + 250,
+        )
+    }
+
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+    }
+
+    #[test]
+    fn a_declined_payment_counts_one_end_its_steps_and_one_compensation() {
+        let m = Metrics::new();
+        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let (mut s, _) = engine::start(
+            &def,
+            &Policy::default(),
+            Uuid::new_v4(),
+            Default::default(),
+            1_000,
+        );
+        started(&m, &s);
+        for t in [
+            "order.created",
+            "user.payment_info_retrieved",
+            "payment.failed",
+            "order.cancelled",
+        ] {
+            let d = reply(&s, t);
+            s = apply(&m, &s, d);
+        }
+        assert_eq!(s.status, SagaStatus::Compensated);
+        let text = m.render();
+        let co = "saga_type=\"create_order\"";
+        assert_eq!(
+            value(&text, &format!("saga_started_total{{{co}}}")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("saga_ended_total{{{co},status=\"COMPENSATED\"}}")
+            )
+            .as_deref(),
+            Some("1")
+        );
+        // 4 transitions of 250 ms: 1 s from start to end.
+        assert_eq!(
+            value(
+                &text,
+                &format!("saga_duration_seconds_sum{{{co},status=\"COMPENSATED\"}}")
+            )
+            .as_deref(),
+            Some("1.0")
+        );
+        assert_eq!(
+            value(&text, &format!("saga_step_duration_seconds_count{{{co},step=\"authorize_payment\",kind=\"forward\",outcome=\"failed\"}}")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(&text, &format!("saga_compensations_total{{{co},step=\"cancel_order\",kind=\"compensation\",outcome=\"completed\"}}")).as_deref(),
+            Some("1")
+        );
+        assert!(!text.contains("saga_command_resends_total{"), "{text}");
+    }
+
+    #[test]
+    fn re_sends_and_a_give_up_are_counted_once_each() {
+        let m = Metrics::new();
+        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let policy = Policy {
+            max_attempts: 3,
+            ..Policy::default()
+        };
+        let (mut s, _) = engine::start(&def, &policy, Uuid::new_v4(), Default::default(), 0);
+        // No reply to create_order: two re-sends, then the step is given up.
+        while s.status == SagaStatus::Started {
+            let now = s.pending.unwrap().deadline_at;
+            let d = engine::on_timer(&def, &policy, &s, now);
+            s = apply(&m, &s, d);
+        }
+        let text = m.render();
+        let labels = "saga_type=\"create_order\",step=\"create_order\"";
+        assert_eq!(
+            value(&text, &format!("saga_command_resends_total{{{labels}}}")).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            value(&text, &format!("saga_step_give_ups_total{{{labels}}}")).as_deref(),
+            Some("1")
+        );
+        // Observing the same state again counts nothing more.
+        observe(&m, &Before::of(&s), &s);
+        assert_eq!(
+            value(
+                &m.render(),
+                &format!("saga_command_resends_total{{{labels}}}")
+            )
+            .as_deref(),
+            Some("2")
+        );
+    }
 }

@@ -53,7 +53,11 @@ impl MessageHandler for ReplyHandler {
 impl ReplyHandler {
     /// The span a reply is handled in: it continues the trace of the message (the span of the
     /// participant that sent it), and the commands it causes carry its context.
-    fn span(&self, reply: &Envelope, message: &BorrowedMessage<'_>) -> (tracing::Span, TraceContext) {
+    fn span(
+        &self,
+        reply: &Envelope,
+        message: &BorrowedMessage<'_>,
+    ) -> (tracing::Span, TraceContext) {
         let span = tracing::info_span!(
             "reply",
             saga_id = %reply.correlation_id,
@@ -65,7 +69,8 @@ impl ReplyHandler {
             offset = message.offset(),
             trace_id = tracing::field::Empty,
         );
-        let trace = platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
+        let trace =
+            platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
         (span, trace)
     }
 

@@ -116,13 +116,19 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect(url)
                     .await
-                    .map_err(Error::db(format!("connecting to DATABASE_URL={}", redact(url))))?;
+                    .map_err(Error::db(format!(
+                        "connecting to DATABASE_URL={}",
+                        redact(url)
+                    )))?;
                 migrations.sqlite.run(&writer).await?;
                 let reader = options()
                     .max_connections(4)
                     .connect(url)
                     .await
-                    .map_err(Error::db(format!("connecting to DATABASE_URL={}", redact(url))))?;
+                    .map_err(Error::db(format!(
+                        "connecting to DATABASE_URL={}",
+                        redact(url)
+                    )))?;
                 Db {
                     writer,
                     reader,
@@ -135,7 +141,10 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect(url)
                     .await
-                    .map_err(Error::db(format!("connecting to DATABASE_URL={}", redact(url))))?;
+                    .map_err(Error::db(format!(
+                        "connecting to DATABASE_URL={}",
+                        redact(url)
+                    )))?;
                 migrations.postgres.run(&pool).await?;
                 Db {
                     writer: pool.clone(),

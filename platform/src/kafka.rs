@@ -15,7 +15,9 @@ use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -217,7 +219,9 @@ impl KafkaSettings {
         let shown: Vec<String> = self
             .overrides
             .iter()
-            .filter(|(k, _)| k == "security.protocol" || k == "sasl.mechanism" || k == "sasl.mechanisms")
+            .filter(|(k, _)| {
+                k == "security.protocol" || k == "sasl.mechanism" || k == "sasl.mechanisms"
+            })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         if shown.is_empty() {
@@ -344,9 +348,12 @@ impl ClientContext for Observer {
 
 impl ConsumerContext for Observer {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let gauge = self.metrics.assigned_partitions.get_or_create(&GroupLabels {
-            group: self.group.clone(),
-        });
+        let gauge = self
+            .metrics
+            .assigned_partitions
+            .get_or_create(&GroupLabels {
+                group: self.group.clone(),
+            });
         let name = Self::check_name(&self.group);
         match rebalance {
             // With more members than partitions an empty assignment is normal: the process has
@@ -405,7 +412,11 @@ fn setting_to_check(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
     if e.contains("sasl") || e.contains("authenticat") || e.contains("credential") {
         "sasl.mechanism, sasl.username and sasl.password in KAFKA_CONFIG"
-    } else if e.contains("ssl") || e.contains("tls") || e.contains("certificate") || e.contains("handshake") {
+    } else if e.contains("ssl")
+        || e.contains("tls")
+        || e.contains("certificate")
+        || e.contains("handshake")
+    {
         "security.protocol and the ssl.* settings in KAFKA_CONFIG"
     } else {
         "KAFKA_BROKERS (and security.protocol in KAFKA_CONFIG)"
@@ -855,8 +866,16 @@ mod tests {
 
     #[test]
     fn errors_from_the_cluster_point_at_the_setting_to_check() {
-        assert!(setting_to_check("SASL authentication error: Authentication failed").contains("sasl.password"));
-        assert!(setting_to_check("SSL handshake failed: certificate verify failed").contains("ssl.*"));
-        assert!(setting_to_check("Connect to ipv4#127.0.0.1:1 failed: Connection refused").contains("KAFKA_BROKERS"));
+        assert!(
+            setting_to_check("SASL authentication error: Authentication failed")
+                .contains("sasl.password")
+        );
+        assert!(
+            setting_to_check("SSL handshake failed: certificate verify failed").contains("ssl.*")
+        );
+        assert!(
+            setting_to_check("Connect to ipv4#127.0.0.1:1 failed: Connection refused")
+                .contains("KAFKA_BROKERS")
+        );
     }
 }

@@ -340,7 +340,9 @@ impl Metrics {
                     pool: pool.to_string(),
                     state: state.to_string(),
                 };
-                self.pool_connections.get_or_create(&label("idle")).set(idle);
+                self.pool_connections
+                    .get_or_create(&label("idle"))
+                    .set(idle);
                 self.pool_connections
                     .get_or_create(&label("in_use"))
                     .set((size - idle).max(0));

@@ -84,8 +84,8 @@ pub async fn serve(
     })?;
     let app = router(ops);
     let task = tokio::spawn(async move {
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await });
         if let Err(e) = server.await {
             tracing::error!(error = %e, "metrics server stopped");
         }

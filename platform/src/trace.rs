@@ -13,9 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -52,7 +50,9 @@ impl TraceParent {
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let lower_hex = |p: &str, n: usize| {
-            p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         if !lower_hex(version, 2) || version == "ff" || !lower_hex(trace, 32) {
             return None;
@@ -206,7 +206,7 @@ pub fn continue_trace(span: &tracing::Span, parent: &TraceContext) -> TraceConte
             .map(|p| p.trace_id)
             .unwrap_or_else(|| fastrand::u128(1..)),
         span_id: fastrand::u64(1..),
-        sampled: remote.map_or(true, |p| p.sampled),
+        sampled: remote.is_none_or(|p| p.sampled),
     });
     span.record("trace_id", own.trace_id_hex().as_str());
     TraceContext {

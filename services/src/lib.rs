@@ -70,7 +70,11 @@ pub async fn run_standalone<S: runtime::CommandService>(
     let cancel = platform::shutdown::on_signal();
     let ops = platform::Ops::default();
     let metrics_server = match args.metrics_addr {
-        Some(addr) => Some(platform::ops::serve(addr, ops.clone(), cancel.clone()).await?.1),
+        Some(addr) => Some(
+            platform::ops::serve(addr, ops.clone(), cancel.clone())
+                .await?
+                .1,
+        ),
         None => None,
     };
     let config = ServiceConfig {
@@ -85,7 +89,10 @@ pub async fn run_standalone<S: runtime::CommandService>(
     };
     let service = runtime::start(service, &config, cancel.clone()).await?;
     platform::shutdown::run_bounded(&cancel, async {
-        tokio::join!(platform::health::not_ready_once(&ops.health, &cancel), service.wait());
+        tokio::join!(
+            platform::health::not_ready_once(&ops.health, &cancel),
+            service.wait()
+        );
         if let Some(server) = metrics_server {
             let _ = server.await;
         }

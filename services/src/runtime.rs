@@ -26,7 +26,7 @@ use tracing::Instrument;
 use platform::db::{self, Db, Engine, Migrations, SqliteSync};
 use platform::kafka::{dead_letter, DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::retry::{self, Retried};
-use platform::{Envelope, Ops, TopicSpec, TraceContext, Topics};
+use platform::{Envelope, Ops, TopicSpec, Topics, TraceContext};
 
 use crate::chaos::Chaos;
 use crate::{Error, Result};
@@ -119,10 +119,9 @@ pub async fn start<S: CommandService>(
     let ops = &config.ops;
     ops.metrics.watch_pool(S::NAME, &db);
     let producer = config.kafka.producer()?;
-    let consumer =
-        config
-            .kafka
-            .consumer(S::NAME, &[&S::commands(&config.topics).name], ops)?;
+    let consumer = config
+        .kafka
+        .consumer(S::NAME, &[&S::commands(&config.topics).name], ops)?;
     let dead_letters = DeadLetters::new(
         producer.clone(),
         &config.topics.dead_letter.name,
@@ -238,7 +237,11 @@ impl<S: CommandService> MessageHandler for Runner<S> {
 
 /// The span a command is handled in: it continues the trace of the command (the orchestrator's
 /// span that sent it), and the reply carries its context.
-fn span(service: &str, command: &Envelope, message: &BorrowedMessage<'_>) -> (tracing::Span, TraceContext) {
+fn span(
+    service: &str,
+    command: &Envelope,
+    message: &BorrowedMessage<'_>,
+) -> (tracing::Span, TraceContext) {
     let span = tracing::info_span!(
         "command",
         service,
@@ -247,7 +250,8 @@ fn span(service: &str, command: &Envelope, message: &BorrowedMessage<'_>) -> (tr
         message_id = %command.message_id,
         trace_id = tracing::field::Empty,
     );
-    let trace = platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
+    let trace =
+        platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
     (span, trace)
 }
 
@@ -403,7 +407,12 @@ impl<S: CommandService> Runner<S> {
 
     /// Sends the reply to `command`, through the chaos knobs (drop, duplicate, delay), with the
     /// trace context of the span that handled the command.
-    async fn respond(&self, command: &Envelope, reply: Envelope, trace: &TraceContext) -> Disposition {
+    async fn respond(
+        &self,
+        command: &Envelope,
+        reply: Envelope,
+        trace: &TraceContext,
+    ) -> Disposition {
         let kind = command.message_type.as_str();
         if self.chaos.drop_reply(kind) {
             tracing::info!(reply = %reply.message_type, "chaos: reply dropped");
@@ -436,7 +445,15 @@ impl<S: CommandService> Runner<S> {
         }
         let mut delivery = None;
         for _ in 0..copies {
-            match enqueue(&self.producer, &self.reply_topic, &reply, trace, &self.cancel).await {
+            match enqueue(
+                &self.producer,
+                &self.reply_topic,
+                &reply,
+                trace,
+                &self.cancel,
+            )
+            .await
+            {
                 Some(d) => delivery = Some(d),
                 None => return Disposition::Abandoned,
             }

@@ -41,7 +41,11 @@ async fn run(args: Args) -> Result<(), services::Error> {
     let cancel = platform::shutdown::on_signal();
     let ops = platform::Ops::default();
     let server = match args.metrics_addr {
-        Some(addr) => Some(platform::ops::serve(addr, ops.clone(), cancel.clone()).await?.1),
+        Some(addr) => Some(
+            platform::ops::serve(addr, ops.clone(), cancel.clone())
+                .await?
+                .1,
+        ),
         None => None,
     };
     let config = NotificationConfig {
@@ -53,7 +57,10 @@ async fn run(args: Args) -> Result<(), services::Error> {
     };
     let service = notification::start(config, cancel.clone()).await?;
     platform::shutdown::run_bounded(&cancel, async {
-        tokio::join!(platform::health::not_ready_once(&ops.health, &cancel), service.wait());
+        tokio::join!(
+            platform::health::not_ready_once(&ops.health, &cancel),
+            service.wait()
+        );
         if let Some(server) = server {
             let _ = server.await;
         }

@@ -15,5 +15,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    platform::shutdown::exit(services::run_standalone(services::order::OrderService, args.service).await)
+    platform::shutdown::exit(
+        services::run_standalone(services::order::OrderService, args.service).await,
+    )
 }

@@ -47,8 +47,13 @@ fn every_app_container_is_configured_probed_ordered_and_unprivileged() {
     for (name, s) in &apps {
         let env = &s["environment"];
         assert_eq!(env["KAFKA_BROKERS"], "kafka:9092", "{name}");
-        assert_ne!(env["CREATE_TOPICS"], "false", "{name} must create topics.json's topics");
-        let test = s["healthcheck"]["test"].as_array().unwrap_or_else(|| panic!("{name}: no healthcheck"));
+        assert_ne!(
+            env["CREATE_TOPICS"], "false",
+            "{name} must create topics.json's topics"
+        );
+        let test = s["healthcheck"]["test"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no healthcheck"));
         assert_eq!(test[0], "CMD", "{name}");
         assert_eq!(test[1], "healthcheck", "{name}: the image has no curl");
         let url = test[2].as_str().unwrap();
@@ -65,7 +70,9 @@ fn every_app_container_is_configured_probed_ordered_and_unprivileged() {
                 "{name} must wait for {dep}"
             );
         }
-        let user = s["user"].as_str().unwrap_or_else(|| panic!("{name}: no user"));
+        let user = s["user"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no user"));
         let uid = user.split(':').next().unwrap();
         assert!(uid != "0" && uid != "root", "{name} runs as root");
         for volume in s["volumes"].as_array().into_iter().flatten() {
@@ -83,7 +90,10 @@ fn every_app_container_is_configured_probed_ordered_and_unprivileged() {
     let init = root("deploy/postgres-init.sql");
     for url in db_urls {
         let db = url.rsplit('/').next().unwrap();
-        assert!(init.contains(&format!("CREATE DATABASE {db};")), "{db} is never created");
+        assert!(
+            init.contains(&format!("CREATE DATABASE {db};")),
+            "{db} is never created"
+        );
     }
 }
 
@@ -92,21 +102,46 @@ fn kafka_postgres_ui_and_prometheus_are_reachable_and_checked() {
     let compose = yaml("docker-compose.yml");
     let s = &compose["services"];
     let kafka = &s["kafka"];
-    let listeners = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].as_str().unwrap();
+    let listeners = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+        .as_str()
+        .unwrap();
     assert!(listeners.contains("localhost:29092"), "{listeners}");
-    assert!(kafka["ports"].as_array().unwrap().iter().any(|p| p == "29092:29092"));
+    assert!(kafka["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "29092:29092"));
     // Only topics.json's topics: the apps create them, the broker creates no others.
-    assert_eq!(kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"], "false");
+    assert_eq!(
+        kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"],
+        "false"
+    );
     let log_dir = kafka["environment"]["KAFKA_LOG_DIRS"].as_str().unwrap();
-    assert!(kafka["volumes"].as_array().unwrap().iter().any(|v| v.as_str().unwrap().ends_with(&format!(":{log_dir}"))));
+    assert!(kafka["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v.as_str().unwrap().ends_with(&format!(":{log_dir}"))));
     let pg = &s["postgres"];
     let check = pg["healthcheck"]["test"][1].as_str().unwrap();
     assert!(check.contains("pg_isready -h 127.0.0.1"), "{check}");
-    assert!(pg["volumes"].as_array().unwrap().iter().any(|v| v.as_str().unwrap().starts_with("pgdata:")));
+    assert!(pg["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v.as_str().unwrap().starts_with("pgdata:")));
     let ui = &s["kafka-ui"];
-    assert_eq!(ui["environment"]["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"], "kafka:9092");
+    assert_eq!(
+        ui["environment"]["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"],
+        "kafka:9092"
+    );
     assert!(ui["ports"][0].as_str().unwrap().starts_with("8081:"));
-    let named: HashSet<&str> = compose["volumes"].as_object().unwrap().keys().map(String::as_str).collect();
+    let named: HashSet<&str> = compose["volumes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     for v in ["kafka-data", "pgdata", "notifications", "prometheus-data"] {
         assert!(named.contains(v), "volume {v}");
     }
@@ -127,10 +162,15 @@ fn kafka_postgres_ui_and_prometheus_are_reachable_and_checked() {
             .or(app["environment"]["LISTEN_ADDR"].as_str())
             .unwrap();
         let port = addr.rsplit(':').next().unwrap();
-        assert!(targets.contains(&format!("{name}:{port}")), "{name}:{port} not scraped: {targets:?}");
+        assert!(
+            targets.contains(&format!("{name}:{port}")),
+            "{name}:{port} not scraped: {targets:?}"
+        );
     }
     let mounts = s["prometheus"]["volumes"].as_array().unwrap();
-    assert!(mounts.iter().any(|m| m.as_str().unwrap().starts_with("./deploy/prometheus.yml:")));
+    assert!(mounts
+        .iter()
+        .any(|m| m.as_str().unwrap().starts_with("./deploy/prometheus.yml:")));
 }
 
 #[test]
@@ -138,7 +178,10 @@ fn the_image_runs_unprivileged_with_topics_json_and_a_probe() {
     let dockerfile = root("Dockerfile");
     assert!(dockerfile.contains("COPY topics.json /etc/saga/topics.json"));
     assert!(dockerfile.contains("TOPICS_FILE=/etc/saga/topics.json"));
-    assert!(dockerfile.contains("--mount=type=cache"), "dependency builds are cached");
+    assert!(
+        dockerfile.contains("--mount=type=cache"),
+        "dependency builds are cached"
+    );
     assert!(dockerfile.contains("--bin healthcheck"));
     let user = dockerfile
         .lines()
@@ -150,6 +193,9 @@ fn the_image_runs_unprivileged_with_topics_json_and_a_probe() {
     let compose = yaml("docker-compose.yml");
     for (name, s) in app_services(&compose) {
         let binary = s["command"][0].as_str().unwrap();
-        assert!(dockerfile.contains(&format!("--bin {binary}")), "{name}: {binary} not built");
+        assert!(
+            dockerfile.contains(&format!("--bin {binary}")),
+            "{name}: {binary} not built"
+        );
     }
 }

@@ -55,7 +55,14 @@ const CO: (&str, &str) = ("saga_type", "create_order");
 async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     let app = spawn_app().await;
     let mut ids = HashMap::new();
-    for customer in ["c-1", "nocard-1", "declined-1", "noupdate-1", "noorder-1", "c-cancel"] {
+    for customer in [
+        "c-1",
+        "nocard-1",
+        "declined-1",
+        "noupdate-1",
+        "noorder-1",
+        "c-cancel",
+    ] {
         let id = app.start_saga(customer).await;
         app.wait_terminal(&id).await;
         ids.insert(customer, id);
@@ -63,8 +70,10 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     let cancelled = &ids["c-cancel"];
     let (status, _) = app.post(&format!("/sagas/{cancelled}/cancel")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    app.wait_for(cancelled, Duration::from_secs(30), |s| s["status"] == "CANCELLED")
-        .await;
+    app.wait_for(cancelled, Duration::from_secs(30), |s| {
+        s["status"] == "CANCELLED"
+    })
+    .await;
 
     // A reply delivered again: its message id is in the inbox already.
     let db = app.db("orchestrator").await;
@@ -79,7 +88,8 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     let duplicate = json!({"message_id": seen, "type": "order.created", "correlation_id": happy,
         "causation_id": null, "timestamp": "2026-01-01T00:00:00.000Z", "payload": {}});
     let events = app.config.topics.order_events.name.clone();
-    app.produce(&events, happy, duplicate.to_string().as_bytes()).await;
+    app.produce(&events, happy, duplicate.to_string().as_bytes())
+        .await;
     // Junk: dead-lettered as unreadable (and so is the sentinel that waits for it).
     app.produce(&events, happy, b"not an envelope").await;
     app.sync_orchestrator(&events, happy).await;
@@ -94,7 +104,10 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     assert_eq!(ended("CANCELLED"), 1.0);
     assert_eq!(ended("FAILED"), 0.0);
     assert_eq!(
-        m("saga_duration_seconds_count", &[CO, ("status", "COMPENSATED")]),
+        m(
+            "saga_duration_seconds_count",
+            &[CO, ("status", "COMPENSATED")]
+        ),
         4.0
     );
     let compensation = |step| {
@@ -110,7 +123,12 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     let step = |name, outcome| {
         m(
             "saga_step_duration_seconds_count",
-            &[CO, ("step", name), ("kind", "forward"), ("outcome", outcome)],
+            &[
+                CO,
+                ("step", name),
+                ("kind", "forward"),
+                ("outcome", outcome),
+            ],
         )
     };
     assert_eq!(step("create_order", "completed"), 5.0);
@@ -120,20 +138,28 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     assert_eq!(step("update_order_status", "failed"), 1.0);
     assert_eq!(step("update_order_status", "completed"), 2.0);
     assert!(
-        !text.lines().any(|l| l.starts_with("saga_command_resends_total")
-            || l.starts_with("saga_step_give_ups_total")),
+        !text
+            .lines()
+            .any(|l| l.starts_with("saga_command_resends_total")
+                || l.starts_with("saga_step_give_ups_total")),
         "nothing was re-sent or given up: {text}"
     );
     assert_eq!(m("saga_inbox_duplicates_total", &[]), 1.0);
     let orchestrator = ("component", "orchestrator");
     assert_eq!(
-        m("dead_letters_total", &[orchestrator, ("reason", "unreadable")]),
+        m(
+            "dead_letters_total",
+            &[orchestrator, ("reason", "unreadable")]
+        ),
         2.0
     );
     // Replies: c-1 4, nocard 3, declined 4, noupdate 6, noorder 1, cancelled 4 + 2; and the
     // duplicate, which is handled (ignored) too.
     assert_eq!(
-        m("messages_handled_total", &[orchestrator, ("outcome", "done")]),
+        m(
+            "messages_handled_total",
+            &[orchestrator, ("outcome", "done")]
+        ),
         25.0
     );
     assert_eq!(
@@ -161,15 +187,30 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
         // authorize: c-1, declined, noupdate, cancelled; revert: noupdate, cancelled
         6.0
     );
-    for component in ["orchestrator", "order-service", "user-service", "payment-service"] {
+    for component in [
+        "orchestrator",
+        "order-service",
+        "user-service",
+        "payment-service",
+    ] {
         assert!(
-            sample(&text, "db_pool_max_connections", &[("component", component)]).is_some(),
+            sample(
+                &text,
+                "db_pool_max_connections",
+                &[("component", component)]
+            )
+            .is_some(),
             "{component} pool: {text}"
         );
     }
     assert_eq!(m("saga_outbox_unsent_messages", &[]), 0.0);
     assert_eq!(m("saga_outbox_oldest_unsent_age_seconds", &[]), 0.0);
-    assert!(m("kafka_consumer_assigned_partitions", &[("group", "saga-orchestrator")]) > 0.0);
+    assert!(
+        m(
+            "kafka_consumer_assigned_partitions",
+            &[("group", "saga-orchestrator")]
+        ) > 0.0
+    );
 
     // Consumer lag comes from librdkafka's statistics (every 5 s) against committed offsets
     // (every 500 ms): once everything is consumed and committed, every series reads 0.
@@ -228,7 +269,11 @@ async fn re_sends_give_ups_and_failed_compensations_are_counted_as_the_saga_hist
     let authorize = ("step", "authorize_payment");
     let revert = ("step", "revert_payment");
     assert_eq!(attempts("authorize_payment"), 3.0);
-    assert_eq!(m("saga_command_resends_total", &[CO, authorize]), 2.0, "{text}");
+    assert_eq!(
+        m("saga_command_resends_total", &[CO, authorize]),
+        2.0,
+        "{text}"
+    );
     assert_eq!(m("saga_step_give_ups_total", &[CO, authorize]), 1.0);
     assert_eq!(
         m("saga_command_resends_total", &[CO, revert]),
@@ -277,7 +322,10 @@ async fn readyz_answers_at_once_and_names_the_broker_while_it_is_away() {
         if status == StatusCode::OK {
             break body;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "never ready: {body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never ready: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for check in [
@@ -303,12 +351,21 @@ async fn readyz_answers_at_once_and_names_the_broker_while_it_is_away() {
         {
             break body;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "still ready: {body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still ready: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(body["status"], "not ready");
-    assert_eq!(body["checks"]["kafka:orchestrator"]["status"], "failing", "{body}");
-    assert!(body["checks"]["database:orchestrator"]["status"] == "ok", "{body}");
+    assert_eq!(
+        body["checks"]["kafka:orchestrator"]["status"], "failing",
+        "{body}"
+    );
+    assert!(
+        body["checks"]["database:orchestrator"]["status"] == "ok",
+        "{body}"
+    );
     for _ in 0..20 {
         let (status, _, took) = timed_get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -330,7 +387,10 @@ async fn readyz_answers_at_once_and_names_the_broker_while_it_is_away() {
         if status == StatusCode::OK {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "not ready again: {body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not ready again: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.stop().await;
@@ -429,7 +489,10 @@ async fn every_message_of_a_saga_carries_the_trace_of_the_request_that_started_i
     // 4 commands, 4 replies, saga.started and saga.completed.
     let messages = messages_of(&app, &id, 10);
     assert_eq!(messages.len(), 10, "{messages:?}");
-    assert!(messages.iter().all(|m| m.trace_id == CLIENT_TRACE), "{messages:?}");
+    assert!(
+        messages.iter().all(|m| m.trace_id == CLIENT_TRACE),
+        "{messages:?}"
+    );
     // Each message names the span that sent it: a span of its own per hop, never the client's.
     let spans: HashSet<&str> = messages.iter().map(|m| m.span_id.as_str()).collect();
     assert!(!spans.contains(CLIENT_SPAN));
@@ -440,7 +503,9 @@ async fn every_message_of_a_saga_carries_the_trace_of_the_request_that_started_i
         .collect();
     let replies: HashSet<&str> = messages
         .iter()
-        .filter(|m| m.topic.ends_with("_events") && m.topic != app.config.topics.notification_events.name)
+        .filter(|m| {
+            m.topic.ends_with("_events") && m.topic != app.config.topics.notification_events.name
+        })
         .map(|m| m.span_id.as_str())
         .collect();
     assert_eq!((commands.len(), replies.len()), (4, 4), "{messages:?}");
@@ -552,14 +617,21 @@ async fn with_otlp_on_each_message_is_sent_from_an_exported_span_and_handled_in_
         spans
             .iter()
             .filter(|s| s["traceId"] == CLIENT_TRACE)
-            .map(|s| (s["spanId"].as_str().unwrap_or_default().to_string(), s.clone()))
+            .map(|s| {
+                (
+                    s["spanId"].as_str().unwrap_or_default().to_string(),
+                    s.clone(),
+                )
+            })
             .collect()
     };
     let start = Instant::now();
     let spans = loop {
         let spans = by_id(&collector.spans.lock().unwrap());
         let handled = messages.iter().all(|m| {
-            spans.values().any(|s| s["parentSpanId"] == m.span_id.as_str())
+            spans
+                .values()
+                .any(|s| s["parentSpanId"] == m.span_id.as_str())
         });
         if handled || start.elapsed() > Duration::from_secs(20) {
             break spans;
@@ -654,7 +726,10 @@ async fn services_serve_probes_and_metrics_on_their_own_port() {
         if matches!(get("/readyz").await, Ok((StatusCode::OK, _))) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "payment-service never ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "payment-service never ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = app
@@ -667,15 +742,36 @@ async fn services_serve_probes_and_metrics_on_their_own_port() {
         .await
         .unwrap();
     assert!(
-        sample(&text, "db_pool_max_connections", &[("component", "payment-service")]).is_some(),
+        sample(
+            &text,
+            "db_pool_max_connections",
+            &[("component", "payment-service")]
+        )
+        .is_some(),
         "{text}"
     );
     assert!(
-        count(&text, "kafka_consumer_assigned_partitions", &[("group", "payment-service")]) > 0.0,
+        count(
+            &text,
+            "kafka_consumer_assigned_partitions",
+            &[("group", "payment-service")]
+        ) > 0.0,
         "{text}"
     );
     let (status, _) = get("/nope").await.unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The container health probe (the image has no curl) reads the same port.
+    let probe = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_healthcheck"))
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    assert!(probe(format!("http://{addr}/readyz")).status.success());
+    let refused = probe(format!("http://{}/readyz", free_addr()));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(!refused.stderr.is_empty());
+    assert_eq!(probe(format!("http://{addr}/nope")).status.code(), Some(1));
     let (status, elapsed) = app.sigterm("payments");
     assert!(status.success(), "{status:?} after {elapsed:?}");
 }

@@ -9,7 +9,10 @@ use crate::procs::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_completes_with_every_component_on_postgres_over_tls() {
-    let tls = format!("{}?sslmode=require", required_postgres().split('?').next().unwrap());
+    let tls = format!(
+        "{}?sslmode=require",
+        required_postgres().split('?').next().unwrap()
+    );
     let app = spawn_processes_on(Some(tls), &[], 1).await;
     let id = app.start_saga("c-1").await;
     let saga = app.wait_terminal(&id).await;
@@ -19,7 +22,14 @@ async fn a_saga_completes_with_every_component_on_postgres_over_tls() {
     let server = app.db("orchestrator").await;
     for component in ["orchestrator", "orders"] {
         let url = app.config.database_url(component).unwrap();
-        let name = url.split('?').next().unwrap().rsplit('/').next().unwrap().to_string();
+        let name = url
+            .split('?')
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
         let (tls, plain) = (
             count(
                 &server,
@@ -37,7 +47,10 @@ async fn a_saga_completes_with_every_component_on_postgres_over_tls() {
             .await,
         );
         assert!(tls > 0, "{component}: no TLS connection to {name}");
-        assert_eq!(plain, 0, "{component}: {plain} connections to {name} without TLS");
+        assert_eq!(
+            plain, 0,
+            "{component}: {plain} connections to {name} without TLS"
+        );
     }
 }
 
@@ -61,7 +74,12 @@ fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, Dura
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.code(), started.elapsed(), err);
         }
         if started.elapsed() > limit {
@@ -93,7 +111,9 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
     let server = server.rsplit_once('@').map_or(server, |(_, host)| host);
     let nobody = format!("postgres://no_such_role_x@{server}");
     let missing_ca = format!("{pg}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
-    let cases: Vec<(Vec<(&str, &str)>, &[&str])> = vec![
+    // (the environment, what the error line must name)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         // TLS against a plaintext listener: the cluster never answers a TLS handshake.
         (
             vec![
@@ -107,7 +127,10 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
         (
             vec![
                 ("KAFKA_BROKERS", &brokers),
-                ("KAFKA_CONFIG", "security.protocol=SASL_SSL,sasl.mechanism=NOPE"),
+                (
+                    "KAFKA_CONFIG",
+                    "security.protocol=SASL_SSL,sasl.mechanism=NOPE",
+                ),
                 ("DATABASE_URL", &sqlite),
             ],
             &["KAFKA_CONFIG", "NOPE"],
@@ -115,7 +138,10 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
         (
             vec![
                 ("KAFKA_BROKERS", &brokers),
-                ("KAFKA_CONFIG", "security.protocol=SSL,ssl.ca.location=/nonexistent/ca.pem"),
+                (
+                    "KAFKA_CONFIG",
+                    "security.protocol=SSL,ssl.ca.location=/nonexistent/ca.pem",
+                ),
                 ("DATABASE_URL", &sqlite),
             ],
             &["KAFKA_CONFIG", "ssl.ca.location"],
@@ -151,7 +177,10 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
         assert_eq!(code, Some(1), "{env:?}: {stderr}");
         let line = error_line(&stderr);
         for name in named {
-            assert!(line.contains(name), "{env:?}: {line:?} does not name {name}");
+            assert!(
+                line.contains(name),
+                "{env:?}: {line:?} does not name {name}"
+            );
         }
         assert!(took < Duration::from_secs(20), "{env:?} took {took:?}");
     }

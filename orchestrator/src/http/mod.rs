@@ -20,11 +20,13 @@ use axum::Router;
 use rdkafka::producer::FutureProducer;
 use serde::de::DeserializeOwned;
 use std::time::{Duration, Instant};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tracing::Instrument;
 
-use platform::trace::{TRACEPARENT, TRACESTATE};
 use platform::metrics::Metrics;
+use platform::trace::{TRACEPARENT, TRACESTATE};
 use platform::{Ops, TraceContext};
 
 pub use error::ApiError;
@@ -93,7 +95,10 @@ pub fn router(state: AppState) -> Router {
         // The last layer added runs first: the request id is set, then the request observed
         // (span, access log, metrics), then the id copied onto the response.
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn_with_state(state.ops.metrics.clone(), observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.ops.metrics.clone(),
+            observe,
+        ))
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .with_state(state)
 }
@@ -109,7 +114,10 @@ pub struct RequestTrace(pub TraceContext);
 struct RouteName(String);
 
 async fn name_route(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let mut response = next.run(req).await;
     if let Some(route) = route {
         response.extensions_mut().insert(RouteName(route));
@@ -145,7 +153,10 @@ async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Next) -
             .chars()
             .take(MAX_REQUEST_ID)
             .collect();
-        (id, TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE)))
+        (
+            id,
+            TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE)),
+        )
     };
     let span = tracing::info_span!(
         "http_request",

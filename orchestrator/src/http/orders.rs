@@ -150,7 +150,9 @@ async fn create_order(
         trace_id = tracing::field::Empty,
     );
     // The saga is one trace, rooted in the request that started it.
-    let parent = request.map(|Extension(RequestTrace(t))| t).unwrap_or_default();
+    let parent = request
+        .map(|Extension(RequestTrace(t))| t)
+        .unwrap_or_default();
     let trace = platform::trace::continue_trace(&span, &parent);
     async move {
         let input = saga_input(&order, amount_cents);

@@ -249,18 +249,22 @@ impl SagaStore {
     }
 
     pub async fn by_idempotency_key(&self, key: &str) -> Result<Option<SagaState>> {
-        let row = sqlx::query("SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&self.db.writer)
-            .await?;
+        let row = sqlx::query(
+            "SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.db.writer)
+        .await?;
         row.map(|r| decode(&r)).transpose()
     }
 
     pub async fn get(&self, saga_id: Uuid) -> Result<Option<SagaState>> {
-        let row = sqlx::query("SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE saga_id = $1")
-            .bind(saga_id.to_string())
-            .fetch_optional(&self.db.reader)
-            .await?;
+        let row = sqlx::query(
+            "SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE saga_id = $1",
+        )
+        .bind(saga_id.to_string())
+        .fetch_optional(&self.db.reader)
+        .await?;
         row.map(|r| decode(&r)).transpose()
     }
 
@@ -611,10 +615,12 @@ async fn transition_in(
     now: i64,
     decide: impl FnOnce(&SagaState) -> Decision,
 ) -> Result<Option<std::result::Result<(Before, SagaState, usize), Ignored>>> {
-    let row = sqlx::query("SELECT saga_id, state, version, traceparent, tracestate FROM sagas WHERE saga_id = $1")
-        .bind(saga_id.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(
+        "SELECT saga_id, state, version, traceparent, tracestate FROM sagas WHERE saga_id = $1",
+    )
+    .bind(saga_id.to_string())
+    .fetch_optional(&mut **tx)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let current = decode(&row)?;
     let version: i64 = row.try_get("version")?;
@@ -770,10 +776,11 @@ fn to_json(state: &SagaState) -> String {
 fn decode(row: &sqlx::any::AnyRow) -> Result<SagaState> {
     let id: String = row.try_get("saga_id")?;
     let json: String = row.try_get("state")?;
-    let mut state: SagaState = serde_json::from_str(&json).map_err(|source| Error::CorruptState {
-        saga_id: id,
-        source,
-    })?;
+    let mut state: SagaState =
+        serde_json::from_str(&json).map_err(|source| Error::CorruptState {
+            saga_id: id,
+            source,
+        })?;
     // Kept beside the JSON, not in it: written once, never rewritten by a transition.
     state.trace = TraceContext {
         traceparent: row.try_get("traceparent")?,
