@@ -64,6 +64,7 @@ impl ReplyHandler {
             saga_type = %self.definition.saga_type,
             message_type = %reply.message_type,
             message_id = %reply.message_id,
+            step = tracing::field::Empty,
             topic = message.topic(),
             partition = message.partition(),
             offset = message.offset(),
@@ -87,10 +88,10 @@ impl ReplyHandler {
             .zip(messages)
             .map(|(p, m)| p.as_ref().ok().map(|r| self.span(r, m)))
             .collect();
-        let traces: HashMap<Uuid, &TraceContext> = parsed
+        let traced: HashMap<Uuid, &(tracing::Span, TraceContext)> = parsed
             .iter()
             .zip(&spans)
-            .filter_map(|(p, s)| Some((p.as_ref().ok()?.message_id, &s.as_ref()?.1)))
+            .filter_map(|(p, s)| Some((p.as_ref().ok()?.message_id, s.as_ref()?)))
             .collect();
         let replies: Vec<&Envelope> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
         let now = platform::time::now_ms();
@@ -105,8 +106,11 @@ impl ReplyHandler {
                         reply.message_id,
                         now,
                     );
-                    match traces.get(&reply.message_id) {
-                        Some(trace) => decision.traced(trace),
+                    match traced.get(&reply.message_id) {
+                        Some((span, trace)) => {
+                            span.record("step", state.current_step());
+                            decision.traced(trace)
+                        }
                         None => decision,
                     }
                 })
@@ -143,6 +147,7 @@ impl ReplyHandler {
             || {
                 let now = platform::time::now_ms();
                 self.store.apply_reply(reply, now, move |state| {
+                    tracing::Span::current().record("step", state.current_step());
                     engine::on_reply(
                         &self.definition,
                         &self.policy,

@@ -68,6 +68,7 @@ impl Timers {
                 "timer",
                 saga_id = %saga_id,
                 saga_type = %self.definition.saga_type,
+                step = tracing::field::Empty,
                 trace_id = tracing::field::Empty,
             );
             let outcome = retry::until_cancelled(
@@ -78,6 +79,7 @@ impl Timers {
                     self.store.transition(saga_id, now, |state| {
                         // Time passing is part of the saga's own trace.
                         let trace = platform::trace::continue_trace(&span, &state.trace);
+                        span.record("step", state.current_step());
                         engine::on_timer(&self.definition, &self.policy, state, now).traced(&trace)
                     })
                 },

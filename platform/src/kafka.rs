@@ -387,9 +387,14 @@ impl ProbeContext {
 }
 
 impl ClientContext for ProbeContext {
+    /// Keeps the most telling error: "all brokers are down" only sums up the others (a refused
+    /// connection, a failed handshake, an authentication error), so it never replaces one.
     fn error(&self, error: KafkaError, reason: &str) {
+        let summary = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
         if let Ok(mut last) = self.last.lock() {
-            *last = Some(format!("{error}: {reason}"));
+            if last.is_none() || !summary {
+                *last = Some(reason.to_string());
+            }
         }
     }
 }
@@ -409,8 +414,15 @@ fn invalid_settings(what: &str, e: KafkaError) -> Error {
 
 /// Which setting an error from the cluster points at.
 fn setting_to_check(error: &str) -> &'static str {
-    let e = error.to_ascii_lowercase();
-    if e.contains("sasl") || e.contains("authenticat") || e.contains("credential") {
+    // librdkafka prefixes the broker, `sasl_ssl://host:9093/bootstrap: `; judge the rest.
+    let message = match error.split_once("://") {
+        Some(_) => error.split_once(": ").map_or(error, |(_, m)| m),
+        None => error,
+    };
+    let e = message.to_ascii_lowercase();
+    if e.contains("connection refused") || e.contains("resolve") || e.contains("unreachable") {
+        "KAFKA_BROKERS (and security.protocol in KAFKA_CONFIG)"
+    } else if e.contains("sasl") || e.contains("authenticat") || e.contains("credential") {
         "sasl.mechanism, sasl.username and sasl.password in KAFKA_CONFIG"
     } else if e.contains("ssl")
         || e.contains("tls")
@@ -419,7 +431,7 @@ fn setting_to_check(error: &str) -> &'static str {
     {
         "security.protocol and the ssl.* settings in KAFKA_CONFIG"
     } else {
-        "KAFKA_BROKERS (and security.protocol in KAFKA_CONFIG)"
+        "KAFKA_BROKERS and security.protocol in KAFKA_CONFIG"
     }
 }
 

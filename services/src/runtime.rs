@@ -246,7 +246,7 @@ fn span(
         "command",
         service,
         saga_id = %command.correlation_id,
-        command = %command.message_type,
+        step = %command.message_type,
         message_id = %command.message_id,
         trace_id = tracing::field::Empty,
     );
