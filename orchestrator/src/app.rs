@@ -56,7 +56,7 @@ impl Orchestrator {
     /// connections.
     pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self> {
         let resend_window = config.policy.saga_timeout_ms + config.policy.compensation_limit_ms;
-        if (config.retention.as_millis() as i64) < resend_window {
+        if i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX) < resend_window {
             tracing::warn!(
                 retention_ms = config.retention.as_millis() as u64,
                 resend_window_ms = resend_window,
@@ -211,16 +211,14 @@ pub struct PolicyArgs {
     #[arg(long, env = "SAGA_TIMEOUT_MS", default_value_t = Policy::default().saga_timeout_ms)]
     pub saga_timeout_ms: i64,
     /// How long processed replies (inbox) and published commands (outbox) are kept before they
-    /// are pruned; the services keep processed commands as long. Keep it longer than
-    /// SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS (how long a command may be re-sent); sagas
-    /// themselves are kept.
-    #[arg(long, env = "RETENTION_MS", default_value_t = DEFAULT_RETENTION_MS)]
-    pub retention_ms: u64,
+    /// are pruned; the services keep processed commands as long. Milliseconds, or with units
+    /// (`2h`, `90m`). Keep it longer than SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS (how long a
+    /// command may be re-sent); sagas themselves are kept.
+    #[arg(long = "retention-ms", env = "RETENTION_MS", value_name = "RETENTION_MS",
+          default_value = platform::prune::DEFAULT_RETENTION_TEXT,
+          value_parser = platform::time::parse_duration_setting)]
+    pub retention: std::time::Duration,
 }
-
-/// Two hours: longer than a saga can wait for a reply with the default deadlines (saga timeout
-/// 5 min + compensation limit 1 h), short enough to keep the tables small.
-pub const DEFAULT_RETENTION_MS: u64 = 7_200_000;
 
 impl PolicyArgs {
     pub fn policy(&self) -> Policy {
@@ -235,6 +233,6 @@ impl PolicyArgs {
     }
 
     pub fn retention(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.retention_ms)
+        self.retention
     }
 }

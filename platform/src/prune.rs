@@ -9,6 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::retry::{self, Retried};
 
+/// How long processed rows are kept, unless `RETENTION_MS` says otherwise: two hours, longer
+/// than a saga can wait for a reply with the default deadlines (saga timeout 5 min +
+/// compensation limit 1 h), short enough to keep the tables small. One home for the orchestrator
+/// and the services, which must agree.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(2 * 3600);
+/// [`DEFAULT_RETENTION`] as the command line writes it.
+pub const DEFAULT_RETENTION_TEXT: &str = "2h";
+
 /// Rows deleted per statement: short transactions that do not hold up the consumers.
 pub const BATCH: i64 = 5_000;
 
@@ -38,7 +46,9 @@ pub async fn run<E, F, Fut>(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let before = crate::time::now_ms() - retention.as_millis() as i64;
+        // Saturating: a retention longer than the epoch prunes nothing rather than everything.
+        let kept = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let before = crate::time::now_ms().saturating_sub(kept);
         loop {
             match retry::until_cancelled(&cancel, what, transient, || prune(before, BATCH)).await {
                 Retried::Ok(true) if !cancel.is_cancelled() => continue,

@@ -48,17 +48,17 @@ pub struct ServiceArgs {
     /// Times a command may fail with a non-transient error before it is dead-lettered.
     #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
     pub max_delivery_attempts: u32,
-    /// How long processed commands are kept for de-duplication before they are pruned. Keep
-    /// it longer than the orchestrator may re-send a command (its COMPENSATION_LIMIT_MS).
-    #[arg(long, env = "RETENTION_MS", default_value_t = DEFAULT_RETENTION_MS)]
-    pub retention_ms: u64,
+    /// How long processed commands are kept for de-duplication before they are pruned:
+    /// milliseconds, or with units (`2h`). Keep it longer than the orchestrator may re-send a
+    /// command (its COMPENSATION_LIMIT_MS).
+    #[arg(long = "retention-ms", env = "RETENTION_MS", value_name = "RETENTION_MS",
+          default_value = platform::prune::DEFAULT_RETENTION_TEXT,
+          value_parser = platform::time::parse_duration_setting)]
+    pub retention: std::time::Duration,
     /// Where to serve `/livez`, `/readyz` and `/metrics` (e.g. `0.0.0.0:9090`); none if unset.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
-
-/// The same default as the orchestrator's `RETENTION_MS` (two hours).
-pub const DEFAULT_RETENTION_MS: u64 = 7_200_000;
 
 /// Runs one command service as its own process until Ctrl-C or SIGTERM.
 pub async fn run_standalone<S: runtime::CommandService>(
@@ -84,7 +84,7 @@ pub async fn run_standalone<S: runtime::CommandService>(
         topics,
         chaos: args.chaos,
         max_attempts: args.max_delivery_attempts,
-        retention: std::time::Duration::from_millis(args.retention_ms),
+        retention: args.retention,
         ops: ops.clone(),
     };
     let service = runtime::start(service, &config, cancel.clone()).await?;

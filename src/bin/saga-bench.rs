@@ -103,7 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             policy: orchestrator::Policy::default(),
             chaos: Default::default(),
             max_delivery_attempts: 3,
-            retention: std::time::Duration::from_millis(orchestrator::app::DEFAULT_RETENTION_MS),
+            retention: platform::prune::DEFAULT_RETENTION,
             ops: platform::Ops::default(),
         };
         if args.instances == 0 {

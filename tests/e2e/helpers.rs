@@ -159,7 +159,7 @@ pub async fn spawn_app_on(
         policy,
         chaos,
         max_delivery_attempts: 3,
-        retention: std::time::Duration::from_millis(orchestrator::app::DEFAULT_RETENTION_MS),
+        retention: platform::prune::DEFAULT_RETENTION,
         ops: platform::Ops::default(),
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");

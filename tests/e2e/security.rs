@@ -185,3 +185,56 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
         assert!(took < Duration::from_secs(20), "{env:?} took {took:?}");
     }
 }
+
+/// Issue 10, item 11: a retention past what a timestamp can hold used to wrap around and prune
+/// everything; now it is refused at start, like any duration that makes no sense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retention_is_refused_at_start() {
+    let app = spawn_app_on(None, &[NO_IN_PROCESS], fast_policy(), Default::default()).await;
+    let brokers = app.kafka.bootstrap_servers().to_string();
+    let sqlite = app.config.database_url("orchestrator").unwrap();
+    for retention in [
+        "9223372036854775808",
+        "18446744073709551615",
+        "200years",
+        "0",
+        "2 fortnights",
+    ] {
+        let env = [
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("DATABASE_URL", sqlite.as_str()),
+            ("RETENTION_MS", retention),
+        ];
+        let (code, _, stderr) = run_orchestrator(&env, Duration::from_secs(15));
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{retention}: {code:?} {stderr}"
+        );
+        let line = error_line(&stderr);
+        assert!(line.contains("RETENTION_MS"), "{retention}: {line}");
+    }
+    // With units, or plain milliseconds as before.
+    for retention in ["2h", "90m", "7200000"] {
+        let env = [
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("DATABASE_URL", sqlite.as_str()),
+            ("RETENTION_MS", retention),
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+        ];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .env_clear()
+            .envs(env)
+            .env("CREATE_TOPICS", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{retention} was refused"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -156,6 +156,7 @@ pub fn start(
         updated_at: now,
         completed_at: None,
         trace: TraceContext::default(),
+        events_sent: 0,
     };
     let mut m = Machine {
         def,
@@ -685,14 +686,16 @@ impl Machine<'_> {
     }
 
     /// A lifecycle event for people and other systems following sagas (the notification
-    /// service). Its id is derived from the saga, the event and how many steps ran, so a
-    /// re-published event is recognisable and a later one (after a retry) is not mistaken for it.
+    /// service). Its id is derived from the saga and the event's number among the saga's events,
+    /// so a re-published event is recognisable and a later one of the same kind (a second
+    /// `saga.failed` after a retry, which runs no new step) is not mistaken for it.
     fn lifecycle(&mut self, event: &str) {
         let Some(topic) = &self.def.lifecycle_topic else {
             return;
         };
+        self.state.events_sent += 1;
         let state = &*self.state;
-        let seed = format!("event:{event}:{}", state.steps.len());
+        let seed = format!("event:{event}:{}", state.events_sent);
         self.messages.push(Outgoing {
             topic: topic.clone(),
             envelope: Envelope {

@@ -726,3 +726,52 @@ fn sagas_that_cannot_be_cancelled_say_why() {
         Decision::Ignored(Ignored::Terminal)
     );
 }
+
+/// The lifecycle events among `messages`, with their ids.
+fn lifecycle_ids(messages: &[Outgoing]) -> Vec<(String, Uuid)> {
+    messages
+        .iter()
+        .filter(|m| m.envelope.message_type.starts_with("saga."))
+        .map(|m| (m.envelope.message_type.clone(), m.envelope.message_id))
+        .collect()
+}
+
+/// Issue 10, item 8: each lifecycle event is a message of its own. A second `saga.failed` (after
+/// a retry that failed again) or `saga.retrying` with the id of the first is dropped by any
+/// receiver that de-duplicates on message ids.
+#[test]
+fn lifecycle_events_repeated_after_a_retry_get_ids_of_their_own() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (s, _) = reply_with(&p, &s, "order.created", json!({"order_id": "o-1"}), 1);
+    let (mut s, _) = reply_with(&p, &s, "user.payment_info_failed", json!({}), 2);
+    let mut ids = Vec::new();
+    let mut now = 3;
+    for round in 0..2 {
+        // The compensation is refused until the saga is FAILED, then retried.
+        while s.status == SagaStatus::Compensating {
+            now = now.max(s.pending.unwrap().deadline_at);
+            let (next, m) = reply_with(&p, &s, "order.cancel_failed", json!({"reason": "no"}), now);
+            ids.extend(lifecycle_ids(&m));
+            s = next;
+            now += p.compensation_limit_ms + 1;
+        }
+        assert_eq!(s.status, SagaStatus::Failed, "round {round}");
+        let (next, m) = applied(retry(&def(), &p, &s, now));
+        ids.extend(lifecycle_ids(&m));
+        s = next;
+        now += 1;
+    }
+    let kinds: Vec<&str> = ids.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "saga.failed",
+            "saga.retrying",
+            "saga.failed",
+            "saga.retrying"
+        ]
+    );
+    let distinct: std::collections::HashSet<Uuid> = ids.iter().map(|(_, id)| *id).collect();
+    assert_eq!(distinct.len(), ids.len(), "repeated ids: {ids:?}");
+}

@@ -164,6 +164,9 @@ pub struct SagaState {
     /// its own (set once), not in the JSON that every transition rewrites.
     #[serde(skip)]
     pub trace: TraceContext,
+    /// Lifecycle events published so far: numbers each event, whose id derives from it.
+    #[serde(default)]
+    pub events_sent: u32,
 }
 
 impl SagaState {

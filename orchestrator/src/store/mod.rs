@@ -143,10 +143,13 @@ impl SagaStore {
         }
     }
 
-    /// Tells waiters of `state`'s saga that it ended, if it did.
+    /// Tells waiters of `state`'s saga that it ended, if it did; if it runs (again), forgets
+    /// any final state handed out before.
     fn ended(&self, state: &SagaState) {
         if has_ended(state) {
             self.watchers.wake(state);
+        } else {
+            self.watchers.reopened(state.saga_id);
         }
     }
 

@@ -72,17 +72,30 @@ impl Slot {
     }
 }
 
-/// The sagas someone is waiting for.
+/// The sagas someone is waiting for, each with how many wait: counted under the map's lock, so
+/// the last waiter to leave removes the entry whatever else holds the slot at that moment (a
+/// wake-up in progress holds it too, which a reference count would mistake for a waiter).
 #[derive(Clone, Debug, Default)]
-pub struct Watchers(Arc<Mutex<HashMap<Uuid, Arc<Slot>>>>);
+pub struct Watchers(Arc<Mutex<HashMap<Uuid, Entry>>>);
+
+#[derive(Debug)]
+struct Entry {
+    slot: Arc<Slot>,
+    waiters: usize,
+}
 
 impl Watchers {
     /// Registers interest in `saga_id` until the guard is dropped.
     pub fn watch(&self, saga_id: Uuid) -> Watch {
-        let notify = self.lock().entry(saga_id).or_default().clone();
+        let mut map = self.lock();
+        let entry = map.entry(saga_id).or_insert_with(|| Entry {
+            slot: Arc::default(),
+            waiters: 0,
+        });
+        entry.waiters += 1;
         Watch {
             saga_id,
-            slot: notify,
+            slot: entry.slot.clone(),
             watchers: self.clone(),
         }
     }
@@ -90,21 +103,35 @@ impl Watchers {
     /// Hands `state`, the final state of its saga, to everyone waiting for it (cheap when nobody
     /// is: no copy is made).
     pub fn wake(&self, state: &SagaState) {
-        let slot = self.lock().get(&state.saga_id).cloned();
+        let slot = self.lock().get(&state.saga_id).map(|e| e.slot.clone());
         if let Some(slot) = slot {
             *slot.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
             slot.notify.notify_waiters();
         }
     }
 
-    /// Wakes everyone waiting for `saga_id`, which another instance ended: they read it.
-    pub fn wake_id(&self, saga_id: Uuid) {
-        if let Some(slot) = self.lock().get(&saga_id) {
-            slot.notify.notify_waiters();
+    /// `saga_id` runs again (a cancel of a completed saga, a retry of a failed one): a final
+    /// state handed out before is no longer its state, and must not answer a later waiter.
+    pub fn reopened(&self, saga_id: Uuid) {
+        if let Some(e) = self.lock().get(&saga_id) {
+            *e.slot.ended.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+    /// Wakes everyone waiting for `saga_id`, which another instance ended: they read it.
+    pub fn wake_id(&self, saga_id: Uuid) {
+        if let Some(e) = self.lock().get(&saga_id) {
+            e.slot.notify.notify_waiters();
+        }
+    }
+
+    /// How many sagas have waiters (an entry exists only while someone waits).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -120,9 +147,69 @@ pub struct Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         let mut map = self.watchers.lock();
-        // The map's reference and ours: nobody else waits.
-        if Arc::strong_count(&self.slot) == 2 {
-            map.remove(&self.saga_id);
+        if let Some(entry) = map.get_mut(&self.saga_id) {
+            entry.waiters = entry.waiters.saturating_sub(1);
+            if entry.waiters == 0 {
+                map.remove(&self.saga_id);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::{create_order, engine, SagaStatus};
+    use crate::Policy;
+
+    fn saga() -> SagaState {
+        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        engine::start(
+            &def,
+            &Policy::default(),
+            Uuid::new_v4(),
+            Default::default(),
+            0,
+        )
+        .0
+    }
+
+    /// Issue 10, item 5: a waiter that left while a wake-up held the slot kept its entry for
+    /// good (the reference count said someone still waited), with the final state in it.
+    #[test]
+    fn the_last_waiter_removes_the_entry_even_during_a_wake_up() {
+        let watchers = Watchers::default();
+        let s = saga();
+        let w = watchers.watch(s.saga_id);
+        let during_wake = w.slot.clone(); // what `wake` holds while it hands out the state
+        drop(w);
+        drop(during_wake);
+        assert_eq!(watchers.len(), 0, "the entry leaked");
+
+        // Two waiters: the entry stays until both have gone.
+        let (a, b) = (watchers.watch(s.saga_id), watchers.watch(s.saga_id));
+        drop(a);
+        assert_eq!(watchers.len(), 1);
+        drop(b);
+        assert_eq!(watchers.len(), 0);
+    }
+
+    /// Issue 10, item 5: a waiter arriving after a saga was reopened must not be answered with
+    /// the final state it had before.
+    #[test]
+    fn a_reopened_saga_does_not_answer_with_its_old_final_state() {
+        let watchers = Watchers::default();
+        let mut s = saga();
+        let early = watchers.watch(s.saga_id);
+        s.status = SagaStatus::Completed;
+        watchers.wake(&s);
+        assert_eq!(
+            early.slot.ended().map(|e| e.status),
+            Some(SagaStatus::Completed)
+        );
+        // A cancel moves it to CANCELLING while `early` is still around.
+        watchers.reopened(s.saga_id);
+        let late = watchers.watch(s.saga_id);
+        assert_eq!(late.slot.ended(), None);
     }
 }
