@@ -13,6 +13,7 @@ use crate::saga::{SagaState, SagaStatus, StepKind, StepStatus};
 #[derive(Debug, Clone)]
 pub struct Before {
     status: SagaStatus,
+    parked: bool,
     /// Per step record: whether it had finished, and how many of its attempts had an outcome and
     /// how many were logged at all.
     steps: Vec<StepMark>,
@@ -29,6 +30,7 @@ impl Before {
     pub fn of(state: &SagaState) -> Self {
         Before {
             status: state.status,
+            parked: state.parked.is_some(),
             steps: state
                 .steps
                 .iter()
@@ -39,6 +41,13 @@ impl Before {
                 })
                 .collect(),
         }
+    }
+}
+
+impl Before {
+    /// Whether the saga was parked already (so a transition that leaves it parked did not park it).
+    pub fn was_parked(&self) -> bool {
+        self.parked
     }
 }
 

@@ -91,6 +91,9 @@ impl Timers {
                     changed += 1;
                     span.in_scope(|| tracing::info!(status = status.as_str(), "saga timer fired"));
                 }
+                Retried::Ok(Some(Changed::Parked { reason, .. })) => {
+                    span.in_scope(|| tracing::error!(%reason, "saga parked for an operator"))
+                }
                 Retried::Ok(_) => {}
                 Retried::Permanent(e) => {
                     span.in_scope(|| tracing::error!(error = %e, "saga timer failed"))

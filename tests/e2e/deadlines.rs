@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use sqlx::Row;
 
 use crate::helpers::*;
 use services::chaos::Chaos;
@@ -164,5 +165,69 @@ async fn a_saga_out_of_time_is_compensated_including_the_step_in_doubt() {
     )
     .await;
     assert_eq!(live, 0, "no payment left authorized");
+    app.stop().await;
+}
+
+/// Issue 10, item 7: a stored saga whose pending step is past its definition (a definition that
+/// shrank under it, a bad manual edit) made the timer index out of bounds and panic, which
+/// stopped every deadline of every saga. Now such a saga is parked — left alone, shown with the
+/// reason — and the timer goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_pointing_past_its_definition_is_parked_and_the_timer_goes_on() {
+    // No user service: both sagas wait on get_payment_info, re-sent by the timer.
+    let app = spawn_app_custom(
+        &["notification", "orders"],
+        fast_policy(),
+        Default::default(),
+    )
+    .await;
+    let broken = app.start_saga("c-broken").await;
+    let other = app.start_saga("c-other").await;
+    app.wait_for(&broken, Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    let db = app.db("orchestrator").await;
+    let row = sqlx::query("SELECT state FROM sagas WHERE saga_id = $1")
+        .bind(&broken)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let mut state: serde_json::Value =
+        serde_json::from_str(&row.try_get::<String, _>("state").unwrap()).unwrap();
+    state["pending"]["step_index"] = serde_json::json!(9);
+    sqlx::query(
+        "UPDATE sagas SET state = $1, version = version + 1, wake_at = 0 WHERE saga_id = $2",
+    )
+    .bind(state.to_string())
+    .bind(&broken)
+    .execute(&db)
+    .await
+    .unwrap();
+
+    // The timer still runs: the other saga gives up on its step and is compensated.
+    let done = app
+        .wait_for(&other, Duration::from_secs(20), |s| {
+            s["status"] == "COMPENSATED"
+        })
+        .await;
+    assert_eq!(done["status"], "COMPENSATED");
+    let parked = app
+        .wait_for(&broken, Duration::from_secs(10), |s| !s["parked"].is_null())
+        .await;
+    assert!(
+        parked["parked"].as_str().unwrap().contains("step 9"),
+        "{parked}"
+    );
+    assert_eq!(parked["status"], "STARTED", "parked, not moved");
+    // Parked means left alone: no deadline brings it back to the timer.
+    let wake: Option<i64> = sqlx::query("SELECT wake_at FROM sagas WHERE saga_id = $1")
+        .bind(&broken)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .try_get("wake_at")
+        .unwrap();
+    assert_eq!(wake, None);
     app.stop().await;
 }

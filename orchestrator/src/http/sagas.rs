@@ -46,6 +46,9 @@ pub struct SagaView {
     deadline_at: Option<String>,
     /// The W3C trace id every message of the saga carries (find the saga in a tracing UI).
     trace_id: Option<String>,
+    /// Why the saga was set aside for an operator (its state cannot go on under its
+    /// definition); `null` for every healthy saga.
+    parked: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +117,7 @@ impl From<&SagaState> for SagaView {
                 _ => None,
             },
             trace_id: s.trace.trace_id(),
+            parked: s.parked.clone(),
         }
     }
 }
@@ -260,6 +264,13 @@ async fn respond(
             }
             tracing::info!(saga_id = %saga_id, status = status.as_str(), "saga {verb}");
             Ok((StatusCode::ACCEPTED, Json(Accepted { saga_id, status })))
+        }
+        Some(Changed::Parked { status, reason }) => {
+            tracing::error!(saga_id = %saga_id, %reason, "saga parked for an operator");
+            Err(ApiError::Conflict {
+                message: format!("the saga cannot be {verb}: {reason}"),
+                status,
+            })
         }
         Some(Changed::No(Ignored::AlreadyCancelled)) => {
             let status = app

@@ -107,6 +107,8 @@ pub enum Ignored {
     NotCancellable(SagaStatus),
     /// Retry refused: only a `FAILED` saga can be retried.
     NotRetryable(SagaStatus),
+    /// The saga is parked (it cannot go on under its definition): left for an operator.
+    Parked,
 }
 
 /// What the engine decided.
@@ -157,6 +159,7 @@ pub fn start(
         completed_at: None,
         trace: TraceContext::default(),
         events_sent: 0,
+        parked: None,
     };
     let mut m = Machine {
         def,
@@ -286,6 +289,15 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
     if current.status.is_terminal() {
         return Decision::Ignored(Ignored::Terminal);
     }
+    if current.parked.is_some() {
+        return Decision::Ignored(Ignored::Parked);
+    }
+    if let Some(why) = current
+        .pending
+        .and_then(|p| unknown_step(def, p.step_index, p.kind))
+    {
+        return park(current, now, why);
+    }
     let saga_overdue = current.status == SagaStatus::Started
         && current.abort.is_none()
         && current.deadline_at.is_some_and(|d| d <= now);
@@ -359,6 +371,35 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
     })
 }
 
+/// Why a stored saga cannot go on with step `index` of `def` (a definition that shrank under a
+/// running saga, a hand-edited row), or `None` when it can. Stored data must never make the
+/// engine index past a definition: that panicked the timer, and with it every deadline.
+fn unknown_step(def: &SagaDefinition, index: usize, kind: StepKind) -> Option<String> {
+    match (def.step(index), kind) {
+        (None, _) => Some(format!(
+            "the saga waits on step {index}, which its definition ({} steps) does not have",
+            def.steps.len()
+        )),
+        (Some(step), StepKind::Compensation) if step.compensation.is_none() => Some(format!(
+            "the saga waits on a compensation of step {index} ({}), which has none",
+            step.name
+        )),
+        _ => None,
+    }
+}
+
+/// Leaves a saga alone for an operator: nothing is sent, no deadline brings it back (see
+/// [`SagaState::next_wake`]), and the API and the logs say why.
+fn park(current: &SagaState, now: i64, why: String) -> Decision {
+    let mut state = current.clone();
+    state.parked = Some(why);
+    state.updated_at = now;
+    Decision::Applied {
+        state,
+        messages: Vec::new(),
+    }
+}
+
 /// `POST /sagas/{id}/cancel`: a running saga stops after the step in flight and is undone; a
 /// completed saga is undone. Ends `CANCELLED`.
 pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
@@ -396,6 +437,9 @@ pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i6
     else {
         return Decision::Ignored(Ignored::NotRetryable(current.status));
     };
+    if let Some(why) = unknown_step(def, failed.step_index, StepKind::Compensation) {
+        return park(current, now, why);
+    }
     transition(def, policy, current, now, |m| {
         m.state.completed_at = None;
         m.state.compensation_error = None;

@@ -775,3 +775,38 @@ fn lifecycle_events_repeated_after_a_retry_get_ids_of_their_own() {
     let distinct: std::collections::HashSet<Uuid> = ids.iter().map(|(_, id)| *id).collect();
     assert_eq!(distinct.len(), ids.len(), "repeated ids: {ids:?}");
 }
+
+/// Issue 10, item 7: stored data pointing past the definition parks the saga instead of
+/// indexing out of bounds; a parked saga is left alone.
+#[test]
+fn a_saga_waiting_on_a_step_its_definition_lacks_is_parked_not_panicked_on() {
+    let p = policy();
+    let (mut s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    if let Some(pending) = s.pending.as_mut() {
+        pending.step_index = 9;
+    }
+    let due = s.pending.unwrap().deadline_at;
+    let (parked, m) = applied(on_timer(&def(), &p, &s, due));
+    assert!(m.is_empty());
+    assert!(
+        parked.parked.as_deref().unwrap().contains("step 9"),
+        "{:?}",
+        parked.parked
+    );
+    assert_eq!(parked.next_wake(), None, "no deadline brings it back");
+    assert_eq!(
+        on_timer(&def(), &p, &parked, due + 1_000_000),
+        Decision::Ignored(Ignored::Parked)
+    );
+    // A reply for it changes nothing either.
+    let payload = json!({});
+    let reply = Reply {
+        message_type: "order.created",
+        causation_id: Some(parked.pending.unwrap().command_id),
+        payload: &payload,
+    };
+    assert!(matches!(
+        on_reply(&def(), &p, &parked, reply, Uuid::new_v4(), due),
+        Decision::Ignored(_)
+    ));
+}

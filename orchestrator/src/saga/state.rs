@@ -167,6 +167,10 @@ pub struct SagaState {
     /// Lifecycle events published so far: numbers each event, whose id derives from it.
     #[serde(default)]
     pub events_sent: u32,
+    /// Why the saga was set aside: its stored state cannot go on under its definition. A parked
+    /// saga has no deadline and sends nothing; an operator looks at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<String>,
 }
 
 impl SagaState {
@@ -183,6 +187,9 @@ impl SagaState {
     /// When the saga next needs attention without a reply (a step deadline, the saga
     /// deadline); `None` once it is terminal. Stored in an indexed column for the timer.
     pub fn next_wake(&self) -> Option<i64> {
+        if self.parked.is_some() {
+            return None;
+        }
         let pending = self.pending.map(|p| p.deadline_at);
         let saga = match (self.status, self.abort) {
             (SagaStatus::Started, None) => self.deadline_at,

@@ -68,7 +68,15 @@ pub enum ReplyOutcome {
 /// What a transition did.
 #[derive(Debug, PartialEq)]
 pub enum Changed {
-    Yes { status: SagaStatus, messages: usize },
+    Yes {
+        status: SagaStatus,
+        messages: usize,
+    },
+    /// Set aside for an operator: its stored state cannot go on under its definition.
+    Parked {
+        status: SagaStatus,
+        reason: String,
+    },
     No(Ignored),
 }
 
@@ -475,10 +483,16 @@ impl SagaStore {
                 tx.commit().await?;
                 self.ended(&state);
                 observe::observe(&self.metrics, &before, &state);
-                Ok(Some(Changed::Yes {
-                    status: state.status,
-                    messages,
-                }))
+                match (&state.parked, before.was_parked()) {
+                    (Some(reason), false) => Ok(Some(Changed::Parked {
+                        status: state.status,
+                        reason: reason.clone(),
+                    })),
+                    _ => Ok(Some(Changed::Yes {
+                        status: state.status,
+                        messages,
+                    })),
+                }
             }
             Some(Err(why)) => {
                 tx.rollback().await?;
