@@ -140,10 +140,19 @@ impl ReplyHandler {
     }
 
     async fn apply(&self, reply: &Envelope, trace: &TraceContext) -> Disposition {
+        // Transient failures (the database away) are retried until they pass; others up to
+        // `max_attempts` times, then the reply is dead-lettered.
+        let mut failures = 0;
         let outcome = retry::until_cancelled(
             &self.cancel,
             "applying a reply",
-            |e: &crate::Error| e.is_transient(),
+            |e: &crate::Error| {
+                if e.is_transient() {
+                    return true;
+                }
+                failures += 1;
+                failures < self.max_attempts
+            },
             || {
                 let now = platform::time::now_ms();
                 self.store.apply_reply(reply, now, move |state| {
@@ -161,6 +170,15 @@ impl ReplyHandler {
             },
         )
         .await;
+        let outcome = match outcome {
+            Retried::Permanent(e) => {
+                return Disposition::dead_letter(
+                    dead_letter::FAILED,
+                    format!("failed after {failures} attempts: {e}"),
+                )
+            }
+            other => other,
+        };
         self.disposition(reply, outcome)
     }
 

@@ -262,8 +262,12 @@ impl<S: CommandService> Runner<S> {
             &self.cancel,
             "handling a command",
             |e: &Error| {
+                // Transient failures are retried until they pass; others `max_attempts` times.
+                if e.is_transient() {
+                    return true;
+                }
                 failures += 1;
-                e.is_transient() || failures < self.max_attempts
+                failures < self.max_attempts
             },
             || self.handle_once(command),
         )
@@ -271,7 +275,10 @@ impl<S: CommandService> Runner<S> {
         match reply {
             Retried::Ok(Ok(reply)) => self.respond(command, reply, trace).await,
             Retried::Ok(Err(reason)) => Disposition::dead_letter(dead_letter::REJECTED, reason),
-            Retried::Permanent(e) => Disposition::dead_letter(dead_letter::FAILED, e.to_string()),
+            Retried::Permanent(e) => Disposition::dead_letter(
+                dead_letter::FAILED,
+                format!("failed after {failures} attempts: {e}"),
+            ),
             Retried::Cancelled => Disposition::Abandoned,
         }
     }

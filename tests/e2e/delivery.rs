@@ -357,3 +357,92 @@ async fn commands_of_one_saga_fetched_together_take_effect_in_their_order() {
     }
     app.stop().await;
 }
+
+/// Issue 10, item 3: a reply that fails with an error that is not transient (here: the saga's
+/// stored state is unreadable) is tried `MAX_DELIVERY_ATTEMPTS` times, as the README promises,
+/// before it is dead-lettered; the dead letter says how many attempts were made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_failing_for_good_is_tried_max_delivery_attempts_times_then_dead_lettered() {
+    // No user service: the saga waits on get_payment_info.
+    let app = spawn_app_with(&["notification", "orders"]).await;
+    let id = app.start_saga("c-1").await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    let db = app.db("orchestrator").await;
+    sqlx::query("UPDATE sagas SET state = 'not json', wake_at = NULL WHERE saga_id = $1")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let reply = serde_json::json!({"message_id": uuid::Uuid::new_v4(), "type": "user.payment_info_retrieved",
+        "correlation_id": id, "causation_id": uuid::Uuid::new_v4(),
+        "timestamp": "2026-01-01T00:00:00.000Z", "payload": {}})
+    .to_string();
+    let events = app.config.topics.user_events.name.clone();
+    app.produce(&events, &id, reply.as_bytes()).await;
+    let headers = app.wait_dead_letter(reply.as_bytes()).await;
+    assert_eq!(
+        headers.get("dlq.reason").map(String::as_str),
+        Some("failed")
+    );
+    let error = &headers["dlq.error"];
+    assert!(error.contains("after 3 attempts"), "{error}");
+    app.stop().await;
+}
+
+/// Issue 10, item 15: a duplicate that only the inbox can stop. While a refused compensation
+/// waits for its retry, the refusal delivered again answers the very command the saga waits
+/// on, so the engine would count it as a second refusal (another attempt in the history, another
+/// version); the inbox drops it. (`a_duplicated_reply_changes_nothing` above duplicates replies
+/// the engine ignores anyway.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_delivered_twice_while_its_compensation_waits_counts_once() {
+    let policy = orchestrator::Policy {
+        retry_delay_ms: 60_000,
+        compensation_limit_ms: 600_000,
+        ..fast_policy()
+    };
+    let chaos = services::chaos::Chaos {
+        failure_rate: 1.0,
+        commands: vec!["cancel_order".into()],
+        ..Default::default()
+    };
+    let app = spawn_app_custom(&ALL_SERVICES, policy, chaos).await;
+    let id = app.start_saga("nocard-dup").await;
+    app.wait_for(&id, std::time::Duration::from_secs(15), |s| {
+        s["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|st| st["name"] == "cancel_order"))
+            .is_some_and(|st| st["history"][0]["outcome"].as_str().is_some())
+    })
+    .await;
+    let before = snapshot(&app, &id).await;
+    assert_eq!(before.0["status"], "COMPENSATING");
+
+    let db = app.db("orchestrator").await;
+    let refusal = scalar(
+        &db,
+        "SELECT message_id FROM inbox WHERE saga_id = $1 AND message_type = 'order.cancel_failed'",
+        &id,
+    )
+    .await
+    .expect("the refusal is in the inbox");
+    let saga = uuid::Uuid::parse_str(&id).unwrap();
+    let cancel = orchestrator::saga::engine::command_id(
+        saga,
+        "cancel_order",
+        orchestrator::saga::StepKind::Compensation,
+    );
+    let again = serde_json::json!({"message_id": refusal, "type": "order.cancel_failed",
+        "correlation_id": id, "causation_id": cancel,
+        "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"reason": "again"}});
+    let topic = app.config.topics.order_events.name.clone();
+    app.produce(&topic, &id, again.to_string().as_bytes()).await;
+    app.sync_orchestrator(&topic, &id).await;
+
+    let after = snapshot(&app, &id).await;
+    assert_eq!(after, before, "the duplicate refusal changed the saga");
+    app.stop().await;
+}
