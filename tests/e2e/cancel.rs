@@ -108,3 +108,55 @@ async fn sagas_that_cannot_be_cancelled_or_retried_get_409_with_their_status() {
     );
     app.stop().await;
 }
+
+/// Issue 10, item 10: a cancel whose saga update loses a version race (another instance, or the
+/// timer, stored a version in between) is tried again on fresh state, not answered 503. The
+/// race is forced with a trigger that makes every update of the saga match no row for the next
+/// 100 ms, as a concurrent writer would (a rolled-back transaction would take any bookkeeping
+/// of the trigger with it, so the window is time, not a count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_loses_a_version_race_is_retried_on_fresh_state() {
+    let app = spawn_app().await;
+    let id = app.start_saga("c-race").await;
+    app.wait_for(&id, Duration::from_secs(15), |s| s["status"] == "COMPLETED")
+        .await;
+    let db = app.db("orchestrator").await;
+    let statements: &[&str] = if app.config.postgres_url.is_some() {
+        &[
+            "CREATE TABLE conflict_until (saga_id TEXT PRIMARY KEY, until_ms BIGINT NOT NULL)",
+            "CREATE FUNCTION skip_for_a_while() RETURNS trigger AS $$ BEGIN \
+               IF EXISTS (SELECT 1 FROM conflict_until WHERE saga_id = OLD.saga_id \
+                          AND until_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint) THEN \
+                 RETURN NULL; \
+               END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER skip_for_a_while BEFORE UPDATE ON sagas \
+             FOR EACH ROW EXECUTE FUNCTION skip_for_a_while()",
+        ]
+    } else {
+        &[
+            "CREATE TABLE conflict_until (saga_id TEXT PRIMARY KEY, until_ms BIGINT NOT NULL)",
+            "CREATE TRIGGER skip_for_a_while BEFORE UPDATE ON sagas \
+             WHEN EXISTS (SELECT 1 FROM conflict_until WHERE saga_id = OLD.saga_id \
+                          AND until_ms > CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
+             BEGIN SELECT RAISE(IGNORE); END",
+        ]
+    };
+    for sql in statements {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    sqlx::query("INSERT INTO conflict_until (saga_id, until_ms) VALUES ($1, $2)")
+        .bind(&id)
+        .bind(platform::time::now_ms() + 100)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let (status, body) = app.post(&format!("/sagas/{id}/cancel")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "CANCELLING");
+    let saga = app
+        .wait_for(&id, Duration::from_secs(15), |s| s["status"] == "CANCELLED")
+        .await;
+    assert_eq!(saga["status"], "CANCELLED");
+    app.stop().await;
+}

@@ -204,6 +204,10 @@ struct Accepted {
     status: SagaStatus,
 }
 
+/// How many times an operator command is decided again after losing a version race, before the
+/// client is told to retry (503).
+const CONFLICT_RETRIES: u32 = 5;
+
 /// An operator command on one saga: the engine function that applies it, and its past tense.
 type Command = fn(&SagaDefinition, &Policy, &SagaState, i64) -> engine::Decision;
 
@@ -240,13 +244,25 @@ async fn command(
         command = verb,
         trace_id = tracing::field::Empty,
     );
-    let outcome = app
-        .store
-        .transition(saga_id, now, |s| {
-            let trace = platform::trace::continue_trace(&span, &s.trace);
-            apply(&app.definition, &app.policy, s, now).traced(&trace)
-        })
-        .await?;
+    // A version conflict means another writer (an instance handling a reply, a timer) stored
+    // the saga between our read and our write: decide again on the fresh state.
+    let mut attempt = 0;
+    let outcome = loop {
+        let result = app
+            .store
+            .transition(saga_id, now, |s| {
+                let trace = platform::trace::continue_trace(&span, &s.trace);
+                apply(&app.definition, &app.policy, s, now).traced(&trace)
+            })
+            .await;
+        match result {
+            Err(crate::Error::Conflict(_)) if attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
+            }
+            other => break other?,
+        }
+    };
     respond(app, saga_id, outcome, verb).await
 }
 
