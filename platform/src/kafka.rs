@@ -103,7 +103,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// librdkafka properties applied last to every client, so an operator can override anything.
     pub overrides: Vec<(String, String)>,
-    /// Tune clients for librdkafka's mock cluster (see `shared/KAFKA-NOTES.md`): its group joins
+    /// Tune clients for librdkafka's mock cluster: it waits `session.timeout.ms` - 1 s on every
+    /// group membership change and never wakes a waiting fetch when data arrives, so its group joins
     /// and fetches are slow with the defaults a real broker wants.
     pub embedded: bool,
 }

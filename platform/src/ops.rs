@@ -93,3 +93,26 @@ pub async fn serve(
     tracing::info!(addr = %bound, "serving /livez, /readyz and /metrics");
     Ok((bound, task))
 }
+
+/// How a standalone service runs: serves [`router`] on `metrics_addr` if one is given, waits for
+/// `service` to stop (after `cancel`, within the shutdown bound), and reports not ready as soon
+/// as shutdown begins.
+pub async fn run_service(
+    metrics_addr: Option<SocketAddr>,
+    ops: &Ops,
+    cancel: &CancellationToken,
+    service: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let server = match metrics_addr {
+        Some(addr) => Some(serve(addr, ops.clone(), cancel.clone()).await?.1),
+        None => None,
+    };
+    crate::shutdown::run_bounded(cancel, async {
+        tokio::join!(crate::health::not_ready_once(&ops.health, cancel), service);
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+    })
+    .await;
+    Ok(())
+}

@@ -69,14 +69,6 @@ pub async fn run_standalone<S: runtime::CommandService>(
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let ops = platform::Ops::default();
-    let metrics_server = match args.metrics_addr {
-        Some(addr) => Some(
-            platform::ops::serve(addr, ops.clone(), cancel.clone())
-                .await?
-                .1,
-        ),
-        None => None,
-    };
     let config = ServiceConfig {
         database_url: args.database_url,
         sqlite_sync: args.sqlite_synchronous,
@@ -88,15 +80,6 @@ pub async fn run_standalone<S: runtime::CommandService>(
         ops: ops.clone(),
     };
     let service = runtime::start(service, &config, cancel.clone()).await?;
-    platform::shutdown::run_bounded(&cancel, async {
-        tokio::join!(
-            platform::health::not_ready_once(&ops.health, &cancel),
-            service.wait()
-        );
-        if let Some(server) = metrics_server {
-            let _ = server.await;
-        }
-    })
-    .await;
+    platform::ops::run_service(args.metrics_addr, &ops, &cancel, service.wait()).await?;
     Ok(())
 }

@@ -64,16 +64,8 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
         .await
         .map_err(log_err)?;
     let t = &config.topics;
-    let topics = [
-        &t.order_commands,
-        &t.order_events,
-        &t.user_commands,
-        &t.user_events,
-        &t.payment_commands,
-        &t.payment_events,
-        &t.notification_events,
-        &t.dead_letter,
-    ];
+    // Every topic: commands, replies, lifecycle events and dead letters.
+    let topics = t.all();
     let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
     let consumer = config.kafka.consumer(NAME, &names, &config.ops)?;
     let producer = config.kafka.producer()?;

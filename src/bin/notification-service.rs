@@ -40,14 +40,6 @@ async fn run(args: Args) -> Result<(), services::Error> {
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let ops = platform::Ops::default();
-    let server = match args.metrics_addr {
-        Some(addr) => Some(
-            platform::ops::serve(addr, ops.clone(), cancel.clone())
-                .await?
-                .1,
-        ),
-        None => None,
-    };
     let config = NotificationConfig {
         log_file: args.log_file,
         stdout: args.stdout,
@@ -56,15 +48,6 @@ async fn run(args: Args) -> Result<(), services::Error> {
         ops: ops.clone(),
     };
     let service = notification::start(config, cancel.clone()).await?;
-    platform::shutdown::run_bounded(&cancel, async {
-        tokio::join!(
-            platform::health::not_ready_once(&ops.health, &cancel),
-            service.wait()
-        );
-        if let Some(server) = server {
-            let _ = server.await;
-        }
-    })
-    .await;
+    platform::ops::run_service(args.metrics_addr, &ops, &cancel, service.wait()).await?;
     Ok(())
 }

@@ -408,15 +408,10 @@ struct Traced {
 /// Every message of saga `id` on every topic, once at least `min` are there.
 fn messages_of(app: &TestApp, id: &str, min: usize) -> Vec<Traced> {
     let t = &app.config.topics;
-    let topics = [
-        &t.order_commands,
-        &t.order_events,
-        &t.user_commands,
-        &t.user_events,
-        &t.payment_commands,
-        &t.payment_events,
-        &t.notification_events,
-    ];
+    let topics = t
+        .all()
+        .into_iter()
+        .filter(|spec| spec.name != t.dead_letter.name);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", app.kafka.bootstrap_servers())
         .set("group.id", format!("test-trace-{}", uuid::Uuid::new_v4()))

@@ -108,7 +108,8 @@ impl TestApp {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KAFKA_BROKERS", self.kafka.bootstrap_servers())
             .env("CREATE_TOPICS", "false")
-            // The mock cluster's slow group joins and fetches need these (shared/KAFKA-NOTES.md).
+            // The mock cluster waits session.timeout.ms - 1 s on each group change and never wakes
+            // a waiting fetch: short session and fetch waits keep joins and hops fast.
             .env("KAFKA_CONFIG", platform::kafka::EMBEDDED_CONSUMER_CONFIG)
             .env("RUST_LOG", "warn,orchestrator=info,services=info")
             .env("NO_COLOR", "1")
