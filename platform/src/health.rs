@@ -109,49 +109,68 @@ pub async fn not_ready_once(health: &Health, cancel: &CancellationToken) {
     health.stopping();
 }
 
-/// Pings `db` until `cancel` fires, recording the result as check `name`.
-pub async fn watch_database(health: Health, name: String, db: Db, cancel: CancellationToken) {
-    loop {
-        let ok = matches!(tokio::time::timeout(DB_TIMEOUT, db.ping()).await, Ok(true));
-        let detail = if ok {
-            String::new()
-        } else {
-            format!("no answer to SELECT 1 within {} s", DB_TIMEOUT.as_secs())
-        };
-        health.set(&name, ok, detail, Some(DB_EVERY * 3 + DB_TIMEOUT));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(DB_EVERY) => {}
+/// Records check `name` as not yet answered, so that `/readyz` does not say "ready" between the
+/// moment the other checks pass and this one's first result.
+fn pending(health: &Health, name: &str) {
+    health.set(name, false, "not checked yet", None);
+}
+
+/// Pings `db` until `cancel` fires, recording the result as check `name`. The check is
+/// registered (as pending) when this is called, not when the returned task first runs.
+pub fn watch_database(
+    health: Health,
+    name: String,
+    db: Db,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
+    pending(&health, &name);
+    async move {
+        loop {
+            let ok = matches!(tokio::time::timeout(DB_TIMEOUT, db.ping()).await, Ok(true));
+            let detail = if ok {
+                String::new()
+            } else {
+                format!("no answer to SELECT 1 within {} s", DB_TIMEOUT.as_secs())
+            };
+            health.set(&name, ok, detail, Some(DB_EVERY * 3 + DB_TIMEOUT));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(DB_EVERY) => {}
+            }
         }
     }
 }
 
 /// Asks the cluster for metadata through `producer` until `cancel` fires, recording the result
-/// as check `name`. The request blocks, so it runs on the blocking pool.
-pub async fn watch_broker(
+/// as check `name`. The request blocks, so it runs on the blocking pool. Registered as pending
+/// when called, like [`watch_database`].
+pub fn watch_broker(
     health: Health,
     name: String,
     producer: FutureProducer,
     cancel: CancellationToken,
-) {
-    loop {
-        let p = producer.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            p.client()
-                .fetch_metadata(None, BROKER_TIMEOUT)
-                .map(|m| m.brokers().len())
-        })
-        .await;
-        let (ok, detail) = match answer {
-            Ok(Ok(n)) if n > 0 => (true, String::new()),
-            Ok(Ok(_)) => (false, "the cluster reported no brokers".to_string()),
-            Ok(Err(e)) => (false, format!("no metadata from the brokers: {e}")),
-            Err(e) => (false, format!("check failed: {e}")),
-        };
-        health.set(&name, ok, detail, Some(BROKER_EVERY * 3 + BROKER_TIMEOUT));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(BROKER_EVERY) => {}
+) -> impl std::future::Future<Output = ()> + Send {
+    pending(&health, &name);
+    async move {
+        loop {
+            let p = producer.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                p.client()
+                    .fetch_metadata(None, BROKER_TIMEOUT)
+                    .map(|m| m.brokers().len())
+            })
+            .await;
+            let (ok, detail) = match answer {
+                Ok(Ok(n)) if n > 0 => (true, String::new()),
+                Ok(Ok(_)) => (false, "the cluster reported no brokers".to_string()),
+                Ok(Err(e)) => (false, format!("no metadata from the brokers: {e}")),
+                Err(e) => (false, format!("check failed: {e}")),
+            };
+            health.set(&name, ok, detail, Some(BROKER_EVERY * 3 + BROKER_TIMEOUT));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(BROKER_EVERY) => {}
+            }
         }
     }
 }
@@ -177,6 +196,10 @@ mod tests {
         assert!(!h.report().0, "a result past its age does not count");
         h.set("stale", true, "", None);
         assert!(h.report().0);
+        pending(&h, "broker");
+        let (ok, body) = h.report();
+        assert!(!ok, "a registered check without a result yet is not ready");
+        assert_eq!(body["checks"]["broker"]["detail"], "not checked yet");
         h.stopping();
         let (ok, body) = h.report();
         assert!(!ok);
