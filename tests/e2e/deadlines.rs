@@ -116,6 +116,60 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
     app.stop().await;
 }
 
+/// Issue 10, item 1: a compensation answered only after its limit (the saga already `FAILED`).
+/// The late reply was ignored, as it must be, but its message id stayed in the inbox; a retry
+/// re-sends the same command id, the service answers with the same stored reply, the inbox
+/// dropped it as a duplicate, and the saga failed again although the order was cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_late_compensation_reply_finishes_the_saga() {
+    let policy = orchestrator::Policy {
+        compensation_limit_ms: 1_000,
+        ..fast_policy()
+    };
+    let slow_cancel = Chaos {
+        reply_delay_ms: 3_000,
+        commands: vec!["cancel_order".into()],
+        ..Chaos::default()
+    };
+    let mut app = spawn_app_custom(&ALL_SERVICES, policy, slow_cancel).await;
+    let id = app.start_saga("nocard-late").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "FAILED", "{saga}");
+    // The order service did cancel; its answers (one stored reply, re-sent for every re-sent
+    // command) arrive after the limit and are ignored.
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CANCELLED"));
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let orchestrator = app.db("orchestrator").await;
+    let stale = count(
+        &orchestrator,
+        "SELECT COUNT(*) FROM inbox WHERE saga_id = $1 AND message_type = 'order.cancelled'",
+        &id,
+    )
+    .await;
+    assert_eq!(stale, 0, "an ignored reply stays out of the inbox");
+    let (_, saga) = app.get_saga(&id).await;
+    assert_eq!(saga["status"], "FAILED", "the late reply changed nothing: {saga}");
+
+    // The order service answers promptly again (a saga of its own proves it); the operator
+    // retries.
+    app.restart_service("orders", Chaos::default()).await;
+    let mut serving = false;
+    for i in 0..10 {
+        let probe = app.start_saga(&format!("c-probe-{i}")).await;
+        if app.wait_terminal(&probe).await["status"] == "COMPLETED" {
+            serving = true;
+            break;
+        }
+    }
+    assert!(serving, "the restarted order service never served");
+    let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    assert!(saga["compensation_error"].is_null(), "{saga}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_out_of_time_is_compensated_including_the_step_in_doubt() {
     // The saga deadline (2 s) comes long before the step would give up (20 attempts).

@@ -16,11 +16,31 @@ async fn snapshot(app: &TestApp, id: &str) -> (Value, i64) {
     (saga, version)
 }
 
+/// Replies of steps already passed, delivered again while the saga still waits on a later step:
+/// the exact stored replies (same message ids: the inbox drops them) and one re-sent under a new
+/// message id with a forged payload (the inbox lets it through; the engine ignores it because
+/// it answers a command the saga is not waiting for). Nothing moves: not the version, not the
+/// step history, not the context, not the outbox. The duplicate that only the inbox can stop is
+/// `a_refusal_delivered_twice_while_its_compensation_waits_counts_once`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicated_reply_changes_nothing() {
-    let app = spawn_app().await;
+async fn replies_of_passed_steps_delivered_again_while_the_saga_waits_change_nothing() {
+    // No payment service, and no re-send for a minute: the saga sits at authorize_payment.
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 60_000,
+        max_step_timeout_ms: 60_000,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "users"],
+        policy,
+        services::chaos::Chaos::default(),
+    )
+    .await;
     let id = app.start_saga("c-dup").await;
-    app.wait_terminal(&id).await;
+    app.wait_for(&id, std::time::Duration::from_secs(30), |s| {
+        s["current_step"] == "authorize_payment"
+    })
+    .await;
     let before = snapshot(&app, &id).await;
     let orchestrator_db = app.db("orchestrator").await;
     let outbox_before = count(
@@ -29,34 +49,32 @@ async fn a_duplicated_reply_changes_nothing() {
         &id,
     )
     .await;
-    let inbox_before = count(
-        &orchestrator_db,
-        "SELECT COUNT(*) FROM inbox WHERE saga_id = $1",
-        &id,
-    )
-    .await;
 
-    // The exact reply the order service sent for create_order, delivered a second time.
-    let orders = app.db("orders").await;
-    let reply = scalar(
-        &orders,
-        "SELECT reply FROM processed_commands WHERE saga_id = $1 AND command_type = 'create_order'",
-        &id,
-    )
-    .await
-    .expect("stored reply");
-    let topic = app.config.topics.order_events.name.clone();
-    app.produce(&topic, &id, reply.as_bytes()).await;
-
-    // The same reply again under a new message id (a participant that re-sends): the inbox lets
-    // it through, and the engine ignores it because the saga is not waiting for it.
-    let mut resent: Value = serde_json::from_str(&reply).unwrap();
-    resent["message_id"] = Value::String(uuid::Uuid::new_v4().to_string());
-    resent["payload"]["order_id"] = Value::String("forged".into());
-    app.produce(&topic, &id, resent.to_string().as_bytes())
-        .await;
-    app.sync_orchestrator(&topic, &id).await;
-
+    let mut sent = Vec::new();
+    for (service, command, topic) in [
+        ("orders", "create_order", app.config.topics.order_events.name.clone()),
+        ("users", "get_payment_info", app.config.topics.user_events.name.clone()),
+    ] {
+        let db = app.db(service).await;
+        let reply = scalar(
+            &db,
+            &format!(
+                "SELECT reply FROM processed_commands WHERE saga_id = $1 AND command_type = '{command}'"
+            ),
+            &id,
+        )
+        .await
+        .expect("stored reply");
+        app.produce(&topic, &id, reply.as_bytes()).await;
+        let mut resent: Value = serde_json::from_str(&reply).unwrap();
+        resent["message_id"] = Value::String(uuid::Uuid::new_v4().to_string());
+        resent["payload"]["order_id"] = Value::String("forged".into());
+        app.produce(&topic, &id, resent.to_string().as_bytes()).await;
+        sent.push(topic);
+    }
+    for topic in &sent {
+        app.sync_orchestrator(topic, &id).await;
+    }
     assert_eq!(snapshot(&app, &id).await, before, "saga unchanged");
     assert_eq!(
         count(
@@ -67,16 +85,20 @@ async fn a_duplicated_reply_changes_nothing() {
         .await,
         outbox_before
     );
-    assert_eq!(
-        count(
-            &orchestrator_db,
-            "SELECT COUNT(*) FROM inbox WHERE saga_id = $1",
-            &id
-        )
-        .await,
-        inbox_before + 1,
-        "only the re-sent reply with a new id is recorded"
-    );
+
+    // The payment service arrives: the saga finishes with one attempt per step and the real
+    // order id.
+    app.start_service("payments").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_ne!(saga["order_id"], "forged");
+    assert_eq!(saga["order_id"], before.0["order_id"]);
+    let steps = saga["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{saga}");
+    for step in steps {
+        assert_eq!(step["attempts"], 1, "{saga}");
+        assert_eq!(step["history"].as_array().unwrap().len(), 1, "{saga}");
+    }
     app.stop().await;
 }
 

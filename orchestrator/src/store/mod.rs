@@ -394,7 +394,12 @@ impl SagaStore {
         // 3. Move each saga through its replies, in arrival order, in memory.
         let mut outcomes = Vec::with_capacity(replies.len());
         let mut messages: Vec<Outgoing> = Vec::new();
-        let mut orphans: Vec<String> = Vec::new();
+        // Replies that changed nothing leave the inbox again. An orphan is dead-lettered, and
+        // again if it comes again. An ignored reply must stay applicable: a late confirmation of
+        // a compensation that gave up (the saga `FAILED`) is ignored, and when an operator
+        // retries, the service answers the re-sent command with that same stored reply, same
+        // message id, which would otherwise be dropped as a duplicate and fail the saga again.
+        let mut forget: Vec<String> = Vec::new();
         for reply in replies {
             let message_id = reply.message_id.to_string();
             // `remove`: the same message twice in one batch is a duplicate the second time.
@@ -403,13 +408,15 @@ impl SagaStore {
                 continue;
             }
             let Some((_, state, applied)) = sagas.get_mut(&reply.correlation_id) else {
-                // Not recorded: an orphan is dead-lettered, and again if it comes again.
-                orphans.push(message_id);
+                forget.push(message_id);
                 outcomes.push(ReplyOutcome::UnknownSaga);
                 continue;
             };
             match decide(state, reply) {
-                Decision::Ignored(why) => outcomes.push(ReplyOutcome::Ignored(why)),
+                Decision::Ignored(why) => {
+                    forget.push(message_id);
+                    outcomes.push(ReplyOutcome::Ignored(why));
+                }
                 Decision::Applied {
                     state: next,
                     messages: out,
@@ -429,13 +436,13 @@ impl SagaStore {
         let changed: Vec<_> = sagas.values().filter(|(_, _, n)| *n > 0).collect();
         update_sagas(&mut tx, self.db.engine, &changed).await?;
         insert_outbox(&mut tx, self.db.engine, &messages, now).await?;
-        if !orphans.is_empty() {
+        if !forget.is_empty() {
             let sql = format!(
                 "DELETE FROM inbox WHERE message_id IN ({})",
-                self.db.engine.placeholders(1, orphans.len())
+                self.db.engine.placeholders(1, forget.len())
             );
             let mut q = db::dynamic(&sql);
-            for id in &orphans {
+            for id in &forget {
                 q = q.bind(id);
             }
             q.execute(&mut *tx).await?;
