@@ -488,6 +488,18 @@ pub async fn scalar(pool: &AnyPool, sql: &str, arg: &str) -> Option<String> {
         .map(|r| r.try_get::<String, _>(0).unwrap())
 }
 
+/// One column of every row, as text.
+pub async fn strings(pool: &AnyPool, sql: &str, arg: &str) -> Vec<String> {
+    sqlx::query(sql)
+        .bind(arg)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+        .collect()
+}
+
 /// Sagas not ended yet (a pending deadline), from the orchestrator's database.
 pub async fn unfinished_sagas(orchestrator_db: &AnyPool) -> i64 {
     count(
