@@ -468,3 +468,89 @@ async fn a_refusal_delivered_twice_while_its_compensation_waits_counts_once() {
     assert_eq!(after, before, "the duplicate refusal changed the saga");
     app.stop().await;
 }
+
+/// Issue 10, item 4: on SQLite the relay read every unsent row, so after a failed *delivery* of a
+/// saga's `create_order` it had already published that saga's later `cancel_order` in the same
+/// round, stamped it sent, and re-published `create_order` afterwards: the order service saw the
+/// cancel first and the order stayed `PENDING`. A round now holds at most one row per (topic,
+/// key); the delivery failure is injected where the relay reports it (`finish_claim` without
+/// the row), on the real database of each engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
+    let mut app = spawn_app_with(&[]).await;
+    // The running relay would publish the rows below itself: stop it, and drive its rounds here.
+    app.stop_orchestrator().await;
+    let url = app.config.database_url("orchestrator").unwrap();
+    let db = platform::db::Db::connect(
+        &url,
+        &orchestrator::store::MIGRATIONS,
+        platform::db::SqliteSync::Normal,
+    )
+    .await
+    .unwrap();
+    let store = orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default());
+    let pool = app.db("orchestrator").await;
+    let (saga, other) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    for (name, topic, key) in [
+        ("create_order", "order_commands", &saga),
+        ("cancel_order", "order_commands", &saga),
+        ("create_order", "order_commands", &other),
+        ("saga.compensating", "saga_events", &saga),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at) VALUES ($1, $2, $3, $4, 0)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(topic)
+        .bind(key)
+        .bind(name)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let round = |claimed: &orchestrator::store::Claim| -> Vec<(String, String)> {
+        claimed
+            .rows
+            .iter()
+            .map(|r| (r.payload.clone(), r.key.clone()))
+            .collect()
+    };
+    let ids = |claimed: &orchestrator::store::Claim, except: &str| -> Vec<i64> {
+        claimed
+            .rows
+            .iter()
+            .filter(|r| r.payload != except || r.key != saga)
+            .map(|r| r.id)
+            .collect()
+    };
+
+    let first = store.claim_unsent(500).await.unwrap();
+    assert_eq!(
+        round(&first),
+        [
+            ("create_order".to_string(), saga.clone()),
+            ("create_order".to_string(), other.clone()),
+            ("saga.compensating".to_string(), saga.clone()),
+        ],
+        "the saga's cancel_order waits for its create_order"
+    );
+    // The saga's create_order is not delivered; the rest is.
+    let delivered = ids(&first, "create_order");
+    store.finish_claim(first, &delivered, 1).await.unwrap();
+
+    let second = store.claim_unsent(500).await.unwrap();
+    assert_eq!(
+        round(&second),
+        [("create_order".to_string(), saga.clone())],
+        "the failed row goes again, still ahead of the cancel"
+    );
+    let delivered = ids(&second, "");
+    store.finish_claim(second, &delivered, 2).await.unwrap();
+
+    let third = store.claim_unsent(500).await.unwrap();
+    assert_eq!(round(&third), [("cancel_order".to_string(), saga.clone())]);
+    let delivered = ids(&third, "");
+    store.finish_claim(third, &delivered, 3).await.unwrap();
+    assert!(store.claim_unsent(500).await.unwrap().rows.is_empty());
+    app.stop().await;
+}

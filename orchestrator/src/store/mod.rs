@@ -7,6 +7,7 @@
 
 mod watch;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -225,7 +226,7 @@ impl SagaStore {
                 .bind(state.trace.traceparent.as_deref())
                 .bind(state.trace.tracestate.as_deref());
         }
-        let inserted: std::collections::HashSet<String> = q
+        let inserted: HashSet<String> = q
             .fetch_all(&mut *tx)
             .await?
             .iter()
@@ -534,7 +535,10 @@ impl SagaStore {
     /// publish the same row), and it takes only the oldest unsent row of each (topic, key) —
     /// a saga's next message on a topic waits until the one before it is published, whichever
     /// relay holds it. On SQLite (one instance per database file) the claim is a plain read, so
-    /// the single writer connection is not held while Kafka confirms deliveries.
+    /// the single writer connection is not held while Kafka confirms deliveries, with the same
+    /// rule applied to what it read: within one round a (topic, key) has at most one row, so a
+    /// row whose delivery fails can never be overtaken by a later row of its saga (a
+    /// `cancel_order` published before the `create_order` it undoes leaves an order behind).
     pub async fn claim_unsent(&self, limit: i64) -> Result<Claim> {
         match self.db.engine {
             Engine::Postgres => {
@@ -560,10 +564,14 @@ impl SagaStore {
                 .bind(limit)
                 .fetch_all(&self.db.writer)
                 .await?;
-                Ok(Claim {
-                    rows: outbox_rows(&rows)?,
-                    tx: None,
-                })
+                // Rows are in id order, and the lowest unsent ids are all here: the first row
+                // of each (topic, key) is the oldest unsent one.
+                let mut seen = HashSet::new();
+                let rows = outbox_rows(&rows)?
+                    .into_iter()
+                    .filter(|r| seen.insert((r.topic.clone(), r.key.clone())))
+                    .collect();
+                Ok(Claim { rows, tx: None })
             }
         }
     }
