@@ -108,6 +108,7 @@ impl Orchestrator {
             definition: definition.clone(),
             policy: config.policy,
             relay: relay.clone(),
+            failures: Default::default(),
         };
         tasks.spawn(timers.run(cancel.clone()));
         let pruner = Pruner {

@@ -4,11 +4,13 @@
 //! Deadlines live in the database (`sagas.wake_at`), so they survive restarts: a saga whose
 //! command was lost while the orchestrator was down is re-sent when its deadline passes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use platform::retry::{self, Retried};
 
@@ -21,12 +23,19 @@ use crate::store::{Changed, SagaStore};
 pub const TICK: Duration = Duration::from_millis(100);
 /// Sagas handled per look.
 const BATCH: i64 = 500;
+/// How long a look holds the sagas it took: another instance (or this one) takes a saga again
+/// after this if its transition did not store a new deadline (it failed, or the instance died).
+const LEASE_MS: i64 = 10_000;
+/// Permanent failures of one saga's timer, one lease apart, before the saga is parked.
+const FAILURES_BEFORE_PARKING: u32 = 3;
 
 pub struct Timers {
     pub store: SagaStore,
     pub definition: Arc<SagaDefinition>,
     pub policy: Policy,
     pub relay: Relay,
+    /// Permanent failures per saga since its timer last worked (this instance's count).
+    pub failures: Mutex<HashMap<Uuid, u32>>,
 }
 
 impl Timers {
@@ -51,7 +60,7 @@ impl Timers {
             cancel,
             "reading due sagas",
             |e: &crate::Error| e.is_transient(),
-            || self.store.due(now, BATCH),
+            || self.store.due(now, BATCH, LEASE_MS),
         )
         .await
         {
@@ -63,7 +72,7 @@ impl Timers {
             Retried::Cancelled => return None,
         };
         let mut changed = 0;
-        for saga_id in due {
+        for (handled, &saga_id) in due.iter().enumerate() {
             let span = tracing::info_span!(
                 "timer",
                 saga_id = %saga_id,
@@ -86,6 +95,9 @@ impl Timers {
             )
             .instrument(span.clone())
             .await;
+            if !matches!(outcome, Retried::Permanent(_)) {
+                self.forget_failures(saga_id);
+            }
             match outcome {
                 Retried::Ok(Some(Changed::Yes { status, .. })) => {
                     changed += 1;
@@ -96,14 +108,64 @@ impl Timers {
                 }
                 Retried::Ok(_) => {}
                 Retried::Permanent(e) => {
-                    span.in_scope(|| tracing::error!(error = %e, "saga timer failed"))
+                    let failures = self.count_failure(saga_id);
+                    span.in_scope(|| {
+                        tracing::error!(error = %e, failures, "saga timer failed");
+                    });
+                    if failures >= FAILURES_BEFORE_PARKING {
+                        self.park(saga_id, now, failures, &e).instrument(span).await;
+                    }
                 }
-                Retried::Cancelled => return None,
+                Retried::Cancelled => {
+                    // Stopping: hand back what this look claimed and did not get to, so a
+                    // restart (or another instance) does not wait for the lease to end.
+                    let _ = self.store.release(&due[handled..], now, LEASE_MS).await;
+                    return None;
+                }
             }
         }
         if changed > 0 {
             self.relay.notify();
         }
         Some(changed)
+    }
+
+    fn count_failure(&self, saga_id: Uuid) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= 10_000 {
+            // Sagas that failed once and were then handled elsewhere: start counting afresh.
+            failures.clear();
+        }
+        let n = failures.entry(saga_id).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn forget_failures(&self, saga_id: Uuid) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if !failures.is_empty() {
+            failures.remove(&saga_id);
+        }
+    }
+
+    /// Parks a saga whose timer keeps failing, so the API and the logs show it and no deadline
+    /// brings it back; if even that fails (an unreadable stored state), the saga's lease keeps it
+    /// out of the way and the error is logged at every attempt.
+    async fn park(&self, saga_id: Uuid, now: i64, failures: u32, error: &crate::Error) {
+        let why = format!("its timer failed {failures} times: {error}");
+        match self
+            .store
+            .transition(saga_id, now, |state| {
+                engine::park_after_failures(state, now, why.clone())
+            })
+            .await
+        {
+            Ok(Some(Changed::Parked { reason, .. })) => {
+                self.forget_failures(saga_id);
+                tracing::error!(%reason, "saga parked for an operator (POST /sagas/{{id}}/retry resumes it)");
+            }
+            Ok(_) => self.forget_failures(saga_id),
+            Err(e) => tracing::error!(error = %e, "cannot park the saga either"),
+        }
     }
 }

@@ -33,7 +33,12 @@ pub async fn assert_consistent(app: &TestApp, saga: &Value) {
     let id = saga["saga_id"].as_str().unwrap();
     let orders = app.db("orders").await;
     let payments = app.db("payments").await;
-    let order_ids = strings(&orders, "SELECT order_id FROM orders WHERE saga_id = $1", id).await;
+    let order_ids = strings(
+        &orders,
+        "SELECT order_id FROM orders WHERE saga_id = $1",
+        id,
+    )
+    .await;
     let order = scalar(&orders, "SELECT status FROM orders WHERE saga_id = $1", id).await;
     match forward_outcome(saga, "create_order") {
         Some(true) => assert_eq!(

@@ -148,7 +148,10 @@ async fn a_retry_after_a_late_compensation_reply_finishes_the_saga() {
     .await;
     assert_eq!(stale, 0, "an ignored reply stays out of the inbox");
     let (_, saga) = app.get_saga(&id).await;
-    assert_eq!(saga["status"], "FAILED", "the late reply changed nothing: {saga}");
+    assert_eq!(
+        saga["status"], "FAILED",
+        "the late reply changed nothing: {saga}"
+    );
 
     // The order service answers promptly again (a saga of its own proves it); the operator
     // retries.
@@ -283,5 +286,148 @@ async fn a_saga_pointing_past_its_definition_is_parked_and_the_timer_goes_on() {
         .try_get("wake_at")
         .unwrap();
     assert_eq!(wake, None);
+    app.stop().await;
+}
+
+/// Issue 10, item 6 (claims): every instance read the same oldest due sagas. A look now claims
+/// what it takes, so a second look (another instance) finds none of them due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_sagas_are_claimed_by_one_look_not_handed_to_every_instance() {
+    let policy = orchestrator::Policy {
+        max_attempts: 1_000,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(&["notification"], policy, Chaos::default()).await;
+    let ids = [
+        app.start_saga("c-claim-1").await,
+        app.start_saga("c-claim-2").await,
+    ];
+    // No order service: both wait on create_order. Stop the orchestrator and let the deadlines
+    // pass, then look twice, as two instances would.
+    app.stop_orchestrator().await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let url = app.config.database_url("orchestrator").unwrap();
+    let db = platform::db::Db::connect(
+        &url,
+        &orchestrator::store::MIGRATIONS,
+        platform::db::SqliteSync::Normal,
+    )
+    .await
+    .unwrap();
+    let store = orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default());
+    let now = platform::time::now_ms();
+    let mut first: Vec<String> = store
+        .due(now, 500, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    first.sort();
+    let mut expected = ids.to_vec();
+    expected.sort();
+    assert_eq!(first, expected);
+    assert!(
+        store.due(now, 500, 10_000).await.unwrap().is_empty(),
+        "a second look takes none of the claimed sagas"
+    );
+    assert_eq!(
+        store.due(now + 10_001, 500, 10_000).await.unwrap().len(),
+        2,
+        "a claim nobody acted on ends with its lease"
+    );
+    app.stop().await;
+}
+
+/// Issue 10, item 6 (parking): a saga whose timer fails for good (here the database refuses its
+/// outbox rows) stayed due at the front for ever. Now it is parked after 3 failures — `parked`
+/// in the API, no deadline — while another saga's deadlines go on; `retry` resumes it once the
+/// cause is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_whose_timer_keeps_failing_is_parked_and_others_go_on() {
+    let policy = orchestrator::Policy {
+        max_attempts: 1_000,
+        saga_timeout_ms: 600_000,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "users"],
+        policy,
+        Chaos::default(),
+    )
+    .await;
+    let db = app.db("orchestrator").await;
+    let statements: &[&str] = if test_postgres().is_some() {
+        &[
+            "CREATE TABLE refused (saga_id TEXT PRIMARY KEY)",
+            "CREATE FUNCTION refuse_outbox() RETURNS trigger AS $$ BEGIN \
+               IF EXISTS (SELECT 1 FROM refused WHERE saga_id = NEW.msg_key) THEN \
+                 RAISE EXCEPTION 'injected: outbox row refused'; \
+               END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox \
+             FOR EACH ROW EXECUTE FUNCTION refuse_outbox()",
+        ]
+    } else {
+        &[
+            "CREATE TABLE refused (saga_id TEXT PRIMARY KEY)",
+            "CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox \
+             WHEN EXISTS (SELECT 1 FROM refused WHERE saga_id = NEW.msg_key) \
+             BEGIN SELECT RAISE(ABORT, 'injected: outbox row refused'); END",
+        ]
+    };
+    for sql in statements {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    // No payment service: both sagas wait at authorize_payment, re-sending it.
+    let stuck = app.start_saga("c-stuck").await;
+    let other = app.start_saga("c-other").await;
+    for id in [&stuck, &other] {
+        app.wait_for(id, Duration::from_secs(30), |s| {
+            s["current_step"] == "authorize_payment"
+        })
+        .await;
+    }
+    sqlx::query("INSERT INTO refused (saga_id) VALUES ($1)")
+        .bind(&stuck)
+        .execute(&db)
+        .await
+        .unwrap();
+    let saga = app
+        .wait_for(&stuck, Duration::from_secs(60), |s| !s["parked"].is_null())
+        .await;
+    let why = saga["parked"].as_str().unwrap();
+    assert!(why.contains("timer failed 3 times"), "{why}");
+    assert!(why.contains("injected"), "{why}");
+    assert_eq!(saga["status"], "STARTED");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM sagas WHERE saga_id = $1 AND wake_at IS NULL",
+            &stuck
+        )
+        .await,
+        1,
+        "no deadline brings it back"
+    );
+    // Meanwhile the other saga's re-sends went on.
+    let (_, other_now) = app.get_saga(&other).await;
+    assert!(
+        other_now["steps"][2]["attempts"].as_u64().unwrap() >= 3,
+        "{other_now}"
+    );
+
+    // The cause is fixed; the operator resumes it, and the payment service arrives.
+    sqlx::query("DELETE FROM refused")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (status, body) = app.post(&format!("/sagas/{stuck}/retry")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    app.start_service("payments").await;
+    for id in [&stuck, &other] {
+        let saga = app.wait_terminal(id).await;
+        assert_eq!(saga["status"], "COMPLETED", "{saga}");
+        assert!(saga["parked"].is_null());
+    }
     app.stop().await;
 }

@@ -52,8 +52,16 @@ async fn replies_of_passed_steps_delivered_again_while_the_saga_waits_change_not
 
     let mut sent = Vec::new();
     for (service, command, topic) in [
-        ("orders", "create_order", app.config.topics.order_events.name.clone()),
-        ("users", "get_payment_info", app.config.topics.user_events.name.clone()),
+        (
+            "orders",
+            "create_order",
+            app.config.topics.order_events.name.clone(),
+        ),
+        (
+            "users",
+            "get_payment_info",
+            app.config.topics.user_events.name.clone(),
+        ),
     ] {
         let db = app.db(service).await;
         let reply = scalar(
@@ -69,7 +77,8 @@ async fn replies_of_passed_steps_delivered_again_while_the_saga_waits_change_not
         let mut resent: Value = serde_json::from_str(&reply).unwrap();
         resent["message_id"] = Value::String(uuid::Uuid::new_v4().to_string());
         resent["payload"]["order_id"] = Value::String("forged".into());
-        app.produce(&topic, &id, resent.to_string().as_bytes()).await;
+        app.produce(&topic, &id, resent.to_string().as_bytes())
+            .await;
         sent.push(topic);
     }
     for topic in &sent {
@@ -490,7 +499,10 @@ async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
     .unwrap();
     let store = orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default());
     let pool = app.db("orchestrator").await;
-    let (saga, other) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    let (saga, other) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
     for (name, topic, key) in [
         ("create_order", "order_commands", &saga),
         ("cancel_order", "order_commands", &saga),

@@ -388,6 +388,20 @@ fn unknown_step(def: &SagaDefinition, index: usize, kind: StepKind) -> Option<St
     }
 }
 
+/// Sets a saga aside because handling its timer failed for good again and again (an outbox
+/// insert the database keeps refusing, say): left as it is, it would be due again at every
+/// look and crowd out every other saga's deadline. An operator resumes it with `retry` once the
+/// cause is fixed.
+pub fn park_after_failures(current: &SagaState, now: i64, why: String) -> Decision {
+    if current.status.is_terminal() {
+        return Decision::Ignored(Ignored::Terminal);
+    }
+    if current.parked.is_some() {
+        return Decision::Ignored(Ignored::Parked);
+    }
+    park(current, now, why)
+}
+
 /// Leaves a saga alone for an operator: nothing is sent, no deadline brings it back (see
 /// [`SagaState::next_wake`]), and the API and the logs say why.
 fn park(current: &SagaState, now: i64, why: String) -> Decision {
@@ -425,6 +439,26 @@ pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i
 /// `POST /sagas/{id}/retry`: a `FAILED` saga tries its failed compensation again, with a fresh
 /// time limit, and carries on with the rest.
 pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
+    if current.parked.is_some() {
+        // Resumed where it stood, its deadline due at once, if its step is one the definition
+        // knows; a saga pointing past its definition stays parked.
+        if current
+            .pending
+            .is_none_or(|p| unknown_step(def, p.step_index, p.kind).is_some())
+        {
+            return Decision::Ignored(Ignored::Parked);
+        }
+        let mut state = current.clone();
+        state.parked = None;
+        state.updated_at = now;
+        if let Some(p) = state.pending.as_mut() {
+            p.deadline_at = now;
+        }
+        return Decision::Applied {
+            state,
+            messages: Vec::new(),
+        };
+    }
     if current.status != SagaStatus::Failed {
         return Decision::Ignored(Ignored::NotRetryable(current.status));
     }

@@ -810,3 +810,37 @@ fn a_saga_waiting_on_a_step_its_definition_lacks_is_parked_not_panicked_on() {
         Decision::Ignored(_)
     ));
 }
+
+/// Issue 10, item 6: a saga whose timer fails for good is parked (no deadline) and an operator's
+/// `retry` resumes it with its deadline due at once; a saga past its definition stays parked.
+#[test]
+fn a_saga_parked_after_timer_failures_is_resumed_by_retry() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (parked, m) = applied(park_after_failures(
+        &s,
+        10,
+        "the timer failed 3 times".into(),
+    ));
+    assert!(m.is_empty());
+    assert_eq!(parked.parked.as_deref(), Some("the timer failed 3 times"));
+    assert_eq!(parked.next_wake(), None);
+    assert_eq!(
+        park_after_failures(&parked, 11, "again".into()),
+        Decision::Ignored(Ignored::Parked)
+    );
+    let (resumed, m) = applied(retry(&def(), &p, &parked, 20));
+    assert!(m.is_empty());
+    assert_eq!(resumed.parked, None);
+    assert_eq!(resumed.next_wake(), Some(20), "due at once");
+    assert_eq!(resumed.status, s.status);
+
+    let mut lost = parked.clone();
+    if let Some(pending) = lost.pending.as_mut() {
+        pending.step_index = 9;
+    }
+    assert_eq!(
+        retry(&def(), &p, &lost, 20),
+        Decision::Ignored(Ignored::Parked)
+    );
+}
