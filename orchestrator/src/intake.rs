@@ -6,6 +6,9 @@
 //! The intake lives as long as someone can send to it: it stops when the HTTP server, the last
 //! holder of an [`Intake`], has finished its requests, so graceful shutdown loses no create.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -20,7 +23,36 @@ const BATCH: usize = 256;
 
 struct Request {
     saga: NewSaga,
+    ticket: Ticket,
     done: oneshot::Sender<Result<Created>>,
+}
+
+/// Who decides the fate of a new saga whose request ran out of time: the intake takes it (it
+/// will be stored, and the client must get that answer) or the timeout abandons it (it will
+/// not be stored, and the client can safely send it again). Exactly one of the two wins, so a
+/// client is never told 503 about a saga that is then stored.
+#[derive(Debug, Clone, Default)]
+pub struct Ticket(Arc<AtomicU8>);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Ticket {
+    /// The intake is about to store the saga: true unless the request was abandoned first.
+    fn take(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The request ran out of time: true if the saga will therefore never be stored, false if
+    /// the intake has it already (then the request must wait for the outcome).
+    pub fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 /// The handle `POST /orders` uses.
@@ -40,12 +72,14 @@ impl Intake {
     }
 
     /// Stores a new saga and its first messages (see [`SagaStore::create`]).
+    /// `ticket` settles a race with the request's timeout (see [`Ticket`]).
     pub async fn create(
         &self,
         state: SagaState,
         customer_id: String,
         idempotency_key: Option<String>,
         messages: Vec<Outgoing>,
+        ticket: Ticket,
     ) -> Result<Created> {
         let (done, answer) = oneshot::channel();
         let saga = NewSaga {
@@ -55,7 +89,7 @@ impl Intake {
             messages,
         };
         self.tx
-            .send(Request { saga, done })
+            .send(Request { saga, ticket, done })
             .await
             .map_err(|_| crate::Error::Stopping)?;
         answer.await.map_err(|_| crate::Error::Stopping)?
@@ -65,8 +99,15 @@ impl Intake {
 async fn run(store: SagaStore, relay: Relay, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let (sagas, waiters): (Vec<NewSaga>, Vec<_>) =
-            batch.drain(..).map(|r| (r.saga, r.done)).unzip();
+        // A request that ran out of time while queued was answered "not stored": keep it so.
+        let (sagas, waiters): (Vec<NewSaga>, Vec<_>) = batch
+            .drain(..)
+            .filter(|r| r.ticket.take())
+            .map(|r| (r.saga, r.done))
+            .unzip();
+        if sagas.is_empty() {
+            continue;
+        }
         let span = tracing::debug_span!("intake", sagas = sagas.len());
         let results = match store.create_many(&sagas).instrument(span).await {
             Ok(results) => results,

@@ -566,3 +566,72 @@ async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
     assert!(store.claim_unsent(500).await.unwrap().rows.is_empty());
     app.stop().await;
 }
+
+/// Issue 10, item 9: a `POST /orders` whose saga was stored after the request's 10 s deadline
+/// was answered 503, so a client retrying without an Idempotency-Key started a second order.
+/// Here the sagas table is locked (PostgreSQL: the insert waits on the lock, then succeeds) for
+/// 12 s: the request the intake had already taken waits and answers 202 with its saga; a request
+/// still queued behind it is abandoned at its deadline, answered 503, and never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_past_its_deadline_is_answered_with_its_outcome_never_a_503_for_a_stored_saga() {
+    let app = spawn_app_on(
+        Some(required_postgres()),
+        &ALL_SERVICES,
+        fast_policy(),
+        services::chaos::Chaos::default(),
+    )
+    .await;
+    let db = app.db("orchestrator").await;
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sagas IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let post = |customer: &str| {
+        client
+            .post(app.url("/orders"))
+            .json(&order_body(customer))
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+    };
+    let taken = tokio::spawn(post("c-slow-store"));
+    // The intake is now blocked inside its transaction with the first saga; the second waits
+    // in its queue.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let queued = tokio::spawn(post("c-queued"));
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    lock.rollback().await.unwrap();
+
+    let taken = taken.await.unwrap().unwrap();
+    assert_eq!(
+        taken.status(),
+        StatusCode::ACCEPTED,
+        "the stored saga is answered as such"
+    );
+    let body: Value = taken.json().await.unwrap();
+    let id = body["saga_id"].as_str().unwrap().to_string();
+    let queued = queued.await.unwrap().unwrap();
+    assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = queued.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("timed out"),
+        "{body}"
+    );
+
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    // Give the intake time to (wrongly) store the abandoned one, then check it did not.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let customers = |c: &'static str| {
+        let db = db.clone();
+        async move { count(&db, "SELECT COUNT(*) FROM sagas WHERE customer_id = $1", c).await }
+    };
+    assert_eq!(customers("c-slow-store").await, 1);
+    assert_eq!(
+        customers("c-queued").await,
+        0,
+        "the abandoned request stored nothing"
+    );
+    app.stop().await;
+}

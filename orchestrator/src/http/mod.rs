@@ -31,7 +31,7 @@ use platform::{Ops, TraceContext};
 
 pub use error::ApiError;
 
-use crate::intake::Intake;
+use crate::intake::{Intake, Ticket};
 use crate::relay::Relay;
 use crate::saga::engine::Policy;
 use crate::saga::SagaDefinition;
@@ -44,10 +44,23 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// client or a stuck database cannot hold a connection forever.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn deadline(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+/// Answers 503 past [`REQUEST_TIMEOUT`] — except for a new saga the intake is already storing:
+/// that request waits for the outcome (bounded by the database's own timeouts), because a 503
+/// for a saga that is then stored would make a client without an `Idempotency-Key` start a
+/// second one. A new saga still queued when time runs out is abandoned: never stored, and the
+/// 503 says so.
+async fn deadline(mut req: Request, next: Next) -> Response {
+    let ticket = Ticket::default();
+    req.extensions_mut().insert(ticket.clone());
+    let run = next.run(req);
+    tokio::pin!(run);
+    match tokio::time::timeout(REQUEST_TIMEOUT, &mut run).await {
         Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
+        Err(_) if ticket.abandon() => ApiError::Timeout.into_response(),
+        Err(_) => {
+            tracing::warn!("request past its deadline while its saga is being stored; waiting");
+            run.await
+        }
     }
 }
 

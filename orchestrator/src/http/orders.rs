@@ -11,6 +11,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{ApiError, ApiJson, AppState, RequestTrace};
+use crate::intake::Ticket;
 use crate::saga::{engine, SagaState};
 use crate::store::Created;
 
@@ -136,6 +137,7 @@ struct Accepted {
 async fn create_order(
     State(app): State<AppState>,
     request: Option<Extension<RequestTrace>>,
+    ticket: Option<Extension<Ticket>>,
     headers: HeaderMap,
     ApiJson(order): ApiJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
@@ -163,7 +165,13 @@ async fn create_order(
         }
         let created = app
             .intake
-            .create(state.clone(), order.customer_id.clone(), key.clone(), messages)
+            .create(
+                state.clone(),
+                order.customer_id.clone(),
+                key.clone(),
+                messages,
+                ticket.map(|Extension(t)| t).unwrap_or_default(),
+            )
             .await?;
         match created {
             Created::New => {
