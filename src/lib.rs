@@ -32,6 +32,9 @@ pub enum Error {
     Orchestrator(#[from] orchestrator::Error),
     #[error("services: {0}")]
     Services(#[from] services::Error),
+    /// A setting that cannot work, with the setting's name in the message.
+    #[error("{0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,6 +63,8 @@ pub struct SystemConfig {
     /// Metrics and readiness of every component (one registry per process; the orchestrator's
     /// port serves them).
     pub ops: platform::Ops,
+    /// Bounds and authentication of the orchestrator's HTTP API.
+    pub api: orchestrator::http::ApiConfig,
 }
 
 impl SystemConfig {
@@ -94,6 +99,7 @@ impl SystemConfig {
             max_delivery_attempts: self.max_delivery_attempts,
             retention: self.retention,
             ops: self.ops.clone(),
+            api: self.api.clone(),
         })
     }
 

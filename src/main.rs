@@ -37,6 +37,8 @@ struct Args {
     /// Times a message may fail with a non-transient error before it is dead-lettered.
     #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
     max_delivery_attempts: u32,
+    #[command(flatten)]
+    api: orchestrator::http::ApiArgs,
 }
 
 #[tokio::main]
@@ -59,6 +61,10 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
         max_delivery_attempts: args.max_delivery_attempts,
         retention: args.policy.retention(),
         ops: platform::Ops::default(),
+        api: args
+            .api
+            .config(args.listen)
+            .map_err(saga_system::Error::Config)?,
     };
     let cancel = platform::shutdown::on_signal();
     let system = saga_system::System::start(&config, &cancel).await?;

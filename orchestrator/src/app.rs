@@ -41,6 +41,8 @@ pub struct Config {
     pub retention: std::time::Duration,
     /// Where metrics and readiness go (shared with the other components of the process).
     pub ops: Ops,
+    /// Bounds and authentication of the HTTP API.
+    pub api: crate::http::ApiConfig,
 }
 
 /// A running orchestrator.
@@ -143,17 +145,18 @@ impl Orchestrator {
             relay,
             producer,
             ops: ops.clone(),
+            long_polls: crate::http::LongPolls::new(config.api.max_long_polls),
+            auth: config.api.auth.clone(),
         }));
         let stop = cancel.clone();
         let health = ops.health.clone();
+        let limits = config.api.limits;
         tasks.spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            platform::server::serve(listener, app, limits, async move {
                 stop.cancelled().await;
                 health.stopping();
-            });
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "http server stopped");
-            }
+            })
+            .await;
         });
         tracing::info!(%addr, "orchestrator listening");
         Ok(Orchestrator {

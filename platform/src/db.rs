@@ -53,6 +53,10 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// PostgreSQL connections for reads that need no transaction (the HTTP API), apart from the
+/// writers' 10.
+const READ_CONNECTIONS: u32 = 6;
+
 /// A connected, migrated database.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -146,9 +150,21 @@ impl Db {
                         redact(url)
                     )))?;
                 migrations.postgres.run(&pool).await?;
+                // Reads of the API get a pool of their own: a flood of GETs then waits for a
+                // reader connection instead of taking the ones the reply consumer, the relay and
+                // the timers write with. Opened on first use (components that never read there
+                // hold no connection).
+                let reader = AnyPoolOptions::new()
+                    .max_connections(READ_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy(url)
+                    .map_err(Error::db(format!(
+                        "connecting to DATABASE_URL={}",
+                        redact(url)
+                    )))?;
                 Db {
-                    writer: pool.clone(),
-                    reader: pool,
+                    writer: pool,
+                    reader,
                     engine,
                 }
             }

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod ops;
 pub mod prune;
 pub mod retry;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::db::{Db, Engine};
+use crate::db::Db;
 
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -98,8 +98,8 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub component: String,
-    /// `writer` and `reader` on SQLite (one writer connection beside a read pool); `shared` on
-    /// PostgreSQL, where both are one pool.
+    /// `writer` (transactions; one connection on SQLite) or `reader` (reads of the API, a pool
+    /// of its own so they cannot starve the writers).
     pub pool: String,
     /// `idle` or `in_use`.
     pub state: String,
@@ -328,10 +328,7 @@ impl Metrics {
     fn refresh_pools(&self) {
         let Ok(pools) = self.pools.lock() else { return };
         for (component, db) in pools.iter() {
-            let named: Vec<(&str, &sqlx::AnyPool)> = match db.engine {
-                Engine::Sqlite => vec![("writer", &db.writer), ("reader", &db.reader)],
-                Engine::Postgres => vec![("shared", &db.writer)],
-            };
+            let named = [("writer", &db.writer), ("reader", &db.reader)];
             for (pool, p) in named {
                 let idle = p.num_idle() as i64;
                 let size = i64::from(p.size());

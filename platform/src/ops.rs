@@ -84,11 +84,13 @@ pub async fn serve(
     })?;
     let app = router(ops);
     let task = tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
+        crate::server::serve(
+            listener,
+            app,
+            crate::server::Limits::default(),
+            async move { cancel.cancelled().await },
+        )
+        .await;
     });
     tracing::info!(addr = %bound, "serving /livez, /readyz and /metrics");
     Ok((bound, task))

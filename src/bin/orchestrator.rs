@@ -28,6 +28,8 @@ struct Args {
     /// Times a reply may fail with a non-transient error before it is dead-lettered.
     #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
     max_delivery_attempts: u32,
+    #[command(flatten)]
+    api: orchestrator::http::ApiArgs,
 }
 
 #[tokio::main]
@@ -38,6 +40,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _telemetry = platform::telemetry::init("orchestrator")?;
+    // Settings first: a missing token must stop the start before anything connects.
+    let api = args.api.config(args.listen)?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = orchestrator::Config {
@@ -51,6 +55,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_delivery_attempts: args.max_delivery_attempts,
         retention: args.policy.retention(),
         ops: platform::Ops::default(),
+        api,
     };
     let orchestrator = orchestrator::Orchestrator::start(config, cancel.clone()).await?;
     platform::shutdown::run_bounded(&cancel, orchestrator.wait()).await;

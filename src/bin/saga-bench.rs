@@ -105,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_delivery_attempts: 3,
             retention: platform::prune::DEFAULT_RETENTION,
             ops: platform::Ops::default(),
+            api: Default::default(),
         };
         if args.instances == 0 {
             let system = saga_system::System::start(&config, &cancel).await?;

@@ -61,6 +61,26 @@ fn every_app_container_is_configured_probed_ordered_and_unprivileged() {
         let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
         if *name == "orchestrator" {
             assert_eq!(env["LISTEN_ADDR"], format!("0.0.0.0:{port}"), "{name}");
+            // Beyond loopback the API refuses to start without tokens: compose must give some,
+            // and they must be ones the orchestrator accepts.
+            let tokens = env["API_TOKENS"]
+                .as_str()
+                .expect("orchestrator: API_TOKENS (its API listens beyond loopback)");
+            let auth = orchestrator::http::auth::AuthArgs {
+                api_auth: orchestrator::http::auth::AuthMode::Auto,
+                api_tokens: compose_defaults(tokens),
+                api_tokens_file: None,
+            };
+            let listen: std::net::SocketAddr =
+                env["LISTEN_ADDR"].as_str().unwrap().parse().unwrap();
+            assert!(
+                matches!(
+                    auth.auth(listen),
+                    Ok(orchestrator::http::auth::Auth::Tokens(_))
+                ),
+                "compose's API_TOKENS are refused: {:?}",
+                auth.auth(listen).err()
+            );
         } else {
             assert_eq!(env["METRICS_ADDR"], format!("0.0.0.0:{port}"), "{name}");
         }
@@ -198,4 +218,21 @@ fn the_image_runs_unprivileged_with_topics_json_and_a_probe() {
             "{name}: {binary} not built"
         );
     }
+}
+
+/// `${NAME:-default}` replaced by its default, as compose does when `NAME` is unset.
+fn compose_defaults(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        let inner = &rest[start + 2..start + end];
+        out.push_str(inner.split_once(":-").map_or("", |(_, d)| d));
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }

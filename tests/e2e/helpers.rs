@@ -161,6 +161,7 @@ pub async fn spawn_app_on(
         max_delivery_attempts: 3,
         retention: platform::prune::DEFAULT_RETENTION,
         ops: platform::Ops::default(),
+        api: Default::default(),
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
     kafka.create_topics(&config.topics).expect("topics");

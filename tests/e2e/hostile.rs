@@ -184,3 +184,171 @@ fn hostile_requests_never_get_a_5xx_or_crash_the_api() {
     assert_eq!(status, 404, "still serving");
     rt.block_on(app.stop());
 }
+
+/// POST a saga and poll it until it ends; how long that took.
+async fn timed_saga(app: &TestApp, customer: &str) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let id = app.start_saga(customer).await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    started.elapsed()
+}
+
+fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Issue 10, item 12: slow and partial request heads and idle keep-alive connections were held
+/// for ever, and long polls had no cap. Now a head must arrive (and an idle connection must
+/// send its next request) within the header timeout, long polls over the cap are answered 503
+/// at once, and sagas complete at their usual latency through all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_idle_connections_and_long_polls_are_bounded_and_sagas_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A saga that stays COMPENSATING for 20 s: its cancel_order is answered late.
+    let policy = orchestrator::Policy {
+        compensation_limit_ms: 60_000,
+        max_step_timeout_ms: 30_000,
+        ..fast_policy()
+    };
+    let slow_cancel = services::chaos::Chaos {
+        reply_delay_ms: 20_000,
+        commands: vec!["cancel_order".into()],
+        ..Default::default()
+    };
+    let mut app = spawn_app_custom(&ALL_SERVICES, policy, slow_cancel).await;
+    app.stop_orchestrator().await;
+    app.config.api.limits.header_read_timeout = std::time::Duration::from_secs(2);
+    app.config.api.max_long_polls = 8;
+    app.start_orchestrator().await;
+
+    let mut baseline = Vec::new();
+    for i in 0..8 {
+        baseline.push(timed_saga(&app, &format!("c-base-{i}")).await);
+    }
+    let baseline = median(baseline);
+
+    // 200 connections that send half a request head and stop; 50 that send one request, read
+    // the answer and then idle on keep-alive.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"GET /sagas HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        idle.push(s);
+    }
+    // Long polls up to the cap on the saga that cannot end yet; one more is refused at once.
+    let waiting = app.start_saga("nocard-poll").await;
+    app.wait_for(&waiting, std::time::Duration::from_secs(10), |s| {
+        s["status"] == "COMPENSATING"
+    })
+    .await;
+    let mut polls = Vec::new();
+    for _ in 0..8 {
+        let client = app.client.clone();
+        let url = app.url(&format!("/sagas/{waiting}?wait_ms=9000"));
+        polls.push(tokio::spawn(async move {
+            client.get(url).send().await.unwrap().status()
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let over = app
+        .client
+        .get(app.url(&format!("/sagas/{waiting}?wait_ms=9000")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let body: Value = over.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("long polls"),
+        "{body}"
+    );
+
+    // Sagas go on at their usual pace meanwhile.
+    let mut during = Vec::new();
+    for i in 0..8 {
+        during.push(timed_saga(&app, &format!("c-during-{i}")).await);
+    }
+    let during = median(during);
+    assert!(
+        during <= baseline * 3 + std::time::Duration::from_millis(300),
+        "median saga latency {during:?} under hostile clients vs {baseline:?} before"
+    );
+
+    // The server closed every slow and idle connection by itself, soon after the 2 s timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for (kind, conns) in [("slow head", &mut slow), ("idle keep-alive", &mut idle)] {
+        for s in conns.iter_mut() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut buf = [0u8; 1024];
+            // End of stream (or a reset) once the server closes; it must not hang.
+            loop {
+                match tokio::time::timeout(left, s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => continue, // e.g. a 408 before the close
+                    Err(_) => panic!("a {kind} connection was still open after 7 s"),
+                }
+            }
+        }
+    }
+    for p in polls {
+        assert_eq!(p.await.unwrap(), reqwest::StatusCode::OK);
+    }
+    app.stop().await;
+}
+
+/// Past `HTTP_MAX_CONNECTIONS` a new connection waits to be served until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_for_a_free_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = spawn_app_with(&[]).await;
+    app.stop_orchestrator().await;
+    app.config.api.limits.max_connections = 16;
+    app.config.api.limits.header_read_timeout = std::time::Duration::from_secs(2);
+    app.start_orchestrator().await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1_500),
+        "served after {waited:?}: the 16 silent connections did not hold the cap"
+    );
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    drop(held);
+    app.stop().await;
+}

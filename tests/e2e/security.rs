@@ -238,3 +238,143 @@ async fn an_absurd_retention_is_refused_at_start() {
         let _ = child.wait();
     }
 }
+
+const READ: &str = "read-token-0123456789abcdef";
+const START: &str = "start-token-0123456789abcdef";
+const OPERATOR: &str = "operator-token-0123456789abcdef";
+
+/// Issue 10, item 13: anyone who reached the port could list every customer's sagas and cancel
+/// any order. With tokens, each scope can do what it names and no more; 401/403 come as JSON;
+/// probes and metrics stay open; no token ever reaches the logs (debug level, JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_scope_can_do_what_it_names_and_no_more() {
+    let tokens = format!("read:{READ},start:{START},operator:{OPERATOR}");
+    let app = spawn_processes_on(
+        None,
+        &[
+            ("API_AUTH", "on"),
+            ("API_TOKENS", &tokens),
+            ("RUST_LOG", "debug"),
+            ("LOG_FORMAT", "json"),
+        ],
+        1,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>| {
+        let mut r = client.request(method, app.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if path == "/orders" {
+            r = r.json(&order_body("c-auth"));
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status();
+            let challenge = r.headers().get("www-authenticate").cloned();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body, challenge)
+        }
+    };
+    use reqwest::Method;
+    use reqwest::StatusCode;
+
+    // No token, or a wrong one: 401 with a JSON reason and a Bearer challenge.
+    for token in [None, Some("not-a-token-at-all-nope"), Some(&READ[1..])] {
+        let (status, body, challenge) = call(Method::GET, "/sagas", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+        assert_eq!(challenge.unwrap(), "Bearer");
+    }
+    // Probes and metrics need none.
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let r = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+
+    // start: starts sagas and reads them; cannot cancel.
+    let (status, body, _) = call(Method::POST, "/orders", Some(START)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["saga_id"].as_str().unwrap().to_string();
+    let (status, _, _) = call(Method::GET, &format!("/sagas/{id}"), Some(START)).await;
+    assert_eq!(status, StatusCode::OK);
+    let cancel = format!("/sagas/{id}/cancel");
+    let (status, body, _) = call(Method::POST, &cancel, Some(START)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("operator"),
+        "{body}"
+    );
+
+    // read: lists and reads; cannot start, cancel or retry.
+    let (status, body, _) = call(Method::GET, "/sagas?limit=5", Some(READ)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = call(Method::GET, &format!("/sagas/{id}"), Some(READ)).await;
+    assert_eq!(status, StatusCode::OK);
+    for (method, path) in [
+        (Method::POST, "/orders".to_string()),
+        (Method::POST, cancel.clone()),
+        (Method::POST, format!("/sagas/{id}/retry")),
+    ] {
+        let (status, body, _) = call(method, &path, Some(READ)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    assert_eq!(
+        count_sagas(&app).await,
+        1,
+        "refused requests started nothing"
+    );
+
+    // operator: everything.
+    let mut completed = false;
+    for _ in 0..100 {
+        let (_, saga, _) = call(Method::GET, &format!("/sagas/{id}"), Some(OPERATOR)).await;
+        if saga["status"] == "COMPLETED" {
+            completed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(completed, "the saga did not complete");
+    let (status, body, _) = call(Method::POST, &cancel, Some(OPERATOR)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let (log, stdout) = app.proc_output("orchestrator");
+    assert!(log.contains("http_access"), "the access log is there");
+    for token in [READ, START, OPERATOR] {
+        for text in [&log, &stdout] {
+            assert!(!text.contains(token), "a token reached the output");
+            assert!(
+                !text.contains(&token[..12]),
+                "part of a token reached the output"
+            );
+        }
+    }
+}
+
+async fn count_sagas(app: &TestApp) -> i64 {
+    let db = app.db("orchestrator").await;
+    count(&db, "SELECT COUNT(*) FROM sagas WHERE saga_id <> $1", "").await
+}
+
+/// Beyond loopback without tokens the API would be open to anyone: the start is refused with
+/// one line naming the setting (and `API_AUTH=off` is the explicit way to run it open).
+#[test]
+fn listening_beyond_loopback_without_tokens_is_refused_at_start() {
+    let (code, took, stderr) = run_orchestrator(
+        &[
+            ("LISTEN_ADDR", "0.0.0.0:0"),
+            ("KAFKA_BROKERS", "127.0.0.1:1"),
+            ("DATABASE_URL", "sqlite://unused.db?mode=rwc"),
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let line = error_line(&stderr);
+    assert!(
+        line.contains("API_TOKENS") && line.contains("API_AUTH=off"),
+        "{line}"
+    );
+}

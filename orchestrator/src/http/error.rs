@@ -22,6 +22,15 @@ pub enum ApiError {
     },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No valid bearer token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// A valid token whose scope does not cover the request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A bounded resource (long polls) is full; the client may retry.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The request took longer than the API allows.
     #[error("request timed out")]
     Timeout,
@@ -96,8 +105,19 @@ impl IntoResponse for ApiError {
             )
                 .into_response();
         }
+        if let ApiError::Unauthorized(message) = &self {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({ "error": message })),
+            )
+                .into_response();
+        }
         let (status, message) = match self {
             ApiError::Client { status, message } => (status, message),
+            ApiError::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message.to_string()),
+            ApiError::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+            ApiError::Busy(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
             ApiError::Conflict { message, .. } => (StatusCode::CONFLICT, message),
             ApiError::MethodNotAllowed => (

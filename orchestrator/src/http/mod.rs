@@ -5,8 +5,10 @@
 //! a span that continues the caller's W3C trace (`traceparent`) or starts one, an access log line
 //! (target `http_access`), and a sample in `http_server_request_duration_seconds`.
 
+pub mod auth;
 mod error;
 mod health;
+mod limits;
 mod orders;
 mod sagas;
 
@@ -30,6 +32,7 @@ use platform::trace::{TRACEPARENT, TRACESTATE};
 use platform::{Ops, TraceContext};
 
 pub use error::ApiError;
+pub use limits::{ApiArgs, ApiConfig, LongPolls};
 
 use crate::intake::{Intake, Ticket};
 use crate::relay::Relay;
@@ -93,6 +96,10 @@ pub struct AppParts {
     pub producer: FutureProducer,
     /// Metrics and readiness of the process.
     pub ops: Ops,
+    /// Long polls in progress, capped.
+    pub long_polls: LongPolls,
+    /// Who may call what.
+    pub auth: auth::Auth,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -100,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(sagas::router())
         .merge(health::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require,
+        ))
         .route_layer(axum::middleware::from_fn(name_route))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

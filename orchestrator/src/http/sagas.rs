@@ -145,6 +145,7 @@ async fn get_saga(
     let state = match params.wait_ms {
         None | Some(0) => app.store.get(saga_id).await?,
         Some(ms) if ms <= MAX_WAIT_MS => {
+            let _place = app.long_polls.enter()?;
             app.store
                 .get_when_ended(saga_id, std::time::Duration::from_millis(ms))
                 .await?

@@ -1,0 +1,295 @@
+//! Who may call the API: static bearer tokens, each with a scope.
+//!
+//! | scope | may |
+//! |---|---|
+//! | `read` | `GET /sagas`, `GET /sagas/{id}` |
+//! | `start` | the above, and `POST /orders` |
+//! | `operator` | the above, and `POST /sagas/{id}/cancel`, `POST /sagas/{id}/retry` |
+//!
+//! The probes and `/metrics` need no token (probes and scrapers rarely carry one; they reveal
+//! no customer data). Tokens come from `API_TOKENS` (`scope:token,scope:token`) and/or
+//! `API_TOKENS_FILE` (one `scope token` per line, `#` comments), so they can live in a secret
+//! mount rather than the environment. They are compared in constant time and never logged.
+//!
+//! `API_AUTH=auto` (the default) turns authentication on when the API listens beyond loopback
+//! and refuses to start without tokens then; `cargo run` (127.0.0.1) needs none. `on` and `off`
+//! force it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+
+/// What a token allows; each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Start,
+    Operator,
+}
+
+impl Scope {
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "read" => Some(Scope::Read),
+            "start" => Some(Scope::Start),
+            "operator" => Some(Scope::Operator),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Start => "start",
+            Scope::Operator => "operator",
+        }
+    }
+
+    /// The scope a route needs; `None` for the open ones (probes, metrics, unknown routes).
+    fn needed(method: &Method, route: &str) -> Option<Scope> {
+        match (method, route) {
+            (&Method::POST, "/orders") => Some(Scope::Start),
+            (&Method::POST, "/sagas/{saga_id}/cancel" | "/sagas/{saga_id}/retry") => {
+                Some(Scope::Operator)
+            }
+            (_, r) if r == "/sagas" || r.starts_with("/sagas/") => Some(Scope::Read),
+            _ => None,
+        }
+    }
+}
+
+/// The tokens the API accepts, or none needed.
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    Off,
+    Tokens(Arc<Vec<(Vec<u8>, Scope)>>),
+}
+
+impl std::fmt::Debug for Auth {
+    /// Counts, never the tokens themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Off => write!(f, "Auth::Off"),
+            Auth::Tokens(t) => write!(f, "Auth::Tokens({} tokens)", t.len()),
+        }
+    }
+}
+
+impl Auth {
+    /// Parses `scope:token` pairs (as in `API_TOKENS`) and `scope token` lines (as in a file).
+    pub fn tokens(entries: &[(String, String)]) -> Result<Auth, String> {
+        let mut tokens = Vec::with_capacity(entries.len());
+        for (scope, token) in entries {
+            let scope = Scope::parse(scope.trim()).ok_or_else(|| {
+                format!("unknown scope {scope:?} (expected read, start or operator)")
+            })?;
+            let token = token.trim();
+            if token.len() < 16 {
+                return Err(format!(
+                    "a {} token is shorter than 16 characters; use a long random one",
+                    scope.as_str()
+                ));
+            }
+            tokens.push((token.as_bytes().to_vec(), scope));
+        }
+        Ok(Auth::Tokens(Arc::new(tokens)))
+    }
+
+    /// The scope of `token`, comparing with every known token in constant time.
+    fn scope_of(tokens: &[(Vec<u8>, Scope)], token: &[u8]) -> Option<Scope> {
+        let mut found = None;
+        for (known, scope) in tokens {
+            if bool::from(known.as_slice().ct_eq(token)) {
+                found = Some(*scope);
+            }
+        }
+        found
+    }
+}
+
+/// `API_AUTH`: when authentication is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// On when listening beyond loopback.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// `auto` (on unless the API listens on loopback only), `on` or `off`.
+    #[arg(long, env = "API_AUTH", value_enum, default_value = "auto")]
+    pub api_auth: AuthMode,
+    /// Bearer tokens as `scope:token,scope:token` (scopes: read, start, operator).
+    #[arg(long, env = "API_TOKENS", hide_env_values = true, default_value = "")]
+    pub api_tokens: String,
+    /// A file of `scope token` lines (`#` starts a comment).
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The authentication of an API listening on `listen`.
+    pub fn auth(&self, listen: SocketAddr) -> Result<Auth, String> {
+        let mut entries = Vec::new();
+        for pair in self.api_tokens.split(',').filter(|p| !p.trim().is_empty()) {
+            let (scope, token) = pair
+                .split_once(':')
+                .ok_or("API_TOKENS: each entry is scope:token")?;
+            entries.push((scope.to_string(), token.to_string()));
+        }
+        if let Some(path) = &self.api_tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("API_TOKENS_FILE {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (scope, token) = line.split_once(char::is_whitespace).ok_or_else(|| {
+                    format!(
+                        "API_TOKENS_FILE {} line {}: expected `scope token`",
+                        path.display(),
+                        n + 1
+                    )
+                })?;
+                entries.push((scope.to_string(), token.to_string()));
+            }
+        }
+        let on = match self.api_auth {
+            AuthMode::Off => false,
+            AuthMode::On => true,
+            AuthMode::Auto => !listen.ip().is_loopback() || !entries.is_empty(),
+        };
+        if !on {
+            return Ok(Auth::Off);
+        }
+        if entries.is_empty() {
+            return Err(format!(
+                "API_AUTH: the API listens on {listen}, beyond loopback, and no API_TOKENS or \
+                 API_TOKENS_FILE is set; give tokens, or set API_AUTH=off to run it open"
+            ));
+        }
+        Auth::tokens(&entries).map_err(|e| format!("API_TOKENS: {e}"))
+    }
+}
+
+/// Checks the bearer token of every request to a guarded route: 401 without a valid one, 403
+/// when its scope is too small. Runs after routing (it needs the route template).
+pub async fn require(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let Auth::Tokens(tokens) = &auth else {
+        return next.run(req).await;
+    };
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    let Some(needed) = route.and_then(|r| Scope::needed(req.method(), r)) else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = presented else {
+        return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer …)")
+            .into_response();
+    };
+    match Auth::scope_of(tokens, token.as_bytes()) {
+        None => ApiError::Unauthorized("the bearer token is not valid").into_response(),
+        Some(scope) if scope < needed => ApiError::Forbidden(format!(
+            "this token has the {} scope; this request needs {}",
+            scope.as_str(),
+            needed.as_str()
+        ))
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(mode: AuthMode, tokens: &str) -> AuthArgs {
+        AuthArgs {
+            api_auth: mode,
+            api_tokens: tokens.into(),
+            api_tokens_file: None,
+        }
+    }
+
+    #[test]
+    fn off_on_loopback_on_beyond_it_and_refused_without_tokens() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(matches!(
+            args(AuthMode::Auto, "").auth(local),
+            Ok(Auth::Off)
+        ));
+        let err = args(AuthMode::Auto, "").auth(any).unwrap_err();
+        assert!(
+            err.contains("API_TOKENS") && err.contains("0.0.0.0:8080"),
+            "{err}"
+        );
+        assert!(matches!(args(AuthMode::Off, "").auth(any), Ok(Auth::Off)));
+        assert!(args(AuthMode::On, "").auth(local).is_err());
+        let on = args(
+            AuthMode::Auto,
+            "read:aaaaaaaaaaaaaaaa,operator:bbbbbbbbbbbbbbbb",
+        )
+        .auth(any)
+        .unwrap();
+        let Auth::Tokens(t) = &on else { panic!("off") };
+        assert_eq!(Auth::scope_of(t, b"aaaaaaaaaaaaaaaa"), Some(Scope::Read));
+        assert_eq!(
+            Auth::scope_of(t, b"bbbbbbbbbbbbbbbb"),
+            Some(Scope::Operator)
+        );
+        assert_eq!(Auth::scope_of(t, b"bbbbbbbbbbbbbbb"), None);
+        assert!(!format!("{on:?}").contains("aaaa"), "tokens never printed");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_a_reason() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        for (bad, why) in [
+            ("admin:aaaaaaaaaaaaaaaa", "unknown scope"),
+            ("read:short", "shorter than 16"),
+            ("aaaaaaaaaaaaaaaa", "scope:token"),
+        ] {
+            let err = args(AuthMode::On, bad).auth(any).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("aaaaaaaa"), "{err}");
+        }
+    }
+
+    #[test]
+    fn each_route_needs_its_scope() {
+        assert_eq!(Scope::needed(&Method::POST, "/orders"), Some(Scope::Start));
+        assert_eq!(Scope::needed(&Method::GET, "/sagas"), Some(Scope::Read));
+        assert_eq!(
+            Scope::needed(&Method::GET, "/sagas/{saga_id}"),
+            Some(Scope::Read)
+        );
+        assert_eq!(
+            Scope::needed(&Method::POST, "/sagas/{saga_id}/cancel"),
+            Some(Scope::Operator)
+        );
+        assert_eq!(Scope::needed(&Method::GET, "/readyz"), None);
+        assert_eq!(Scope::needed(&Method::GET, "/metrics"), None);
+        assert!(Scope::Read < Scope::Start && Scope::Start < Scope::Operator);
+    }
+}
