@@ -152,6 +152,8 @@ struct Shared {
 pub async fn run(config: BenchConfig) -> Report {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
+        // Below the API's 10 s idle timeout: never reuse a connection the server is closing.
+        .pool_idle_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client");

@@ -170,6 +170,9 @@ pub async fn spawn_app_on(
         addr: "127.0.0.1:0".parse().unwrap(),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            // Below the server's 10 s idle timeout (HTTP_HEADER_TIMEOUT), as any client that
+            // pools connections should be: a connection the server is closing is not reused.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap(),
         kafka,
