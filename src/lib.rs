@@ -51,6 +51,8 @@ pub struct SystemConfig {
     pub postgres_url: Option<String>,
     pub sqlite_sync: SqliteSync,
     pub notification_stdout: bool,
+    /// When the notification log is rotated.
+    pub notification_rotation: services::notification::Rotation,
     pub topics: Topics,
     pub policy: orchestrator::Policy,
     /// Faults the stub services inject (off by default).
@@ -60,6 +62,8 @@ pub struct SystemConfig {
     /// How long processed inbox and sent outbox rows (orchestrator) and processed commands
     /// (services) are kept.
     pub retention: std::time::Duration,
+    /// How long sagas that ended well are kept (`None`: for ever; `SAGA_RETENTION`).
+    pub saga_retention: Option<std::time::Duration>,
     /// Metrics and readiness of every component (one registry per process; the orchestrator's
     /// port serves them).
     pub ops: platform::Ops,
@@ -98,6 +102,7 @@ impl SystemConfig {
             policy: self.policy,
             max_delivery_attempts: self.max_delivery_attempts,
             retention: self.retention,
+            saga_retention: self.saga_retention,
             ops: self.ops.clone(),
             api: self.api.clone(),
         })
@@ -120,6 +125,7 @@ impl SystemConfig {
         NotificationConfig {
             log_file: self.data_dir.join("notifications.log"),
             stdout: self.notification_stdout,
+            rotation: self.notification_rotation,
             kafka,
             topics: self.topics.clone(),
             ops: self.ops.clone(),

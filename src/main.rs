@@ -27,6 +27,8 @@ struct Args {
     /// Print every notification line to stdout as well as to the log file.
     #[arg(long, env = "NOTIFICATION_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     notification_stdout: bool,
+    #[command(flatten)]
+    notification_rotation: services::notification::RotationArgs,
     /// A topics.json to use instead of the built-in one.
     #[arg(long, env = "TOPICS_FILE")]
     topics_file: Option<String>,
@@ -55,11 +57,13 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
         postgres_url: args.database_url.filter(|u| !u.is_empty()),
         sqlite_sync: args.sqlite_synchronous,
         notification_stdout: args.notification_stdout,
+        notification_rotation: args.notification_rotation.rotation(),
         topics: platform::Topics::load(args.topics_file.as_deref())?,
         policy: args.policy.policy(),
         chaos: args.chaos,
         max_delivery_attempts: args.max_delivery_attempts,
         retention: args.policy.retention(),
+        saga_retention: args.policy.saga_retention(),
         ops: platform::Ops::default(),
         api: args
             .api

@@ -39,6 +39,8 @@ pub struct Config {
     pub max_delivery_attempts: u32,
     /// How long processed inbox rows and sent outbox rows are kept before they are pruned.
     pub retention: std::time::Duration,
+    /// How long sagas that ended well are kept (`None`: for ever).
+    pub saga_retention: Option<std::time::Duration>,
     /// Where metrics and readiness go (shared with the other components of the process).
     pub ops: Ops,
     /// Bounds and authentication of the HTTP API.
@@ -116,6 +118,7 @@ impl Orchestrator {
         let pruner = Pruner {
             store: store.clone(),
             retention: config.retention,
+            saga_retention: config.saga_retention,
         };
         tasks.spawn(pruner.run(cancel.clone()));
         let (listening, url) = (store.clone(), config.database_url.clone());
@@ -222,6 +225,11 @@ pub struct PolicyArgs {
           default_value = platform::prune::DEFAULT_RETENTION_TEXT,
           value_parser = platform::time::parse_duration_setting)]
     pub retention: std::time::Duration,
+    /// Opt-in: sagas that ended well (COMPLETED, COMPENSATED, CANCELLED) this long ago are
+    /// deleted with their inbox and outbox rows (`30d`, `90d`). Off by default: sagas are kept.
+    /// FAILED sagas are never deleted.
+    #[arg(long, env = "SAGA_RETENTION", value_parser = platform::time::parse_duration_setting)]
+    pub saga_retention: Option<std::time::Duration>,
 }
 
 impl PolicyArgs {
@@ -238,5 +246,9 @@ impl PolicyArgs {
 
     pub fn retention(&self) -> std::time::Duration {
         self.retention
+    }
+
+    pub fn saga_retention(&self) -> Option<std::time::Duration> {
+        self.saga_retention
     }
 }

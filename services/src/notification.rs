@@ -5,13 +5,16 @@
 //! orchestrator or the services.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use file_rotate::compression::Compression;
+use file_rotate::suffix::AppendCount;
+use file_rotate::{ContentLimit, FileRotate};
 
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use serde_json::{json, Map, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -29,14 +32,93 @@ pub struct NotificationConfig {
     pub log_file: PathBuf,
     /// Also print every line to stdout (the default for the standalone binary).
     pub stdout: bool,
+    /// When the log file is rotated and how many old ones are kept.
+    pub rotation: Rotation,
     pub kafka: KafkaSettings,
     pub topics: Topics,
     /// Where metrics and readiness go (shared with the other components of the process).
     pub ops: Ops,
 }
 
+/// The notification log's rotation: past `max_bytes` the file is renamed `<name>.1` (older ones
+/// shift to `.2`, ...) and a new one started; only `keep` old files are kept. The current file
+/// keeps its name, so `tail -F` follows it across rotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// [`Rotation`] as settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RotationArgs {
+    /// Rotate the notification log once it passes this many bytes.
+    #[arg(long, env = "NOTIFICATION_LOG_MAX_BYTES", default_value_t = Rotation::default().max_bytes,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub notification_log_max_bytes: u64,
+    /// Rotated notification logs kept (`notifications.log.1` is the newest).
+    #[arg(long, env = "NOTIFICATION_LOG_KEEP", default_value_t = Rotation::default().keep)]
+    pub notification_log_keep: usize,
+}
+
+impl RotationArgs {
+    pub fn rotation(&self) -> Rotation {
+        Rotation {
+            max_bytes: self.notification_log_max_bytes,
+            keep: self.notification_log_keep,
+        }
+    }
+}
+
+/// The log file, rotated by size. Writes go to the blocking pool: one per batch of messages.
+#[derive(Clone)]
+struct LogFile(Arc<std::sync::Mutex<FileRotate<AppendCount>>>);
+
+impl LogFile {
+    /// Opens (creating) `path`, failing at once if it cannot be written.
+    fn open(path: &Path, rotation: Rotation) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let file = FileRotate::new(
+            path,
+            AppendCount::new(rotation.keep),
+            // Rotate after the write that passes the limit: a batch of lines is never split.
+            ContentLimit::BytesSurpassed(usize::try_from(rotation.max_bytes).unwrap_or(usize::MAX)),
+            Compression::None,
+            None,
+        );
+        Ok(LogFile(Arc::new(std::sync::Mutex::new(file))))
+    }
+
+    async fn append(&self, text: Arc<String>) -> std::io::Result<()> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+            f.write_all(text.as_bytes())?;
+            f.flush()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
 struct Notifier {
-    file: Mutex<tokio::fs::File>,
+    file: LogFile,
     path: String,
     stdout: bool,
     dead_letter_topic: String,
@@ -50,19 +132,7 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
         path: path.clone(),
         source,
     };
-    if let Some(dir) = config
-        .log_file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        tokio::fs::create_dir_all(dir).await.map_err(log_err)?;
-    }
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.log_file)
-        .await
-        .map_err(log_err)?;
+    let file = LogFile::open(&config.log_file, config.rotation).map_err(log_err)?;
     let t = &config.topics;
     // Every topic: commands, replies, lifecycle events and dead letters.
     let topics = t.all();
@@ -84,7 +154,7 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
         cancel.clone(),
     );
     let notifier = Notifier {
-        file: Mutex::new(file),
+        file,
         path,
         stdout: config.stdout,
         dead_letter_topic: t.dead_letter.name.clone(),
@@ -132,15 +202,12 @@ impl Notifier {
             text.push_str(&line.to_string());
             text.push('\n');
         }
+        let text = Arc::new(text);
         let written = platform::retry::until_cancelled(
             &self.cancel,
             "writing the notification log",
             |_| true,
-            || async {
-                let mut f = self.file.lock().await;
-                f.write_all(text.as_bytes()).await?;
-                f.flush().await
-            },
+            || self.file.append(text.clone()),
         )
         .await;
         match written {
@@ -203,4 +270,56 @@ fn describe(message: &BorrowedMessage<'_>, dead_letter: bool) -> Value {
         line.insert("dead_letter".into(), Value::Object(dlq));
     }
     Value::Object(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10, item 14: the log grew for ever. Past its size it is rotated: the current file
+    /// keeps its name, at most `keep` old ones remain, no batch is split across files.
+    #[tokio::test]
+    async fn the_log_is_rotated_by_size_and_keeps_only_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notifications.log");
+        let log = LogFile::open(
+            &path,
+            Rotation {
+                max_bytes: 1_000,
+                keep: 2,
+            },
+        )
+        .unwrap();
+        for i in 0..100 {
+            let batch = format!("{{\"line\":{i},\"pad\":\"{}\"}}\n", "x".repeat(80));
+            log.append(Arc::new(batch.repeat(2))).await.unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "notifications.log",
+                "notifications.log.1",
+                "notifications.log.2"
+            ]
+        );
+        let current = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            current.contains("\"line\":99"),
+            "the newest lines are in the current file"
+        );
+        for name in &names {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert!(text.len() <= 1_000 + 200, "{name}: {} bytes", text.len());
+            for line in text.lines() {
+                serde_json::from_str::<Value>(line).expect("whole lines only");
+            }
+        }
+        let oldest = std::fs::read_to_string(dir.path().join("notifications.log.2")).unwrap();
+        assert!(!oldest.contains("\"line\":0,"), "the oldest lines are gone");
+    }
 }

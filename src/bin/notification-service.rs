@@ -23,6 +23,8 @@ struct Args {
     #[arg(long, env = "NOTIFICATION_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     stdout: bool,
     #[command(flatten)]
+    rotation: notification::RotationArgs,
+    #[command(flatten)]
     kafka: KafkaArgs,
     /// Where to serve `/livez`, `/readyz` and `/metrics` (e.g. `0.0.0.0:9090`); none if unset.
     #[arg(long, env = "METRICS_ADDR")]
@@ -43,6 +45,7 @@ async fn run(args: Args) -> Result<(), services::Error> {
     let config = NotificationConfig {
         log_file: args.log_file,
         stdout: args.stdout,
+        rotation: args.rotation.rotation(),
         kafka,
         topics,
         ops: ops.clone(),

@@ -54,6 +54,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         policy: args.policy.policy(),
         max_delivery_attempts: args.max_delivery_attempts,
         retention: args.policy.retention(),
+        saga_retention: args.policy.saga_retention(),
         ops: platform::Ops::default(),
         api,
     };

@@ -99,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             sqlite_sync: args.sqlite_synchronous,
             notification_stdout: false,
+            notification_rotation: Default::default(),
             topics: platform::Topics::load(None)?,
             policy: orchestrator::Policy::default(),
             chaos: Default::default(),
@@ -106,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             retention: platform::prune::DEFAULT_RETENTION,
             ops: platform::Ops::default(),
             api: Default::default(),
+            saga_retention: None,
         };
         if args.instances == 0 {
             let system = saga_system::System::start(&config, &cancel).await?;

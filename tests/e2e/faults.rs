@@ -256,4 +256,3 @@ async fn five_hundred_sagas_under_chaos_and_a_kill_9_all_end_terminal_and_consis
     assert!(!by_status.contains_key("FAILED"), "{by_status:?}");
     app.stop().await;
 }
-

@@ -155,6 +155,7 @@ pub async fn spawn_app_on(
         postgres_url,
         sqlite_sync: SqliteSync::Normal,
         notification_stdout: false,
+        notification_rotation: Default::default(),
         topics: Topics::load(None).unwrap(),
         policy,
         chaos,
@@ -162,6 +163,7 @@ pub async fn spawn_app_on(
         retention: platform::prune::DEFAULT_RETENTION,
         ops: platform::Ops::default(),
         api: Default::default(),
+        saga_retention: None,
     };
     let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
     kafka.create_topics(&config.topics).expect("topics");

@@ -104,3 +104,56 @@ async fn unsent_outbox_rows_are_never_pruned() {
     app.kafka.broker_up(1).unwrap();
     app.stop().await;
 }
+
+/// Issue 10, item 14: terminal sagas were kept for ever. With `SAGA_RETENTION` (opt-in) a saga
+/// that ended well goes after it, with its inbox and outbox rows; a `FAILED` one stays for its
+/// operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_saga_retention_sagas_that_ended_well_go_with_their_rows_and_failed_ones_stay() {
+    let refuse_cancel = services::chaos::Chaos {
+        failure_rate: 1.0,
+        commands: vec!["cancel_order".into()],
+        ..Default::default()
+    };
+    let mut app = spawn_app_custom(&ALL_SERVICES, fast_policy(), refuse_cancel).await;
+    app.stop_orchestrator().await;
+    app.config.saga_retention = Some(Duration::from_secs(2));
+    app.start_orchestrator().await;
+
+    let done = app.start_saga("c-prunable").await;
+    let failed = app.start_saga("nocard-kept").await;
+    assert_eq!(app.wait_terminal(&done).await["status"], "COMPLETED");
+    assert_eq!(app.wait_terminal(&failed).await["status"], "FAILED");
+    let db = app.db("orchestrator").await;
+    let rows = |id: String| {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT COUNT(*) FROM inbox WHERE saga_id = $1", &id).await
+                + count(&db, "SELECT COUNT(*) FROM outbox WHERE msg_key = $1", &id).await
+        }
+    };
+    assert!(rows(failed.clone()).await > 0);
+
+    let start = Instant::now();
+    loop {
+        let (status, _) = app.get_saga(&done).await;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the completed saga was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        rows(done.clone()).await,
+        0,
+        "its inbox and outbox rows went with it"
+    );
+    let (status, saga) = app.get_saga(&failed).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(saga["status"], "FAILED");
+    assert!(rows(failed).await > 0, "a FAILED saga keeps its rows");
+    app.stop().await;
+}

@@ -654,6 +654,43 @@ impl SagaStore {
         Ok(Pruned { outbox, inbox })
     }
 
+    /// Deletes up to `limit` sagas that ended well (`COMPLETED`, `COMPENSATED`, `CANCELLED`)
+    /// before `before`, with their inbox rows and sent outbox rows, in one transaction; returns
+    /// how many sagas went. `FAILED` sagas (an operator's to look at) and unsent rows stay.
+    pub async fn prune_sagas(&self, before: i64, limit: i64) -> Result<u64> {
+        let mut tx = self.db.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT saga_id FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') \
+             AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("saga_id"))
+        .collect::<std::result::Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        for chunk in ids.chunks(500) {
+            let list = self.db.engine.placeholders(1, chunk.len());
+            for sql in [
+                format!("DELETE FROM inbox WHERE saga_id IN ({list})"),
+                format!("DELETE FROM outbox WHERE sent_at IS NOT NULL AND msg_key IN ({list})"),
+                format!("DELETE FROM sagas WHERE saga_id IN ({list})"),
+            ] {
+                let mut q = db::dynamic(&sql);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
     /// How many outbox rows are not published yet, and when the oldest was written (for the
     /// outbox gauges, read at each scrape).
     pub async fn outbox_backlog(&self) -> Result<(i64, Option<i64>)> {
