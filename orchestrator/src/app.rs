@@ -83,7 +83,8 @@ impl Orchestrator {
             &config.topics.dead_letter.name,
             "orchestrator",
             &ops.metrics,
-        );
+        )
+        .with_store(db.clone());
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -97,7 +98,7 @@ impl Orchestrator {
         tasks.spawn(platform::health::watch_database(
             ops.health.clone(),
             "database:orchestrator".into(),
-            db,
+            db.clone(),
             cancel.clone(),
         ));
         tasks.spawn(platform::health::watch_broker(
@@ -132,10 +133,11 @@ impl Orchestrator {
             max_attempts: config.max_delivery_attempts.max(1),
             cancel: cancel.clone(),
         };
+        tasks.spawn(dead_letters.clone().drain(cancel.clone()));
         tasks.spawn(platform::kafka::run_consumer(
             consumer,
             handler,
-            dead_letters,
+            dead_letters.clone(),
             cancel.clone(),
         ));
         let (intake, intake_task) = Intake::start(store.clone(), relay.clone());
@@ -149,6 +151,8 @@ impl Orchestrator {
             producer,
             ops: ops.clone(),
             long_polls: crate::http::LongPolls::new(config.api.max_long_polls),
+            dead_letters,
+            db: db.clone(),
             auth: config.api.auth.clone(),
         }));
         let stop = cancel.clone();

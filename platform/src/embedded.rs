@@ -101,6 +101,17 @@ impl EmbeddedKafka {
         check(err, "broker down")
     }
 
+    /// Makes the cluster answer every metadata request for `topic` with `error` (for instance
+    /// `RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED`: an ACL that denies it), or clears it with
+    /// `RD_KAFKA_RESP_ERR_NO_ERROR`.
+    pub fn topic_error(&self, topic: &str, error: rd::rd_kafka_resp_err_t) -> Result<()> {
+        let name = CString::new(topic)
+            .map_err(|_| Error::Embedded(format!("topic name {topic:?} contains NUL")))?;
+        // SAFETY: `cluster` is valid and `name` outlives the call.
+        unsafe { rd::rd_kafka_mock_topic_set_error(self.cluster, name.as_ptr(), error) };
+        Ok(())
+    }
+
     /// Brings broker `id` back.
     pub fn broker_up(&self, id: i32) -> Result<()> {
         // SAFETY: `cluster` is valid.

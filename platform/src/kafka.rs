@@ -19,15 +19,15 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::metrics::{DeadLetterLabels, GroupLabels, HandledLabels, LagLabels, Metrics};
+use crate::metrics::{GroupLabels, HandledLabels, LagLabels, Metrics};
 use crate::{Error, Ops, Result, Topics};
 
 /// Consumer settings the embedded mock cluster needs (`KAFKA_CONFIG` for processes that use it):
@@ -538,116 +538,7 @@ pub trait MessageHandler: Send + Sync {
 /// arrives, so batching adds no waiting.
 pub const MAX_BATCH: usize = 256;
 
-/// Publishes messages that cannot be handled to the dead-letter topic.
-#[derive(Clone)]
-pub struct DeadLetters {
-    producer: FutureProducer,
-    topic: String,
-    source: String,
-    metrics: Metrics,
-}
-
-impl DeadLetters {
-    /// `source` names the component that gave up on the message (e.g. `orchestrator`).
-    pub fn new(
-        producer: FutureProducer,
-        topic: impl Into<String>,
-        source: impl Into<String>,
-        metrics: &Metrics,
-    ) -> Self {
-        DeadLetters {
-            producer,
-            topic: topic.into(),
-            source: source.into(),
-            metrics: metrics.clone(),
-        }
-    }
-
-    /// Copies the original bytes, key and headers, adding `dlq.*` headers with the source topic,
-    /// partition, offset, the component and the error. Retries until it is delivered or `cancel`
-    /// fires, because dropping a message nobody could handle would lose it.
-    pub async fn publish(
-        &self,
-        message: &BorrowedMessage<'_>,
-        reason: &str,
-        error: &str,
-        cancel: &CancellationToken,
-    ) -> bool {
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        headers = headers
-            .insert(Header {
-                key: "dlq.source.topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "dlq.source.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "dlq.source.offset",
-                value: Some(&offset),
-            })
-            .insert(Header {
-                key: "dlq.component",
-                value: Some(&self.source),
-            })
-            .insert(Header {
-                key: "dlq.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "dlq.error",
-                value: Some(error),
-            });
-        let payload = message.payload().unwrap_or_default();
-        let key = message.key().unwrap_or_default();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let record = FutureRecord::to(&self.topic)
-                .payload(payload)
-                .key(key)
-                .headers(headers.clone());
-            match self.producer.send(record, Duration::from_secs(5)).await {
-                Ok(_) => {
-                    tracing::warn!(
-                        topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        reason,
-                        error,
-                        "message dead-lettered"
-                    );
-                    self.metrics
-                        .dead_letters
-                        .get_or_create(&DeadLetterLabels {
-                            component: self.source.clone(),
-                            reason: reason.to_string(),
-                        })
-                        .inc();
-                    return true;
-                }
-                Err((e, _)) => {
-                    tracing::error!(error = %e, "cannot publish to the dead-letter topic; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-}
+pub use crate::dead_letters::DeadLetters;
 
 /// Replies handed to the producer but not confirmed yet, beyond which the loop waits.
 const MAX_UNCONFIRMED: usize = 1_000;
@@ -672,10 +563,10 @@ pub async fn run_consumer<H: MessageHandler>(
 ) {
     let handled = |outcome: &str| {
         dead_letters
-            .metrics
+            .metrics()
             .messages_handled
             .get_or_create_owned(&HandledLabels {
-                component: dead_letters.source.clone(),
+                component: dead_letters.source().to_string(),
                 outcome: outcome.to_string(),
             })
     };

@@ -17,6 +17,7 @@
 //!   signal.
 
 pub mod db;
+pub mod dead_letters;
 pub mod embedded;
 pub mod envelope;
 mod error;

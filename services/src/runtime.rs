@@ -127,7 +127,9 @@ pub async fn start<S: CommandService>(
         &config.topics.dead_letter.name,
         S::NAME,
         &ops.metrics,
-    );
+    )
+    .with_store(db.clone());
+    let drain = dead_letters.clone().drain(cancel.clone());
     if !config.chaos.is_off() {
         tracing::warn!(service = S::NAME, chaos = ?config.chaos, "chaos knobs are on");
     }
@@ -162,6 +164,7 @@ pub async fn start<S: CommandService>(
             pruner,
             db_check,
             broker_check,
+            drain,
         );
         delayed.close();
         delayed.wait().await;

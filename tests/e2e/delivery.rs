@@ -635,3 +635,95 @@ async fn a_create_past_its_deadline_is_answered_with_its_outcome_never_a_503_for
     );
     app.stop().await;
 }
+
+/// Issue 10, item 2: publishing a dead letter was retried until shutdown while the consume loop
+/// waited, so one unreadable reply with a dead-letter topic the broker refuses (here an ACL:
+/// TOPIC_AUTHORIZATION_FAILED) stopped all reply handling. Now the publish is bounded, the
+/// message is kept in the orchestrator's `dead_letters` table (bytes and headers intact, listed
+/// at `GET /dead-letters`), sagas go on, and once the topic takes writes again the stored letter
+/// is published and leaves the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_database() {
+    use rdkafka::bindings::rd_kafka_resp_err_t as E;
+    let app = spawn_app().await;
+    let dlq = app.config.topics.dead_letter.name.clone();
+    app.kafka
+        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .unwrap();
+    let topic = app.config.topics.user_events.name.clone();
+    let key = uuid::Uuid::new_v4().to_string();
+    app.produce(&topic, &key, b"{unreadable while the DLQ is denied")
+        .await;
+
+    // Replies keep flowing, on every partition.
+    for i in 0..3 {
+        let id = app.start_saga(&format!("c-dlq-denied-{i}")).await;
+        let saga = app
+            .wait_for(&id, std::time::Duration::from_secs(40), |s| {
+                s["status"] == "COMPLETED"
+            })
+            .await;
+        assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    }
+    // The letter is kept, whole.
+    let start = std::time::Instant::now();
+    let letter = loop {
+        let (status, body) = get_json(&app, "/dead-letters").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if let Some(l) = body["dead_letters"].as_array().and_then(|a| a.first()) {
+            break l.clone();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    assert_eq!(
+        b64.decode(letter["payload"].as_str().unwrap()).unwrap(),
+        b"{unreadable while the DLQ is denied"
+    );
+    assert_eq!(
+        b64.decode(letter["key"].as_str().unwrap()).unwrap(),
+        key.as_bytes()
+    );
+    assert_eq!(letter["source_topic"], topic);
+    assert_eq!(letter["component"], "orchestrator");
+    let headers = letter["headers"].to_string();
+    assert!(
+        headers.contains("dlq.reason") && headers.contains("dlq.error"),
+        "{headers}"
+    );
+
+    // The ACL is fixed: the letter is published, with its headers, and leaves the table.
+    app.kafka
+        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = app.post("/dead-letters/republish").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["left"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let headers = app
+        .wait_dead_letter(b"{unreadable while the DLQ is denied")
+        .await;
+    assert_eq!(headers["dlq.component"], "orchestrator");
+    assert_eq!(headers["dlq.source.topic"], topic);
+    app.stop().await;
+}
+
+async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
+    let r = app.client.get(app.url(path)).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}

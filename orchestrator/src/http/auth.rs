@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `read` | `GET /sagas`, `GET /sagas/{id}` |
 //! | `start` | the above, and `POST /orders` |
-//! | `operator` | the above, and `POST /sagas/{id}/cancel`, `POST /sagas/{id}/retry` |
+//! | `operator` | the above, and `POST /sagas/{id}/cancel`, `POST /sagas/{id}/retry`, `/dead-letters` |
 //!
 //! The probes and `/metrics` need no token (probes and scrapers rarely carry one; they reveal
 //! no customer data). Tokens come from `API_TOKENS` (`scope:token,scope:token`) and/or
@@ -60,6 +60,8 @@ impl Scope {
             (&Method::POST, "/sagas/{saga_id}/cancel" | "/sagas/{saga_id}/retry") => {
                 Some(Scope::Operator)
             }
+            // Dead letters hold whole messages: customers' data.
+            (_, r) if r.starts_with("/dead-letters") => Some(Scope::Operator),
             (_, r) if r == "/sagas" || r.starts_with("/sagas/") => Some(Scope::Read),
             _ => None,
         }

@@ -6,6 +6,7 @@
 //! (target `http_access`), and a sample in `http_server_request_duration_seconds`.
 
 pub mod auth;
+mod dead_letters;
 mod error;
 mod health;
 mod limits;
@@ -98,6 +99,9 @@ pub struct AppParts {
     pub ops: Ops,
     /// Long polls in progress, capped.
     pub long_polls: LongPolls,
+    /// Dead letters kept in the database, listed and re-published by `/dead-letters`.
+    pub dead_letters: platform::kafka::DeadLetters,
+    pub db: platform::db::Db,
     /// Who may call what.
     pub auth: auth::Auth,
 }
@@ -107,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(sagas::router())
         .merge(health::router())
+        .merge(dead_letters::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::require,

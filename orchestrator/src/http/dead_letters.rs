@@ -1,0 +1,45 @@
+//! `GET /dead-letters`: the dead letters the dead-letter topic would not take, kept in the
+//! orchestrator's database; `POST /dead-letters/republish` offers them to the topic now instead
+//! of at the next background round.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiQuery, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/dead-letters", get(list))
+        .route("/dead-letters/republish", post(republish))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(app): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let letters = platform::dead_letters::list(&app.db, limit)
+        .await
+        .map_err(|e| ApiError::from(crate::Error::from(e)))?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+async fn republish(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (published, left) = app
+        .dead_letters
+        .republish_stored()
+        .await
+        .map_err(|e| ApiError::from(crate::Error::from(e)))?;
+    Ok(Json(json!({ "published": published, "left": left })))
+}
