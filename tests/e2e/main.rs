@@ -19,3 +19,4 @@ mod pruning;
 mod restart;
 mod saga_paths;
 mod security;
+mod soak;

@@ -184,6 +184,11 @@ impl TestApp {
             .join("\n")
     }
 
+    /// The OS process id of component `name`, while it runs.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.procs.0.get(name).map(|c| c.id())
+    }
+
     /// `kill -9`: no shutdown path runs.
     pub fn kill9(&mut self, name: &'static str) {
         let mut child = self.procs.0.remove(name).expect("running");
