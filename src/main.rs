@@ -36,9 +36,6 @@ struct Args {
     policy: orchestrator::app::PolicyArgs,
     #[command(flatten)]
     chaos: services::chaos::Chaos,
-    /// Times a message may fail with a non-transient error before it is dead-lettered.
-    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
-    max_delivery_attempts: u32,
     #[command(flatten)]
     api: orchestrator::http::ApiArgs,
 }
@@ -61,7 +58,7 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
         topics: platform::Topics::load(args.topics_file.as_deref())?,
         policy: args.policy.policy(),
         chaos: args.chaos,
-        max_delivery_attempts: args.max_delivery_attempts,
+        max_delivery_attempts: args.policy.max_delivery_attempts(),
         retention: args.policy.retention(),
         saga_retention: args.policy.saga_retention(),
         ops: platform::Ops::default(),

@@ -221,14 +221,8 @@ pub struct PolicyArgs {
     /// A saga not COMPLETED after this long is compensated.
     #[arg(long, env = "SAGA_TIMEOUT_MS", default_value_t = Policy::default().saga_timeout_ms)]
     pub saga_timeout_ms: i64,
-    /// How long processed replies (inbox) and published commands (outbox) are kept before they
-    /// are pruned; the services keep processed commands as long. Milliseconds, or with units
-    /// (`2h`, `90m`). Keep it longer than SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS (how long a
-    /// command may be re-sent); sagas themselves are kept.
-    #[arg(long = "retention-ms", env = "RETENTION_MS", value_name = "RETENTION_MS",
-          default_value = platform::prune::DEFAULT_RETENTION_TEXT,
-          value_parser = platform::time::parse_duration_setting)]
-    pub retention: std::time::Duration,
+    #[command(flatten)]
+    pub retention: platform::prune::RetentionArgs,
     /// Opt-in: sagas that ended well (COMPLETED, COMPENSATED, CANCELLED) this long ago are
     /// deleted with their inbox and outbox rows (`30d`, `90d`). Off by default: sagas are kept.
     /// FAILED sagas are never deleted.
@@ -249,7 +243,11 @@ impl PolicyArgs {
     }
 
     pub fn retention(&self) -> std::time::Duration {
-        self.retention
+        self.retention.retention
+    }
+
+    pub fn max_delivery_attempts(&self) -> u32 {
+        self.retention.max_delivery_attempts
     }
 
     pub fn saga_retention(&self) -> Option<std::time::Duration> {

@@ -53,6 +53,18 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// The database settings of a component with a database of its own (`DATABASE_URL`,
+/// `SQLITE_SYNCHRONOUS`): one declaration for every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// `postgres://...` in production, or `sqlite://path?mode=rwc`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// SQLite only: `normal` survives a process crash, `full` also a power loss.
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
+    pub sqlite_synchronous: SqliteSync,
+}
+
 /// PostgreSQL connections for reads that need no transaction (the HTTP API), apart from the
 /// writers' 10.
 const READ_CONNECTIONS: u32 = 6;

@@ -17,6 +17,26 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(2 * 3600);
 /// [`DEFAULT_RETENTION`] as the command line writes it.
 pub const DEFAULT_RETENTION_TEXT: &str = "2h";
 
+/// `RETENTION_MS` and `MAX_DELIVERY_ATTEMPTS`, which the orchestrator and the services must
+/// agree on: declared once.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// How long processed replies (inbox) and published commands (outbox) are kept before they
+    /// are pruned, and the services' processed commands as long. Milliseconds, or with units
+    /// (`2h`, `90m`). Keep it longer than SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS (how long a
+    /// command may be re-sent).
+    #[arg(long = "retention-ms", env = "RETENTION_MS", value_name = "RETENTION_MS",
+          default_value = DEFAULT_RETENTION_TEXT,
+          value_parser = crate::time::parse_duration_setting)]
+    pub retention: Duration,
+    /// Times a message may fail with a non-transient error before it is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = DEFAULT_MAX_DELIVERY_ATTEMPTS)]
+    pub max_delivery_attempts: u32,
+}
+
+/// How many times a message that fails for good is tried before it is dead-lettered.
+pub const DEFAULT_MAX_DELIVERY_ATTEMPTS: u32 = 3;
+
 /// Rows deleted per statement: short transactions that do not hold up the consumers.
 pub const BATCH: i64 = 5_000;
 

@@ -29,32 +29,21 @@ pub mod user;
 pub use error::{Error, Result};
 pub use runtime::{ServiceConfig, ServiceHandle};
 
-use platform::db::SqliteSync;
+use platform::db::DbArgs;
 use platform::kafka::KafkaArgs;
+use platform::prune::RetentionArgs;
 
 /// Settings of a standalone command service binary.
 #[derive(Debug, clap::Args)]
 pub struct ServiceArgs {
-    /// `postgres://...` in production, or `sqlite://path?mode=rwc`.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// SQLite only: `normal` survives a process crash, `full` also a power loss.
-    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
-    pub sqlite_synchronous: SqliteSync,
+    #[command(flatten)]
+    pub db: DbArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub chaos: chaos::Chaos,
-    /// Times a command may fail with a non-transient error before it is dead-lettered.
-    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
-    pub max_delivery_attempts: u32,
-    /// How long processed commands are kept for de-duplication before they are pruned:
-    /// milliseconds, or with units (`2h`). Keep it longer than the orchestrator may re-send a
-    /// command (its COMPENSATION_LIMIT_MS).
-    #[arg(long = "retention-ms", env = "RETENTION_MS", value_name = "RETENTION_MS",
-          default_value = platform::prune::DEFAULT_RETENTION_TEXT,
-          value_parser = platform::time::parse_duration_setting)]
-    pub retention: std::time::Duration,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// Where to serve `/livez`, `/readyz` and `/metrics` (e.g. `0.0.0.0:9090`); none if unset.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -70,13 +59,13 @@ pub async fn run_standalone<S: runtime::CommandService>(
     let cancel = platform::shutdown::on_signal();
     let ops = platform::Ops::default();
     let config = ServiceConfig {
-        database_url: args.database_url,
-        sqlite_sync: args.sqlite_synchronous,
+        database_url: args.db.database_url,
+        sqlite_sync: args.db.sqlite_synchronous,
         kafka,
         topics,
         chaos: args.chaos,
-        max_attempts: args.max_delivery_attempts,
-        retention: args.retention,
+        max_attempts: args.retention.max_delivery_attempts,
+        retention: args.retention.retention,
         ops: ops.clone(),
     };
     let service = runtime::start(service, &config, cancel.clone()).await?;

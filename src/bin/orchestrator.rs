@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use platform::db::SqliteSync;
 use platform::kafka::KafkaArgs;
 
 #[derive(Debug, Parser)]
@@ -12,12 +11,8 @@ struct Args {
     /// Address of the HTTP API.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// `postgres://...` in production, or `sqlite://path?mode=rwc`.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-    /// SQLite only: `normal` survives a process crash, `full` also a power loss.
-    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
-    sqlite_synchronous: SqliteSync,
+    #[command(flatten)]
+    db: platform::db::DbArgs,
     /// The consumer group of all orchestrator instances.
     #[arg(long, env = "ORCHESTRATOR_GROUP", default_value = "saga-orchestrator")]
     group_id: String,
@@ -25,9 +20,6 @@ struct Args {
     kafka: KafkaArgs,
     #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
-    /// Times a reply may fail with a non-transient error before it is dead-lettered.
-    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 3)]
-    max_delivery_attempts: u32,
     #[command(flatten)]
     api: orchestrator::http::ApiArgs,
 }
@@ -46,13 +38,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let cancel = platform::shutdown::on_signal();
     let config = orchestrator::Config {
         listen: args.listen,
-        database_url: args.database_url,
-        sqlite_sync: args.sqlite_synchronous,
+        database_url: args.db.database_url,
+        sqlite_sync: args.db.sqlite_synchronous,
         kafka,
         topics,
         group_id: args.group_id,
         policy: args.policy.policy(),
-        max_delivery_attempts: args.max_delivery_attempts,
+        max_delivery_attempts: args.policy.max_delivery_attempts(),
         retention: args.policy.retention(),
         saga_retention: args.policy.saga_retention(),
         ops: platform::Ops::default(),

@@ -103,7 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             topics: platform::Topics::load(None)?,
             policy: orchestrator::Policy::default(),
             chaos: Default::default(),
-            max_delivery_attempts: 3,
+            max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,
             retention: platform::prune::DEFAULT_RETENTION,
             ops: platform::Ops::default(),
             api: Default::default(),

@@ -159,7 +159,7 @@ pub async fn spawn_app_on(
         topics: Topics::load(None).unwrap(),
         policy,
         chaos,
-        max_delivery_attempts: 3,
+        max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,
         retention: platform::prune::DEFAULT_RETENTION,
         ops: platform::Ops::default(),
         api: Default::default(),
