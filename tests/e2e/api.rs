@@ -74,7 +74,7 @@ async fn bad_input_gets_a_clear_4xx_and_starts_nothing() {
         let body: Value = r.json().await.unwrap();
         assert!(body["error"].is_string(), "{path}: {body}");
     }
-    let (_, list) = get_json(&app, "/sagas").await;
+    let (_, list) = app.get_json("/sagas").await;
     assert_eq!(
         list["sagas"].as_array().unwrap().len(),
         0,
@@ -92,7 +92,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
         app.wait_terminal(&id).await;
         ids.push(id);
     }
-    let (status, all) = get_json(&app, "/sagas").await;
+    let (status, all) = app.get_json("/sagas").await;
     assert_eq!(status, StatusCode::OK);
     let listed: Vec<&str> = all["sagas"]
         .as_array()
@@ -105,7 +105,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
         vec![ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]
     );
 
-    let (_, completed) = get_json(&app, "/sagas?status=COMPLETED&limit=50").await;
+    let (_, completed) = app.get_json("/sagas?status=COMPLETED&limit=50").await;
     let completed: Vec<&str> = completed["sagas"]
         .as_array()
         .unwrap()
@@ -114,7 +114,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
         .collect();
     assert_eq!(completed, vec![ids[2].as_str(), ids[0].as_str()]);
 
-    let (_, compensated) = get_json(&app, "/sagas?status=compensated").await;
+    let (_, compensated) = app.get_json("/sagas?status=compensated").await;
     assert_eq!(compensated["sagas"].as_array().unwrap().len(), 1);
     assert_eq!(compensated["sagas"][0]["saga_id"], ids[1].as_str());
     assert_eq!(
@@ -122,7 +122,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
         3
     );
 
-    let (_, limited) = get_json(&app, "/sagas?limit=1").await;
+    let (_, limited) = app.get_json("/sagas?limit=1").await;
     assert_eq!(limited["sagas"].as_array().unwrap().len(), 1);
     assert_eq!(limited["sagas"][0]["saga_id"], ids[2].as_str());
     app.stop().await;
@@ -131,7 +131,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_the_database_and_kafka() {
     let app = spawn_app().await;
-    let (status, body) = get_json(&app, "/health").await;
+    let (status, body) = app.get_json("/health").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
@@ -139,7 +139,7 @@ async fn health_reports_the_database_and_kafka() {
     );
 
     app.kafka.broker_down(1).unwrap();
-    let (status, body) = get_json(&app, "/health").await;
+    let (status, body) = app.get_json("/health").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["kafka"], "unreachable");
     assert_eq!(body["database"], "ok");
@@ -147,7 +147,7 @@ async fn health_reports_the_database_and_kafka() {
     app.kafka.broker_up(1).unwrap();
     let mut healthy = false;
     for _ in 0..50 {
-        if get_json(&app, "/health").await.0 == StatusCode::OK {
+        if app.get_json("/health").await.0 == StatusCode::OK {
             healthy = true;
             break;
         }
@@ -155,12 +155,6 @@ async fn health_reports_the_database_and_kafka() {
     }
     assert!(healthy, "health recovers when the broker is back");
     app.stop().await;
-}
-
-async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
-    let r = app.client.get(app.url(path)).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

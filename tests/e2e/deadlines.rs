@@ -97,16 +97,7 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
 
     // The order service recovers (a saga of its own proves it is serving again); an operator
     // re-drives the saga.
-    app.restart_service("orders", Chaos::default()).await;
-    let mut serving = false;
-    for i in 0..10 {
-        let probe = app.start_saga(&format!("c-probe-{i}")).await;
-        if app.wait_terminal(&probe).await["status"] == "COMPLETED" {
-            serving = true;
-            break;
-        }
-    }
-    assert!(serving, "the restarted order service never served");
+    app.restart_until_serving("orders").await;
     let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let saga = app.wait_terminal(&id).await;
@@ -155,16 +146,7 @@ async fn a_retry_after_a_late_compensation_reply_finishes_the_saga() {
 
     // The order service answers promptly again (a saga of its own proves it); the operator
     // retries.
-    app.restart_service("orders", Chaos::default()).await;
-    let mut serving = false;
-    for i in 0..10 {
-        let probe = app.start_saga(&format!("c-probe-{i}")).await;
-        if app.wait_terminal(&probe).await["status"] == "COMPLETED" {
-            serving = true;
-            break;
-        }
-    }
-    assert!(serving, "the restarted order service never served");
+    app.restart_until_serving("orders").await;
     let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let saga = app.wait_terminal(&id).await;
@@ -306,15 +288,7 @@ async fn due_sagas_are_claimed_by_one_look_not_handed_to_every_instance() {
     // pass, then look twice, as two instances would.
     app.stop_orchestrator().await;
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let url = app.config.database_url("orchestrator").unwrap();
-    let db = platform::db::Db::connect(
-        &url,
-        &orchestrator::store::MIGRATIONS,
-        platform::db::SqliteSync::Normal,
-    )
-    .await
-    .unwrap();
-    let store = orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default());
+    let store = app.orchestrator_store().await;
     let now = platform::time::now_ms();
     let mut first: Vec<String> = store
         .due(now, 500, 10_000)

@@ -489,15 +489,7 @@ async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
     let mut app = spawn_app_with(&[]).await;
     // The running relay would publish the rows below itself: stop it, and drive its rounds here.
     app.stop_orchestrator().await;
-    let url = app.config.database_url("orchestrator").unwrap();
-    let db = platform::db::Db::connect(
-        &url,
-        &orchestrator::store::MIGRATIONS,
-        platform::db::SqliteSync::Normal,
-    )
-    .await
-    .unwrap();
-    let store = orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default());
+    let store = app.orchestrator_store().await;
     let pool = app.db("orchestrator").await;
     let (saga, other) = (
         uuid::Uuid::new_v4().to_string(),
@@ -668,7 +660,7 @@ async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_d
     // The letter is kept, whole.
     let start = std::time::Instant::now();
     let letter = loop {
-        let (status, body) = get_json(&app, "/dead-letters").await;
+        let (status, body) = app.get_json("/dead-letters").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         if let Some(l) = body["dead_letters"].as_array().and_then(|a| a.first()) {
             break l.clone();
@@ -720,10 +712,4 @@ async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_d
     assert_eq!(headers["dlq.component"], "orchestrator");
     assert_eq!(headers["dlq.source.topic"], topic);
     app.stop().await;
-}
-
-async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
-    let r = app.client.get(app.url(path)).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
 }

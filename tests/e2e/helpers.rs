@@ -282,6 +282,40 @@ impl TestApp {
             .expect("test db connection")
     }
 
+    /// The orchestrator's store on its database, to drive its claims directly (stop the
+    /// orchestrator first, or its own relay and timers compete).
+    pub async fn orchestrator_store(&self) -> orchestrator::store::SagaStore {
+        let url = self.config.database_url("orchestrator").unwrap();
+        let db = platform::db::Db::connect(
+            &url,
+            &orchestrator::store::MIGRATIONS,
+            platform::db::SqliteSync::Normal,
+        )
+        .await
+        .unwrap();
+        orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default())
+    }
+
+    /// `GET path`: the status and the JSON body (`Null` if there is none).
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Restarts service `name` without chaos and waits until a saga of its own completes through
+    /// it (its consumer has joined again).
+    pub async fn restart_until_serving(&mut self, name: &'static str) {
+        self.restart_service(name, Chaos::default()).await;
+        for i in 0..10 {
+            let probe = self.start_saga(&format!("c-probe-{i}")).await;
+            if self.wait_terminal(&probe).await["status"] == "COMPLETED" {
+                return;
+            }
+        }
+        panic!("the restarted {name} service never served");
+    }
+
     /// The status of the saga's order in the order service's database (`None`: no order).
     pub async fn order_status(&self, saga_id: &str) -> Option<String> {
         let db = self.db("orders").await;
