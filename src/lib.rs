@@ -54,6 +54,8 @@ pub struct SystemConfig {
     /// When the notification log is rotated.
     pub notification_rotation: services::notification::Rotation,
     pub topics: Topics,
+    /// Every saga type the orchestrator runs (`sagas/*.toml`).
+    pub sagas: std::sync::Arc<orchestrator::saga::Registry>,
     pub policy: orchestrator::Policy,
     /// Faults the stub services inject (off by default).
     pub chaos: services::chaos::Chaos,
@@ -99,6 +101,7 @@ impl SystemConfig {
             kafka,
             topics: self.topics.clone(),
             group_id: "saga-orchestrator".into(),
+            sagas: self.sagas.clone(),
             policy: self.policy,
             max_delivery_attempts: self.max_delivery_attempts,
             retention: self.retention,

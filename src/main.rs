@@ -33,6 +33,8 @@ struct Args {
     #[arg(long, env = "TOPICS_FILE")]
     topics_file: Option<String>,
     #[command(flatten)]
+    sagas: orchestrator::app::SagaArgs,
+    #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
     #[command(flatten)]
     chaos: services::chaos::Chaos,
@@ -48,6 +50,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), saga_system::Error> {
     let _telemetry = platform::telemetry::init("saga-system")?;
+    let topics = platform::Topics::load(args.topics_file.as_deref())?;
+    let sagas = args.sagas.load(&topics).map_err(saga_system::Error::Orchestrator)?;
     let config = saga_system::SystemConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -55,7 +59,8 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
         sqlite_sync: args.sqlite_synchronous,
         notification_stdout: args.notification_stdout,
         notification_rotation: args.notification_rotation.rotation(),
-        topics: platform::Topics::load(args.topics_file.as_deref())?,
+        topics,
+        sagas,
         policy: args.policy.policy(),
         chaos: args.chaos,
         max_delivery_attempts: args.policy.max_delivery_attempts(),

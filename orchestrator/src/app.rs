@@ -16,8 +16,8 @@ use crate::intake::Intake;
 use crate::pruner::Pruner;
 use crate::relay::Relay;
 use crate::replies::ReplyHandler;
-use crate::saga::create_order;
 use crate::saga::engine::Policy;
+use crate::saga::{Registry, Sagas, SagasSource};
 use crate::store::{SagaStore, MIGRATIONS};
 use crate::timers::Timers;
 use crate::{Error, Result};
@@ -33,6 +33,8 @@ pub struct Config {
     pub topics: Topics,
     /// The consumer group shared by all orchestrator instances.
     pub group_id: String,
+    /// Every saga type the orchestrator runs (`sagas/*.toml`).
+    pub sagas: Arc<Registry>,
     /// Deadlines, retries and limits.
     pub policy: Policy,
     /// Times a reply may fail with a non-transient error before it is dead-lettered.
@@ -72,10 +74,16 @@ impl Orchestrator {
         let ops = config.ops.clone();
         ops.metrics.watch_pool("orchestrator", &db);
         let store = SagaStore::new(db.clone(), ops.metrics.clone());
-        let definition = Arc::new(create_order::definition(&config.topics));
+        let sagas = Sagas {
+            registry: config.sagas.clone(),
+            policy: config.policy,
+        };
+        for d in sagas.registry.all() {
+            tracing::info!(saga_type = %d.saga_type, version = d.version, steps = d.steps.len(), "saga definition loaded");
+        }
         let producer = config.kafka.producer()?;
         let relay = Relay::new(store.clone(), producer.clone());
-        let reply_topics = create_order::reply_topics(&config.topics);
+        let reply_topics = sagas.registry.reply_topics();
         let topic_refs: Vec<&str> = reply_topics.iter().map(String::as_str).collect();
         let consumer = config.kafka.consumer(&config.group_id, &topic_refs, &ops)?;
         let dead_letters = DeadLetters::new(
@@ -110,8 +118,7 @@ impl Orchestrator {
         tasks.spawn(relay.clone().run(cancel.clone()));
         let timers = Timers {
             store: store.clone(),
-            definition: definition.clone(),
-            policy: config.policy,
+            sagas: sagas.clone(),
             relay: relay.clone(),
             failures: Default::default(),
         };
@@ -127,8 +134,7 @@ impl Orchestrator {
         tasks.spawn(async move { listening.listen_for_ends(url, stop).await });
         let handler = ReplyHandler {
             store: store.clone(),
-            definition: definition.clone(),
-            policy: config.policy,
+            sagas: sagas.clone(),
             relay: relay.clone(),
             max_attempts: config.max_delivery_attempts.max(1),
             cancel: cancel.clone(),
@@ -145,8 +151,7 @@ impl Orchestrator {
         let app = http::router(AppState::new(AppParts {
             store: store.clone(),
             intake,
-            definition,
-            policy: config.policy,
+            sagas,
             relay,
             producer,
             ops: ops.clone(),
@@ -197,6 +202,28 @@ impl Orchestrator {
     pub async fn stop(self) {
         self.cancel.cancel();
         self.wait().await;
+    }
+}
+
+/// Where saga definitions and the message contract come from.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SagaArgs {
+    /// A folder of saga definitions (`*.toml`). Default: `./sagas` if there is one, else the
+    /// definitions compiled into the binary.
+    #[arg(long, env = "SAGAS_DIR")]
+    pub sagas_dir: Option<std::path::PathBuf>,
+    /// A messages.toml (the message contract) to use instead of the built-in one.
+    #[arg(long, env = "MESSAGES_FILE")]
+    pub messages_file: Option<String>,
+}
+
+impl SagaArgs {
+    /// Reads and checks every definition against `topics` and the contract: a mistake stops the
+    /// start here, before anything connects.
+    pub fn load(&self, topics: &platform::Topics) -> Result<Arc<Registry>> {
+        let contract = platform::Contract::load(self.messages_file.as_deref(), topics)?;
+        let source = SagasSource::resolve(self.sagas_dir.clone());
+        Ok(Arc::new(source.load(topics, &contract)?))
     }
 }
 

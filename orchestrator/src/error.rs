@@ -24,6 +24,9 @@ pub enum Error {
     /// A transient failure shared by several requests (a batch), by its message.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A saga definition that cannot be used: the file (or folder), and what is wrong.
+    #[error("saga definition {file}: {problem}")]
+    Definition { file: String, problem: String },
     #[error("http server: {0}")]
     Serve(std::io::Error),
 }

@@ -185,7 +185,6 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::saga::create_order;
     use crate::saga::engine::{self, Decision, Policy, Reply};
 
     fn apply(metrics: &Metrics, state: &SagaState, d: Decision) -> SagaState {
@@ -199,7 +198,7 @@ mod tests {
     }
 
     fn reply(state: &SagaState, t: &str) -> Decision {
-        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let def = crate::saga::create_order();
         let payload = json!({});
         engine::on_reply(
             &def,
@@ -207,7 +206,7 @@ mod tests {
             state,
             Reply {
                 message_type: t,
-                causation_id: state.pending.map(|p| p.command_id),
+                causation_id: state.pending.first().map(|p| p.command_id),
                 payload: &payload,
             },
             Uuid::new_v4(),
@@ -224,7 +223,7 @@ mod tests {
     #[test]
     fn a_declined_payment_counts_one_end_its_steps_and_one_compensation() {
         let m = Metrics::new();
-        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let def = crate::saga::create_order();
         let (mut s, _) = engine::start(
             &def,
             &Policy::default(),
@@ -280,7 +279,7 @@ mod tests {
     #[test]
     fn re_sends_and_a_give_up_are_counted_once_each() {
         let m = Metrics::new();
-        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let def = crate::saga::create_order();
         let policy = Policy {
             max_attempts: 3,
             ..Policy::default()
@@ -288,7 +287,7 @@ mod tests {
         let (mut s, _) = engine::start(&def, &policy, Uuid::new_v4(), Default::default(), 0);
         // No reply to create_order: two re-sends, then the step is given up.
         while s.status == SagaStatus::Started {
-            let now = s.pending.unwrap().deadline_at;
+            let now = s.pending[0].deadline_at;
             let d = engine::on_timer(&def, &policy, &s, now);
             s = apply(&m, &s, d);
         }

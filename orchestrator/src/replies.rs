@@ -5,7 +5,6 @@
 //! point therefore redelivers the reply, and the inbox makes the redelivery change nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
@@ -18,14 +17,13 @@ use platform::retry::{self, Retried};
 use platform::{Envelope, TraceContext};
 
 use crate::relay::Relay;
-use crate::saga::engine::{self, Policy};
-use crate::saga::SagaDefinition;
+use crate::saga::Sagas;
 use crate::store::{ReplyOutcome, SagaStore};
 
 pub struct ReplyHandler {
     pub store: SagaStore,
-    pub definition: Arc<SagaDefinition>,
-    pub policy: Policy,
+    /// Each saga's definition, and the timing policy.
+    pub sagas: Sagas,
     pub relay: Relay,
     /// Times a reply may fail with a non-transient error before it is dead-lettered.
     pub max_attempts: u32,
@@ -61,7 +59,7 @@ impl ReplyHandler {
         let span = tracing::info_span!(
             "reply",
             saga_id = %reply.correlation_id,
-            saga_type = %self.definition.saga_type,
+            saga_type = tracing::field::Empty,
             message_type = %reply.message_type,
             message_id = %reply.message_id,
             step = tracing::field::Empty,
@@ -98,16 +96,12 @@ impl ReplyHandler {
         let outcomes = if replies.len() > 1 {
             self.store
                 .apply_replies(&replies, now, |state, reply| {
-                    let decision = engine::on_reply(
-                        &self.definition,
-                        &self.policy,
-                        state,
-                        reply.into(),
-                        reply.message_id,
-                        now,
-                    );
+                    let decision =
+                        self.sagas
+                            .on_reply(state, reply.into(), reply.message_id, now);
                     match traced.get(&reply.message_id) {
                         Some((span, trace)) => {
+                            span.record("saga_type", state.saga_type.as_str());
                             span.record("step", state.current_step());
                             decision.traced(trace)
                         }
@@ -156,16 +150,12 @@ impl ReplyHandler {
             || {
                 let now = platform::time::now_ms();
                 self.store.apply_reply(reply, now, move |state| {
-                    tracing::Span::current().record("step", state.current_step());
-                    engine::on_reply(
-                        &self.definition,
-                        &self.policy,
-                        state,
-                        reply.into(),
-                        reply.message_id,
-                        now,
-                    )
-                    .traced(trace)
+                    let span = tracing::Span::current();
+                    span.record("saga_type", state.saga_type.as_str());
+                    span.record("step", state.current_step());
+                    self.sagas
+                        .on_reply(state, reply.into(), reply.message_id, now)
+                        .traced(trace)
                 })
             },
         )

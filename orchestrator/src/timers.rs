@@ -5,7 +5,7 @@
 //! command was lost while the orchestrator was down is re-sent when its deadline passes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,7 @@ use uuid::Uuid;
 use platform::retry::{self, Retried};
 
 use crate::relay::Relay;
-use crate::saga::engine::{self, Policy};
-use crate::saga::SagaDefinition;
+use crate::saga::{engine, Sagas};
 use crate::store::{Changed, SagaStore};
 
 /// How often the timer looks for due sagas. Deadlines are seconds; this is their resolution.
@@ -31,8 +30,8 @@ const FAILURES_BEFORE_PARKING: u32 = 3;
 
 pub struct Timers {
     pub store: SagaStore,
-    pub definition: Arc<SagaDefinition>,
-    pub policy: Policy,
+    /// Each saga's definition, and the timing policy.
+    pub sagas: Sagas,
     pub relay: Relay,
     /// Permanent failures per saga since its timer last worked (this instance's count).
     pub failures: Mutex<HashMap<Uuid, u32>>,
@@ -76,7 +75,7 @@ impl Timers {
             let span = tracing::info_span!(
                 "timer",
                 saga_id = %saga_id,
-                saga_type = %self.definition.saga_type,
+                saga_type = tracing::field::Empty,
                 step = tracing::field::Empty,
                 trace_id = tracing::field::Empty,
             );
@@ -88,8 +87,9 @@ impl Timers {
                     self.store.transition(saga_id, now, |state| {
                         // Time passing is part of the saga's own trace.
                         let trace = platform::trace::continue_trace(&span, &state.trace);
+                        span.record("saga_type", state.saga_type.as_str());
                         span.record("step", state.current_step());
-                        engine::on_timer(&self.definition, &self.policy, state, now).traced(&trace)
+                        self.sagas.on_timer(state, now).traced(&trace)
                     })
                 },
             )

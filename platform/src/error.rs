@@ -17,6 +17,14 @@ pub enum Error {
     },
     #[error("invalid topics file: {0}")]
     TopicsInvalid(String),
+    #[error("cannot read messages file {path}: {source}")]
+    ContractFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid messages file {path}: {problem}")]
+    ContractInvalid { path: String, problem: String },
     #[error("kafka {context}: {source}")]
     Kafka {
         context: String,

@@ -5,6 +5,7 @@
 //!
 //! - [`envelope`]: the one JSON envelope every command and event travels in.
 //! - [`topics`]: `topics.json`, the single source of topic names and settings.
+//! - [`contract`]: `messages.toml`, every command and reply: topic, reply names, payload.
 //! - [`kafka`]: how clients are configured (at-least-once consumers, idempotent producers),
 //!   topic creation on a real cluster, and dead-lettering of messages that cannot be handled.
 //! - [`embedded`]: librdkafka's in-memory mock cluster, the development and test broker.
@@ -16,6 +17,7 @@
 //! - [`telemetry`] and [`shutdown`]: logging and trace export set-up, and the Ctrl-C / SIGTERM
 //!   signal.
 
+pub mod contract;
 pub mod db;
 pub mod dead_letters;
 pub mod embedded;
@@ -58,6 +60,7 @@ static TUNE_ALLOCATOR: extern "C" fn() = {
     tune_allocator
 };
 
+pub use contract::Contract;
 pub use envelope::Envelope;
 pub use error::{Error, Result};
 pub use ops::Ops;

@@ -28,9 +28,10 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
-/// Every topic of the system, by role.
+/// Every topic of the system, by role. The roles the stub services and the orchestrator use are
+/// fields; a deployment adds roles for its own participants (`"shipping_commands": {...}`), which
+/// saga definitions and `messages.toml` then name like any other.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Topics {
     pub order_commands: TopicSpec,
     pub order_events: TopicSpec,
@@ -42,6 +43,9 @@ pub struct Topics {
     pub notification_events: TopicSpec,
     /// Messages that could not be handled, with headers saying where they came from and why.
     pub dead_letter: TopicSpec,
+    /// Further roles, by name.
+    #[serde(flatten)]
+    pub others: BTreeMap<String, TopicSpec>,
 }
 
 impl Topics {
@@ -70,17 +74,29 @@ impl Topics {
     }
 
     /// All topics, for creating them.
-    pub fn all(&self) -> [&TopicSpec; 8] {
+    pub fn all(&self) -> Vec<&TopicSpec> {
+        self.roles().map(|(_, t)| t).collect()
+    }
+
+    /// Every topic with its role, the built-in roles first.
+    pub fn roles(&self) -> impl Iterator<Item = (&str, &TopicSpec)> {
         [
-            &self.order_commands,
-            &self.order_events,
-            &self.user_commands,
-            &self.user_events,
-            &self.payment_commands,
-            &self.payment_events,
-            &self.notification_events,
-            &self.dead_letter,
+            ("order_commands", &self.order_commands),
+            ("order_events", &self.order_events),
+            ("user_commands", &self.user_commands),
+            ("user_events", &self.user_events),
+            ("payment_commands", &self.payment_commands),
+            ("payment_events", &self.payment_events),
+            ("notification_events", &self.notification_events),
+            ("dead_letter", &self.dead_letter),
         ]
+        .into_iter()
+        .chain(self.others.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    /// The topic of a role (`"order_commands"`), as saga definitions name it.
+    pub fn role(&self, role: &str) -> Option<&TopicSpec> {
+        self.roles().find(|(r, _)| *r == role).map(|(_, t)| t)
     }
 
     fn validate(&self) -> Result<()> {
@@ -121,6 +137,20 @@ mod tests {
             .replace(r#""name": "user_commands""#, r#""name": "order_commands""#);
         let err = Topics::from_json(&doc, "test").unwrap_err();
         assert!(err.to_string().contains("two roles"), "{err}");
+    }
+
+    #[test]
+    fn a_deployment_can_add_roles() {
+        let doc = DEFAULT_TOPICS_JSON.replacen(
+            '{',
+            r#"{ "shipping_commands": { "name": "ship", "partitions": 2, "replication_factor": 1, "retention_ms": 1 },"#,
+            1,
+        );
+        let topics = Topics::from_json(&doc, "test").unwrap();
+        assert_eq!(topics.role("shipping_commands").unwrap().name, "ship");
+        assert_eq!(topics.role("order_events").unwrap().name, "order_events");
+        assert!(topics.role("nope").is_none());
+        assert_eq!(topics.all().len(), 9);
     }
 
     #[test]

@@ -19,6 +19,8 @@ struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
+    sagas: orchestrator::app::SagaArgs,
+    #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
     #[command(flatten)]
     api: orchestrator::http::ApiArgs,
@@ -34,6 +36,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _telemetry = platform::telemetry::init("orchestrator")?;
     // Settings first: a missing token must stop the start before anything connects.
     let api = args.api.config(args.listen)?;
+    let sagas = args
+        .sagas
+        .load(&platform::Topics::load(args.kafka.topics_file.as_deref())?)?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = orchestrator::Config {
@@ -43,6 +48,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         kafka,
         topics,
         group_id: args.group_id,
+        sagas,
         policy: args.policy.policy(),
         max_delivery_attempts: args.policy.max_delivery_attempts(),
         retention: args.policy.retention(),

@@ -101,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             notification_stdout: false,
             notification_rotation: Default::default(),
             topics: platform::Topics::load(None)?,
+            sagas: orchestrator::app::SagaArgs::default().load(&platform::Topics::load(None)?)?,
             policy: orchestrator::Policy::default(),
             chaos: Default::default(),
             max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,

@@ -157,6 +157,9 @@ pub async fn spawn_app_on(
         notification_stdout: false,
         notification_rotation: Default::default(),
         topics: Topics::load(None).unwrap(),
+        sagas: orchestrator::app::SagaArgs::default()
+            .load(&Topics::load(None).unwrap())
+            .unwrap(),
         policy,
         chaos,
         max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,

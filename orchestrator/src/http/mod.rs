@@ -37,8 +37,7 @@ pub use limits::{ApiArgs, ApiConfig, LongPolls};
 
 use crate::intake::{Intake, Ticket};
 use crate::relay::Relay;
-use crate::saga::engine::Policy;
-use crate::saga::SagaDefinition;
+use crate::saga::Sagas;
 use crate::store::SagaStore;
 
 /// Request bodies larger than this are refused with 413: an order is a few kilobytes.
@@ -90,8 +89,8 @@ pub struct AppParts {
     pub store: SagaStore,
     /// Where `POST /orders` stores new sagas (group commit).
     pub intake: Intake,
-    pub definition: Arc<SagaDefinition>,
-    pub policy: Policy,
+    /// Every saga type, and the timing policy.
+    pub sagas: Sagas,
     pub relay: Relay,
     /// Used by `/health` to ask the cluster for metadata.
     pub producer: FutureProducer,

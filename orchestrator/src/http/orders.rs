@@ -23,6 +23,9 @@ const MAX_FEE: f64 = 10_000.0;
 const MAX_TEXT: usize = 256;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// The saga `POST /orders` starts.
+const CREATE_ORDER: &str = "create_order";
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/orders", post(create_order))
 }
@@ -147,7 +150,7 @@ async fn create_order(
     let span = tracing::info_span!(
         "create_order",
         saga_id = %saga_id,
-        saga_type = %app.definition.saga_type,
+        saga_type = CREATE_ORDER,
         customer_id = %order.customer_id,
         trace_id = tracing::field::Empty,
     );
@@ -158,7 +161,10 @@ async fn create_order(
     let trace = platform::trace::continue_trace(&span, &parent);
     async move {
         let input = saga_input(&order, amount_cents);
-        let (mut state, mut messages) = engine::start(&app.definition, &app.policy, saga_id, input, platform::time::now_ms());
+        let definition = app.sagas.registry.latest(CREATE_ORDER).ok_or_else(|| {
+            ApiError::NotFound(format!("no saga type {CREATE_ORDER} is loaded (SAGAS_DIR)"))
+        })?;
+        let (mut state, mut messages) = engine::start(definition, &app.sagas.policy, saga_id, input, platform::time::now_ms());
         state.trace = trace.clone();
         for m in &mut messages {
             m.trace = trace.clone();

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, ApiPath, ApiQuery, AppState};
-use crate::saga::engine::{self, Ignored, Policy};
-use crate::saga::{Attempt, SagaDefinition, SagaState, SagaStatus, StepKind, StepStatus};
+use crate::saga::engine::{self, Ignored};
+use crate::saga::{Attempt, SagaState, SagaStatus, Sagas, StepKind, StepStatus};
 use crate::store::Changed;
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -210,7 +210,7 @@ struct Accepted {
 const CONFLICT_RETRIES: u32 = 5;
 
 /// An operator command on one saga: the engine function that applies it, and its past tense.
-type Command = fn(&SagaDefinition, &Policy, &SagaState, i64) -> engine::Decision;
+type Command = fn(&Sagas, &SagaState, i64) -> engine::Decision;
 
 /// `POST /sagas/{id}/cancel`: 202 when accepted (again), 409 with the status when the saga is
 /// compensating or has ended otherwise.
@@ -218,7 +218,7 @@ async fn cancel_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    command(&app, &id, engine::cancel, "cancelled").await
+    command(&app, &id, Sagas::cancel, "cancelled").await
 }
 
 /// `POST /sagas/{id}/retry`: re-drives the failed compensation of a `FAILED` saga.
@@ -226,7 +226,7 @@ async fn retry_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    command(&app, &id, engine::retry, "retried").await
+    command(&app, &id, Sagas::retry, "retried").await
 }
 
 async fn command(
@@ -241,7 +241,7 @@ async fn command(
     let span = tracing::info_span!(
         "saga_command",
         saga_id = %saga_id,
-        saga_type = %app.definition.saga_type,
+        saga_type = tracing::field::Empty,
         command = verb,
         trace_id = tracing::field::Empty,
     );
@@ -253,7 +253,8 @@ async fn command(
             .store
             .transition(saga_id, now, |s| {
                 let trace = platform::trace::continue_trace(&span, &s.trace);
-                apply(&app.definition, &app.policy, s, now).traced(&trace)
+                span.record("saga_type", s.saga_type.as_str());
+                apply(&app.sagas, s, now).traced(&trace)
             })
             .await;
         match result {

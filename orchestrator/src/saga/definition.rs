@@ -1,9 +1,13 @@
 //! Saga types declared as data.
 //!
-//! A saga type is an ordered list of [`Step`]s. Each step names the command to send, the topic it
-//! goes to, the replies that mean success and failure, and the compensation that undoes it. The
-//! [engine](super::engine) interprets any such list, so a new saga type is a new definition, not
+//! A saga type is an ordered list of [`Step`]s; consecutive steps of one parallel group are sent
+//! together. Each step names the command to send, the topic it goes to, the replies that mean
+//! success and failure, which saga fields the command carries and which reply fields the saga
+//! keeps, and the compensation that undoes it. The [engine](super::engine) interprets any such
+//! list, so a new saga type is a new definition (a file in `sagas/`, see [`super::file`]), not
 //! new engine code.
+
+use std::ops::Range;
 
 use serde_json::{Map, Value};
 
@@ -14,8 +18,9 @@ pub struct CommandSpec {
     pub command_type: String,
     /// The topic the command is published to.
     pub topic: String,
-    /// Fixed fields added to the command payload (e.g. `{"status": "CREATED"}`); the rest of the
-    /// payload is the saga's context.
+    /// The saga fields the command carries (absent ones are left out).
+    pub send: Vec<String>,
+    /// Fixed fields added to the command payload (e.g. `{"status": "CREATED"}`).
     pub args: Map<String, Value>,
 }
 
@@ -24,14 +29,33 @@ impl CommandSpec {
         CommandSpec {
             command_type: command_type.to_string(),
             topic: topic.to_string(),
+            send: Vec::new(),
             args: Map::new(),
         }
+    }
+
+    pub fn sending(mut self, fields: &[&str]) -> Self {
+        self.send = fields.iter().map(|f| f.to_string()).collect();
+        self
     }
 
     pub fn with_arg(mut self, key: &str, value: Value) -> Self {
         self.args.insert(key.to_string(), value);
         self
     }
+}
+
+/// A step's own timing, overriding the global [`Policy`](super::engine::Policy) where set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// How long the first sending waits for a reply (doubles per re-send).
+    pub timeout_ms: Option<i64>,
+    /// The longest wait between two sendings.
+    pub max_timeout_ms: Option<i64>,
+    /// Sendings of a forward command before the step counts as failed.
+    pub attempts: Option<u32>,
+    /// First delay before re-sending a compensation that was refused.
+    pub retry_delay_ms: Option<i64>,
 }
 
 /// How a completed step is undone.
@@ -42,8 +66,10 @@ pub struct Compensation {
     pub command: CommandSpec,
     /// The reply that confirms the compensation.
     pub on_success: String,
-    /// The reply that says the compensation cannot be done; the saga is then `FAILED`.
+    /// The reply that says the compensation cannot be done now; it is retried until the
+    /// compensation limit, then the saga is `FAILED`.
     pub on_failure: Option<String>,
+    pub timing: Timing,
 }
 
 /// One forward step.
@@ -52,27 +78,82 @@ pub struct Step {
     /// The name shown in the step history and as `current_step`, e.g. `create_order`.
     pub name: String,
     pub command: CommandSpec,
-    /// The reply type that completes the step. Its payload is merged into the saga context, so
-    /// later steps see what earlier ones produced (`order_id`, `payment_id`, ...).
+    /// The reply type that completes the step.
     pub on_success: String,
     /// The reply type that fails the step and starts compensation.
     pub on_failure: String,
+    /// The fields of the success reply kept in the saga's context, so later steps can send them
+    /// (`order_id`, `payment_id`, ...).
+    pub receive: Vec<String>,
     /// `None` for steps with nothing to undo (a read, such as looking up a payment method).
     pub compensation: Option<Compensation>,
+    pub timing: Timing,
+    /// The parallel group the step belongs to: consecutive steps with the same group are sent
+    /// together, and the saga goes on once every one of them has succeeded.
+    pub group: Option<String>,
 }
 
-/// A saga type.
+impl Step {
+    pub fn new(name: &str, command: CommandSpec, on_success: &str, on_failure: &str) -> Self {
+        Step {
+            name: name.to_string(),
+            command,
+            on_success: on_success.to_string(),
+            on_failure: on_failure.to_string(),
+            receive: Vec::new(),
+            compensation: None,
+            timing: Timing::default(),
+            group: None,
+        }
+    }
+}
+
+/// A saga type, at one version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SagaDefinition {
     /// Stored with each saga, so a process can tell which definition drives it.
     pub saga_type: String,
+    /// Stored with each saga too: a saga runs to its end under the version it started with.
+    pub version: u32,
+    pub description: String,
+    /// JSON Schema of the input that starts a saga.
+    pub input_schema: Value,
     pub steps: Vec<Step>,
-    /// Where saga lifecycle events (`saga.completed`, ...) are published; `None` publishes none.
+    /// Where saga lifecycle events (`saga.started`, ...) are published; `None` publishes none.
     pub lifecycle_topic: Option<String>,
+    /// The saga's own deadline, overriding the global one.
+    pub deadline_ms: Option<i64>,
+    /// The topics the participants reply on: what the orchestrator consumes for this saga.
+    pub reply_topics: Vec<String>,
 }
 
 impl SagaDefinition {
+    /// A definition of `steps` with no schema, events or timing of its own (tests, examples).
+    pub fn new(saga_type: &str, steps: Vec<Step>) -> Self {
+        SagaDefinition {
+            saga_type: saga_type.to_string(),
+            version: 1,
+            description: String::new(),
+            input_schema: serde_json::json!({"type": "object"}),
+            steps,
+            lifecycle_topic: None,
+            deadline_ms: None,
+            reply_topics: Vec::new(),
+        }
+    }
+
     pub fn step(&self, index: usize) -> Option<&Step> {
         self.steps.get(index)
+    }
+
+    /// The steps sent together with step `index`: its parallel group, or the step alone.
+    pub fn stage(&self, index: usize) -> Range<usize> {
+        let Some(group) = self.steps.get(index).and_then(|s| s.group.as_ref()) else {
+            return index..index + 1;
+        };
+        let same = |j: &usize| self.steps[*j].group.as_ref() == Some(group);
+        let start = (0..index).rev().take_while(same).last().unwrap_or(index);
+        let end = (index..self.steps.len()).take_while(same).last().unwrap_or(index) + 1;
+        start..end
     }
 }

@@ -136,6 +136,8 @@ impl Decision {
 }
 
 /// Starts a saga: the first step's command, and a `saga.started` event.
+/// Starts a saga: the first step's command (every member's, for a parallel group), and a
+/// `saga.started` event.
 pub fn start(
     def: &SagaDefinition,
     policy: &Policy,
@@ -143,17 +145,19 @@ pub fn start(
     input: Map<String, Value>,
     now: i64,
 ) -> (SagaState, Vec<Outgoing>) {
+    let deadline = def.deadline_ms.unwrap_or(policy.saga_timeout_ms);
     let mut state = SagaState {
         saga_id,
         saga_type: def.saga_type.clone(),
+        definition_version: def.version,
         status: SagaStatus::Started,
         context: input,
         steps: Vec::new(),
-        pending: None,
+        pending: Vec::new(),
         error: None,
         compensation_error: None,
         abort: None,
-        deadline_at: Some(now.saturating_add(policy.saga_timeout_ms)),
+        deadline_at: Some(now.saturating_add(deadline)),
         created_at: now,
         updated_at: now,
         completed_at: None,
@@ -172,7 +176,7 @@ pub fn start(
     if def.steps.is_empty() {
         m.finish(SagaStatus::Completed);
     } else {
-        m.send(0, StepKind::Forward, None);
+        m.send_stage(0, None);
     }
     let messages = m.messages;
     (state, messages)
@@ -187,12 +191,12 @@ pub fn on_reply(
     reply_id: Uuid,
     now: i64,
 ) -> Decision {
-    let Some(pending) = current.pending else {
+    if current.pending.is_empty() {
         return Decision::Ignored(Ignored::Terminal);
-    };
-    if reply.causation_id != Some(pending.command_id) {
-        return Decision::Ignored(Ignored::NotAwaited);
     }
+    let Some(pending) = reply.causation_id.and_then(|id| current.awaits(id)) else {
+        return Decision::Ignored(Ignored::NotAwaited);
+    };
     let Some(step) = def.step(pending.step_index) else {
         // The stored saga points past its definition: only possible if the definition shrank
         // under a running saga. Nothing sensible can be sent; leave the saga for an operator.
@@ -221,29 +225,22 @@ pub fn on_reply(
     transition(def, policy, current, now, |m| {
         let causation = Some(reply_id);
         let index = pending.step_index;
-        if succeeded {
-            m.close_attempt(
-                pending.command_id,
-                StepStatus::Completed,
-                "succeeded".into(),
-                None,
-            );
-        }
         match (pending.kind, succeeded) {
             (StepKind::Forward, true) => {
+                m.close_attempt(
+                    pending.command_id,
+                    StepStatus::Completed,
+                    "succeeded".into(),
+                    None,
+                );
                 if let Value::Object(fields) = reply.payload {
-                    for (k, v) in fields {
-                        m.state.context.insert(k.clone(), v.clone());
+                    for key in &step.receive {
+                        if let Some(v) = fields.get(key) {
+                            m.state.context.insert(key.clone(), v.clone());
+                        }
                     }
                 }
-                if m.state.abort.is_some() {
-                    // Cancelled or out of time while this step ran: it did run, so undo it too.
-                    m.compensate_below(index + 1, causation);
-                } else if index + 1 < def.steps.len() {
-                    m.send(index + 1, StepKind::Forward, causation);
-                } else {
-                    m.finish(SagaStatus::Completed);
-                }
+                m.settle(pending.command_id, index, causation);
             }
             (StepKind::Forward, false) => {
                 let why = reason(reply);
@@ -253,14 +250,19 @@ pub fn on_reply(
                     format!("failed: {why}"),
                     Some(why.clone()),
                 );
-                if m.state.abort.is_none() {
-                    m.state.error = Some(format!("{} failed: {why}", step.name));
-                    m.state.status = SagaStatus::Compensating;
-                    m.lifecycle("saga.compensating");
-                }
+                m.fail_saga(&step.name, &why);
+                m.settle(pending.command_id, index, causation);
+            }
+            (StepKind::Compensation, true) => {
+                m.close_attempt(
+                    pending.command_id,
+                    StepStatus::Completed,
+                    "succeeded".into(),
+                    None,
+                );
+                m.state.pending.clear();
                 m.compensate_below(index, causation);
             }
-            (StepKind::Compensation, true) => m.compensate_below(index, causation),
             (StepKind::Compensation, false) => {
                 // Compensations must happen: a refusal is retried after a delay, until the limit.
                 let why = reason(reply);
@@ -271,12 +273,15 @@ pub fn on_reply(
                 );
                 if m.compensation_out_of_time(&pending) {
                     m.give_up(&pending, &why);
-                } else if let Some(p) = m.state.pending.as_mut() {
-                    p.deadline_at = now.saturating_add(policy.wait(
-                        policy.retry_delay_ms,
-                        p.command_id,
-                        p.attempt,
-                    ));
+                } else {
+                    let timing = m.policy_for(index, StepKind::Compensation);
+                    if let Some(p) = m.pending_mut(pending.command_id) {
+                        p.deadline_at = now.saturating_add(timing.wait(
+                            timing.retry_delay_ms,
+                            p.command_id,
+                            p.attempt,
+                        ));
+                    }
                 }
             }
         }
@@ -294,29 +299,37 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
     }
     if let Some(why) = current
         .pending
-        .and_then(|p| unknown_step(def, p.step_index, p.kind))
+        .iter()
+        .find_map(|p| unknown_step(def, p.step_index, p.kind))
     {
         return park(current, now, why);
     }
     let saga_overdue = current.status == SagaStatus::Started
         && current.abort.is_none()
         && current.deadline_at.is_some_and(|d| d <= now);
-    let step_overdue = current.pending.is_some_and(|p| p.deadline_at <= now);
-    if !saga_overdue && !step_overdue {
+    let overdue: Vec<Pending> = current
+        .pending
+        .iter()
+        .filter(|p| p.deadline_at <= now)
+        .copied()
+        .collect();
+    if !saga_overdue && overdue.is_empty() {
         return Decision::Ignored(Ignored::NotDue);
     }
     transition(def, policy, current, now, |m| {
         if saga_overdue {
-            let seconds = policy.saga_timeout_ms / 1000;
+            let limit = def.deadline_ms.unwrap_or(policy.saga_timeout_ms);
             m.state.abort = Some(Abort::Timeout);
             m.state.status = SagaStatus::Compensating;
-            m.state.error = Some(format!("the saga did not complete within {seconds} s"));
+            m.state.error = Some(format!("the saga did not complete within {} s", limit / 1000));
             m.lifecycle("saga.compensating");
         }
-        if let (true, Some(pending)) = (step_overdue, m.state.pending) {
+        for pending in overdue {
+            let timing = m.policy_for(pending.step_index, pending.kind);
             match pending.kind {
-                StepKind::Forward if m.state.abort.is_some() => {
-                    // Cancelled or out of time: stop waiting, and undo the step in case it ran.
+                StepKind::Forward if m.state.abort.is_some() || m.state.status != SagaStatus::Started => {
+                    // Cancelled, out of time, or a sibling in its group failed: stop waiting (no
+                    // re-send of a step about to be undone), and undo it in case it ran.
                     m.close_attempt(
                         pending.command_id,
                         StepStatus::Failed,
@@ -324,9 +337,9 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
                         Some("no reply before the deadline".into()),
                     );
                     m.mark_outcome_unknown(pending.command_id);
-                    m.compensate_below(pending.step_index + 1, None);
+                    m.settle(pending.command_id, pending.step_index, None);
                 }
-                StepKind::Forward if pending.attempt < policy.max_attempts => {
+                StepKind::Forward if pending.attempt < timing.max_attempts => {
                     m.note_attempt(pending.command_id, "timed out".into(), None);
                     m.resend(pending);
                 }
@@ -340,10 +353,8 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
                     );
                     m.mark_outcome_unknown(pending.command_id);
                     let name = def.steps[pending.step_index].name.clone();
-                    m.state.error = Some(format!("{name} failed: {why}"));
-                    m.state.status = SagaStatus::Compensating;
-                    m.lifecycle("saga.compensating");
-                    m.compensate_below(pending.step_index + 1, None);
+                    m.fail_saga(&name, &why);
+                    m.settle(pending.command_id, pending.step_index, None);
                 }
                 StepKind::Compensation if m.compensation_out_of_time(&pending) => {
                     m.note_attempt(pending.command_id, "timed out".into(), None);
@@ -354,11 +365,7 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
                 }
                 StepKind::Compensation => {
                     let waited = m
-                        .state
-                        .steps
-                        .iter()
-                        .rev()
-                        .find(|r| r.command_id == pending.command_id)
+                        .record(pending.command_id)
                         .and_then(|r| r.attempt_log.last())
                         .is_some_and(|a| a.outcome.is_none());
                     if waited {
@@ -388,10 +395,10 @@ fn unknown_step(def: &SagaDefinition, index: usize, kind: StepKind) -> Option<St
     }
 }
 
-/// Sets a saga aside because handling its timer failed for good again and again (an outbox
-/// insert the database keeps refusing, say): left as it is, it would be due again at every
-/// look and crowd out every other saga's deadline. An operator resumes it with `retry` once the
-/// cause is fixed.
+/// Sets a saga aside because it cannot be handled (its timer failed for good again and again —
+/// an outbox insert the database keeps refusing, say —, or its definition is not loaded): left
+/// as it is, it would be due again at every look and crowd out every other saga's deadline. An
+/// operator resumes it with `retry` once the cause is fixed.
 pub fn park_after_failures(current: &SagaState, now: i64, why: String) -> Decision {
     if current.status.is_terminal() {
         return Decision::Ignored(Ignored::Terminal);
@@ -432,7 +439,7 @@ pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i
             m.state.completed_at = None;
             m.compensate_below(def.steps.len(), None);
         }
-        // A running saga keeps waiting for its step in flight (its reply or its deadline).
+        // A running saga keeps waiting for its steps in flight (their replies or deadlines).
     })
 }
 
@@ -440,18 +447,20 @@ pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i
 /// time limit, and carries on with the rest.
 pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
     if current.parked.is_some() {
-        // Resumed where it stood, its deadline due at once, if its step is one the definition
-        // knows; a saga pointing past its definition stays parked.
-        if current
-            .pending
-            .is_none_or(|p| unknown_step(def, p.step_index, p.kind).is_some())
+        // Resumed where it stood, its deadlines due at once, if its steps are ones the
+        // definition knows; a saga pointing past its definition stays parked.
+        if current.pending.is_empty()
+            || current
+                .pending
+                .iter()
+                .any(|p| unknown_step(def, p.step_index, p.kind).is_some())
         {
             return Decision::Ignored(Ignored::Parked);
         }
         let mut state = current.clone();
         state.parked = None;
         state.updated_at = now;
-        if let Some(p) = state.pending.as_mut() {
+        for p in &mut state.pending {
             p.deadline_at = now;
         }
         return Decision::Applied {
@@ -483,13 +492,7 @@ pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i6
             SagaStatus::Compensating
         };
         m.lifecycle("saga.retrying");
-        if let Some(r) = m
-            .state
-            .steps
-            .iter_mut()
-            .rev()
-            .find(|r| r.command_id == failed.command_id)
-        {
+        if let Some(r) = m.record_mut(failed.command_id) {
             r.status = StepStatus::Running;
             r.finished_at = None;
             r.error = None;
@@ -548,6 +551,58 @@ struct Machine<'a> {
 }
 
 impl Machine<'_> {
+    /// The global policy with the step's own timing laid over it.
+    fn policy_for(&self, index: usize, kind: StepKind) -> Policy {
+        let step = &self.def.steps[index];
+        let t = match (kind, &step.compensation) {
+            (StepKind::Compensation, Some(c)) => c.timing,
+            _ => step.timing,
+        };
+        let p = self.policy;
+        Policy {
+            step_timeout_ms: t.timeout_ms.unwrap_or(p.step_timeout_ms),
+            max_step_timeout_ms: t.max_timeout_ms.unwrap_or(p.max_step_timeout_ms),
+            max_attempts: t.attempts.unwrap_or(p.max_attempts),
+            retry_delay_ms: t.retry_delay_ms.unwrap_or(p.retry_delay_ms),
+            ..*p
+        }
+    }
+
+    /// A forward step failed (its reply, or no reply in time): the saga compensates, unless it
+    /// already does (a cancel, the deadline, a sibling in its group that failed first).
+    fn fail_saga(&mut self, step: &str, why: &str) {
+        if self.state.abort.is_none() && self.state.status == SagaStatus::Started {
+            self.state.error = Some(format!("{step} failed: {why}"));
+            self.state.status = SagaStatus::Compensating;
+            self.lifecycle("saga.compensating");
+        }
+    }
+
+    /// A forward command stopped being awaited (answered, failed, given up). Once none of its
+    /// stage is left, the saga goes on: the next stage, the end, or — when a step failed or the
+    /// saga was cancelled or ran out of time — compensation of every step that ran, newest first.
+    fn settle(&mut self, command: Uuid, index: usize, causation: Option<Uuid>) {
+        self.state.pending.retain(|p| p.command_id != command);
+        if !self.state.pending.is_empty() {
+            return; // other members of the group are still running
+        }
+        let stage = self.def.stage(index);
+        if self.state.abort.is_some() || self.state.status != SagaStatus::Started {
+            self.compensate_below(stage.end, causation);
+        } else if stage.end < self.def.steps.len() {
+            self.send_stage(stage.end, causation);
+        } else {
+            self.finish(SagaStatus::Completed);
+        }
+    }
+
+    /// Sends step `index`, and with it every other member of its parallel group.
+    fn send_stage(&mut self, index: usize, causation: Option<Uuid>) {
+        for j in self.def.stage(index) {
+            self.send(j, StepKind::Forward, causation);
+        }
+    }
+
     /// Sends the compensation of the newest step below `below` that ran (or may have run), or
     /// ends the saga when none is left.
     fn compensate_below(&mut self, below: usize, causation: Option<Uuid>) {
@@ -591,6 +646,10 @@ impl Machine<'_> {
         let name = name.to_string();
         let id = command_id(self.state.saga_id, &name, kind);
         let now = self.now;
+        let group = match kind {
+            StepKind::Forward => self.def.steps[index].group.clone(),
+            StepKind::Compensation => None,
+        };
         self.state.steps.push(StepRecord {
             name,
             kind,
@@ -603,6 +662,7 @@ impl Machine<'_> {
             finished_at: None,
             error: None,
             outcome_unknown: false,
+            group,
         });
         let pending = Pending {
             command_id: id,
@@ -619,19 +679,14 @@ impl Machine<'_> {
     /// Sends (again) the command `pending` names: same id, next attempt, a new deadline.
     fn resend(&mut self, mut pending: Pending) {
         let now = self.now;
+        let timing = self.policy_for(pending.step_index, pending.kind);
         pending.attempt += 1;
-        pending.deadline_at = now.saturating_add(self.policy.wait(
-            self.policy.step_timeout_ms,
+        pending.deadline_at = now.saturating_add(timing.wait(
+            timing.step_timeout_ms,
             pending.command_id,
             pending.attempt,
         ));
-        if let Some(r) = self
-            .state
-            .steps
-            .iter_mut()
-            .rev()
-            .find(|r| r.command_id == pending.command_id)
-        {
+        if let Some(r) = self.record_mut(pending.command_id) {
             r.attempts = pending.attempt;
             r.attempt_log.push(Attempt {
                 number: pending.attempt,
@@ -639,9 +694,17 @@ impl Machine<'_> {
                 outcome: None,
             });
         }
-        self.state.pending = Some(pending);
+        match self.pending_mut(pending.command_id) {
+            Some(p) => *p = pending,
+            None => self.state.pending.push(pending),
+        }
         let (_, spec) = self.spec(pending.step_index, pending.kind);
-        let mut payload = self.state.context.clone();
+        let mut payload = Map::new();
+        for key in &spec.send {
+            if let Some(v) = self.state.context.get(key) {
+                payload.insert(key.clone(), v.clone());
+            }
+        }
         for (k, v) in &spec.args {
             payload.insert(k.clone(), v.clone());
         }
@@ -660,6 +723,29 @@ impl Machine<'_> {
         });
     }
 
+    fn pending_mut(&mut self, command: Uuid) -> Option<&mut Pending> {
+        self.state
+            .pending
+            .iter_mut()
+            .find(|p| p.command_id == command)
+    }
+
+    fn record(&self, command: Uuid) -> Option<&StepRecord> {
+        self.state
+            .steps
+            .iter()
+            .rev()
+            .find(|r| r.command_id == command)
+    }
+
+    fn record_mut(&mut self, command: Uuid) -> Option<&mut StepRecord> {
+        self.state
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|r| r.command_id == command)
+    }
+
     /// Ends the last attempt of a command and its step record.
     fn close_attempt(
         &mut self,
@@ -669,13 +755,7 @@ impl Machine<'_> {
         error: Option<String>,
     ) {
         let now = self.now;
-        if let Some(r) = self
-            .state
-            .steps
-            .iter_mut()
-            .rev()
-            .find(|r| r.command_id == command)
-        {
+        if let Some(r) = self.record_mut(command) {
             r.status = status;
             r.finished_at = Some(now);
             r.error = error;
@@ -687,13 +767,7 @@ impl Machine<'_> {
 
     /// Records how the last attempt ended, leaving the step running.
     fn note_attempt(&mut self, command: Uuid, outcome: String, error: Option<String>) {
-        if let Some(r) = self
-            .state
-            .steps
-            .iter_mut()
-            .rev()
-            .find(|r| r.command_id == command)
-        {
+        if let Some(r) = self.record_mut(command) {
             if let Some(a) = r.attempt_log.last_mut() {
                 a.outcome.get_or_insert(outcome);
             }
@@ -704,24 +778,13 @@ impl Machine<'_> {
     }
 
     fn mark_outcome_unknown(&mut self, command: Uuid) {
-        if let Some(r) = self
-            .state
-            .steps
-            .iter_mut()
-            .rev()
-            .find(|r| r.command_id == command)
-        {
+        if let Some(r) = self.record_mut(command) {
             r.outcome_unknown = true;
         }
     }
 
     fn last_error(&self, command: Uuid) -> Option<String> {
-        self.state
-            .steps
-            .iter()
-            .rev()
-            .find(|r| r.command_id == command)
-            .and_then(|r| r.error.clone())
+        self.record(command).and_then(|r| r.error.clone())
     }
 
     fn compensation_out_of_time(&self, pending: &Pending) -> bool {
@@ -751,7 +814,7 @@ impl Machine<'_> {
 
     fn finish(&mut self, status: SagaStatus) {
         self.state.status = status;
-        self.state.pending = None;
+        self.state.pending.clear();
         self.state.completed_at = Some(self.now);
         self.state.updated_at = self.now;
         let event = match status {

@@ -2,11 +2,10 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::*;
-use crate::saga::{create_order, Step};
-use platform::Topics;
+use crate::saga::Step;
 
 fn def() -> SagaDefinition {
-    create_order::definition(&Topics::load(None).unwrap())
+    crate::saga::create_order()
 }
 
 fn input() -> Map<String, Value> {
@@ -28,7 +27,7 @@ fn answer(
     payload: Value,
     now: i64,
 ) -> (SagaState, Vec<Outgoing>) {
-    let pending = state.pending.expect("saga should be waiting");
+    let pending = *state.pending.first().expect("saga should be waiting");
     let reply = Reply {
         message_type: reply_type,
         causation_id: Some(pending.command_id),
@@ -89,7 +88,7 @@ fn start_sends_create_order_to_the_order_topic_keyed_by_the_saga() {
     assert_eq!(cmd.envelope.causation_id, None);
     assert_eq!(cmd.envelope.payload["customer_id"], "c-1");
     assert_eq!(state.current_step(), Some("create_order"));
-    assert_eq!(state.pending.unwrap().command_id, cmd.envelope.message_id);
+    assert_eq!(state.pending[0].command_id, cmd.envelope.message_id);
 }
 
 #[test]
@@ -99,8 +98,9 @@ fn happy_path_runs_four_forward_steps_and_completes() {
     assert_eq!(commands(&m), vec!["get_payment_info"]);
     assert_eq!(m[0].topic, "user_commands");
     assert_eq!(
-        m[0].envelope.payload["order_id"], "o-1",
-        "context flows into later commands"
+        m[0].envelope.payload,
+        json!({"customer_id": "c-1"}),
+        "a command carries the fields its step sends, no more"
     );
     let (s, m) = answer(
         &s,
@@ -110,8 +110,21 @@ fn happy_path_runs_four_forward_steps_and_completes() {
     );
     assert_eq!(commands(&m), vec!["authorize_payment"]);
     assert_eq!(m[0].topic, "payment_commands");
-    assert_eq!(m[0].envelope.payload["amount_cents"], 2800);
-    let (s, m) = answer(&s, "payment.authorized", json!({"payment_id": "p-1"}), 1003);
+    assert_eq!(
+        m[0].envelope.payload,
+        json!({"customer_id": "c-1", "order_id": "o-1", "amount_cents": 2800, "payment_method_id": "pm-1"}),
+        "received fields flow into later commands"
+    );
+    let (s, m) = answer(
+        &s,
+        "payment.authorized",
+        json!({"payment_id": "p-1", "provider_note": "not kept"}),
+        1003,
+    );
+    assert!(
+        !s.context.contains_key("provider_note"),
+        "only the fields a step receives are kept"
+    );
     assert_eq!(commands(&m), vec!["update_order_status"]);
     assert_eq!(
         m[0].envelope.payload["status"], "CREATED",
@@ -122,7 +135,7 @@ fn happy_path_runs_four_forward_steps_and_completes() {
     assert_eq!(events(&m), vec!["saga.completed"]);
     assert_eq!(s.status, SagaStatus::Completed);
     assert_eq!(s.completed_at, Some(1004));
-    assert_eq!(s.pending, None);
+    assert!(s.pending.is_empty());
     assert_eq!(s.current_step(), None);
     assert_eq!(s.context_str("payment_id"), Some("p-1"));
     assert_eq!(
@@ -142,7 +155,7 @@ fn happy_path_runs_four_forward_steps_and_completes() {
 fn each_command_answers_the_reply_that_caused_it() {
     let (s, _) = started();
     let payload = json!({"order_id": "o-1"});
-    let pending = s.pending.unwrap();
+    let pending = s.pending[0];
     let reply_id = Uuid::new_v4();
     let reply = Reply {
         message_type: "order.created",
@@ -259,7 +272,7 @@ fn failed_status_update_reverts_the_payment_then_cancels_the_order() {
 #[test]
 fn a_duplicate_reply_is_ignored() {
     let (s0, _) = started();
-    let first_command = s0.pending.unwrap().command_id;
+    let first_command = s0.pending[0].command_id;
     let (s1, _) = answer(&s0, "order.created", json!({"order_id": "o-1"}), 1);
     let payload = json!({"order_id": "o-2"});
     let dup = Reply {
@@ -294,7 +307,7 @@ fn a_reply_of_the_wrong_type_is_ignored() {
     let payload = json!({});
     let r = Reply {
         message_type: "payment.authorized",
-        causation_id: Some(s.pending.unwrap().command_id),
+        causation_id: Some(s.pending[0].command_id),
         payload: &payload,
     };
     assert_eq!(
@@ -324,7 +337,7 @@ fn command_ids_are_stable_per_saga_and_step() {
     let id = Uuid::new_v4();
     let (a, ma) = start(&def(), &Policy::default(), id, input(), 1);
     let (b, mb) = start(&def(), &Policy::default(), id, input(), 99);
-    assert_eq!(a.pending.unwrap().command_id, b.pending.unwrap().command_id);
+    assert_eq!(a.pending[0].command_id, b.pending[0].command_id);
     assert_eq!(ma[1].envelope.message_id, mb[1].envelope.message_id);
     assert_ne!(
         command_id(id, "cancel_order", C),
@@ -339,31 +352,21 @@ fn command_ids_are_stable_per_saga_and_step() {
 #[test]
 fn the_engine_interprets_any_definition() {
     // A two-step saga of another kind, with no lifecycle topic: no engine change needed.
-    let def = SagaDefinition {
-        saga_type: "ship".into(),
-        lifecycle_topic: None,
-        steps: vec![
-            Step {
-                name: "reserve".into(),
-                command: CommandSpec::new("reserve", "stock"),
-                on_success: "reserved".into(),
-                on_failure: "not_reserved".into(),
-                compensation: Some(crate::saga::Compensation {
-                    name: "unreserve".into(),
-                    command: CommandSpec::new("unreserve", "stock"),
-                    on_success: "unreserved".into(),
-                    on_failure: None,
-                }),
-            },
-            Step {
-                name: "ship".into(),
-                command: CommandSpec::new("ship", "courier"),
-                on_success: "shipped".into(),
-                on_failure: "not_shipped".into(),
-                compensation: None,
-            },
-        ],
-    };
+    let mut reserve = Step::new(
+        "reserve",
+        CommandSpec::new("reserve", "stock"),
+        "reserved",
+        "not_reserved",
+    );
+    reserve.compensation = Some(crate::saga::Compensation {
+        name: "unreserve".into(),
+        command: CommandSpec::new("unreserve", "stock"),
+        on_success: "unreserved".into(),
+        on_failure: None,
+        timing: Default::default(),
+    });
+    let ship = Step::new("ship", CommandSpec::new("ship", "courier"), "shipped", "not_shipped");
+    let def = SagaDefinition::new("ship", vec![reserve, ship]);
     let (s, m) = start(&def, &Policy::default(), Uuid::new_v4(), Map::new(), 0);
     assert_eq!(m.len(), 1, "no lifecycle events without a lifecycle topic");
     let p = json!({});
@@ -373,7 +376,7 @@ fn the_engine_interprets_any_definition() {
         s,
         Reply {
             message_type: t,
-            causation_id: Some(s.pending.unwrap().command_id),
+            causation_id: Some(s.pending[0].command_id),
             payload: &p,
         },
         Uuid::new_v4(),
@@ -431,7 +434,7 @@ fn reply_with(
     payload: Value,
     now: i64,
 ) -> (SagaState, Vec<Outgoing>) {
-    let pending = s.pending.expect("waiting");
+    let pending = *s.pending.first().expect("waiting");
     let r = Reply {
         message_type: t,
         causation_id: Some(pending.command_id),
@@ -445,7 +448,7 @@ fn an_overdue_command_is_resent_with_the_same_id_until_the_step_fails() {
     let p = policy();
     let (s, m) = start(&def(), &p, Uuid::new_v4(), input(), 0);
     let first_id = m[1].envelope.message_id;
-    let deadline = s.pending.unwrap().deadline_at;
+    let deadline = s.pending[0].deadline_at;
     assert!(
         (900..=1100).contains(&deadline),
         "first wait is the step timeout with jitter: {deadline}"
@@ -466,15 +469,15 @@ fn an_overdue_command_is_resent_with_the_same_id_until_the_step_fails() {
         s.steps[0].attempt_log[0].outcome.as_deref(),
         Some("timed out")
     );
-    let second = s.pending.unwrap().deadline_at - deadline;
+    let second = s.pending[0].deadline_at - deadline;
     assert!(
         (1800..=2200).contains(&second),
         "the wait doubles: {second}"
     );
 
-    let (s, _) = timer(&s, s.pending.unwrap().deadline_at);
+    let (s, _) = timer(&s, s.pending[0].deadline_at);
     assert_eq!(s.steps[0].attempts, 3);
-    let (s, m) = timer(&s, s.pending.unwrap().deadline_at);
+    let (s, m) = timer(&s, s.pending[0].deadline_at);
     // Three sendings, no reply: the order may exist, so it is cancelled to be sure.
     assert_eq!(s.status, SagaStatus::Compensating);
     assert_eq!(commands(&m), vec!["cancel_order"]);
@@ -533,7 +536,7 @@ fn a_refused_compensation_is_retried_then_fails_the_saga_at_the_limit() {
     );
     assert!(m.is_empty(), "no immediate re-send");
     assert_eq!(s.status, SagaStatus::Compensating);
-    let retry_at = s.pending.unwrap().deadline_at;
+    let retry_at = s.pending[0].deadline_at;
     assert!(
         (90..=115).contains(&(retry_at - 3)),
         "retried after the retry delay: {}",
@@ -601,7 +604,7 @@ fn an_unanswered_compensation_is_resent_until_the_limit() {
     let (mut s, _) = reply_with(&p, &s, "user.payment_info_failed", json!({}), 2);
     let mut sends = 1;
     while s.status == SagaStatus::Compensating {
-        let at = s.pending.unwrap().deadline_at;
+        let at = s.pending[0].deadline_at;
         let (next, m) = timer(&s, at);
         sends += commands(&m).len();
         s = next;
@@ -675,7 +678,7 @@ fn cancelling_mid_step_stops_waiting_at_the_step_deadline() {
     let p = policy();
     let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
     let (s, _) = applied(cancel(&def(), &p, &s, 1));
-    let (s, m) = timer(&s, s.pending.unwrap().deadline_at);
+    let (s, m) = timer(&s, s.pending[0].deadline_at);
     assert_eq!(
         commands(&m),
         vec!["cancel_order"],
@@ -750,7 +753,7 @@ fn lifecycle_events_repeated_after_a_retry_get_ids_of_their_own() {
     for round in 0..2 {
         // The compensation is refused until the saga is FAILED, then retried.
         while s.status == SagaStatus::Compensating {
-            now = now.max(s.pending.unwrap().deadline_at);
+            now = now.max(s.pending[0].deadline_at);
             let (next, m) = reply_with(&p, &s, "order.cancel_failed", json!({"reason": "no"}), now);
             ids.extend(lifecycle_ids(&m));
             s = next;
@@ -782,10 +785,10 @@ fn lifecycle_events_repeated_after_a_retry_get_ids_of_their_own() {
 fn a_saga_waiting_on_a_step_its_definition_lacks_is_parked_not_panicked_on() {
     let p = policy();
     let (mut s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
-    if let Some(pending) = s.pending.as_mut() {
+    if let Some(pending) = s.pending.first_mut() {
         pending.step_index = 9;
     }
-    let due = s.pending.unwrap().deadline_at;
+    let due = s.pending[0].deadline_at;
     let (parked, m) = applied(on_timer(&def(), &p, &s, due));
     assert!(m.is_empty());
     assert!(
@@ -802,7 +805,7 @@ fn a_saga_waiting_on_a_step_its_definition_lacks_is_parked_not_panicked_on() {
     let payload = json!({});
     let reply = Reply {
         message_type: "order.created",
-        causation_id: Some(parked.pending.unwrap().command_id),
+        causation_id: Some(parked.pending[0].command_id),
         payload: &payload,
     };
     assert!(matches!(
@@ -836,11 +839,214 @@ fn a_saga_parked_after_timer_failures_is_resumed_by_retry() {
     assert_eq!(resumed.status, s.status);
 
     let mut lost = parked.clone();
-    if let Some(pending) = lost.pending.as_mut() {
+    if let Some(pending) = lost.pending.first_mut() {
         pending.step_index = 9;
     }
     assert_eq!(
         retry(&def(), &p, &lost, 20),
         Decision::Ignored(Ignored::Parked)
     );
+}
+
+// --- Parallel groups -------------------------------------------------------------------------
+
+/// `reserve`, then `pack` and `bill` together (group `fulfil`), then `ship`; every step but
+/// `ship` can be undone.
+fn grouped() -> SagaDefinition {
+    let undoable = |name: &str, group: Option<&str>| {
+        let mut s = Step::new(
+            name,
+            CommandSpec::new(name, &format!("{name}_commands")),
+            &format!("{name}.done"),
+            &format!("{name}.failed"),
+        );
+        s.compensation = Some(crate::saga::Compensation {
+            name: format!("undo_{name}"),
+            command: CommandSpec::new(&format!("undo_{name}"), &format!("{name}_commands")),
+            on_success: format!("{name}.undone"),
+            on_failure: None,
+            timing: Default::default(),
+        });
+        s.group = group.map(str::to_string);
+        s
+    };
+    let ship = Step::new("ship", CommandSpec::new("ship", "ship_commands"), "ship.done", "ship.failed");
+    let mut def = SagaDefinition::new(
+        "fulfil",
+        vec![
+            undoable("reserve", None),
+            undoable("pack", Some("fulfil")),
+            undoable("bill", Some("fulfil")),
+            ship,
+        ],
+    );
+    def.lifecycle_topic = Some("events".into());
+    def
+}
+
+fn group_timer(def: &SagaDefinition, s: &SagaState, now: i64) -> (SagaState, Vec<Outgoing>) {
+    applied(on_timer(def, &policy(), s, now))
+}
+
+/// Answers the pending command of step `name`.
+fn answer_step(def: &SagaDefinition, s: &SagaState, name: &str, reply: &str, now: i64) -> Decision {
+    let record = s.steps.iter().rev().find(|r| r.name == name).expect("step ran");
+    on_reply(
+        def,
+        &policy(),
+        s,
+        Reply {
+            message_type: reply,
+            causation_id: Some(record.command_id),
+            payload: &json!({}),
+        },
+        Uuid::new_v4(),
+        now,
+    )
+}
+
+fn in_group() -> (SagaDefinition, SagaState) {
+    let def = grouped();
+    let (s, _) = start(&def, &policy(), Uuid::new_v4(), Map::new(), 0);
+    let (s, m) = applied(answer_step(&def, &s, "reserve", "reserve.done", 10));
+    assert_eq!(commands(&m), vec!["pack", "bill"], "the members are sent together");
+    assert_eq!(m[0].topic, "pack_commands");
+    assert_eq!(s.pending.len(), 2);
+    assert_eq!(s.current_step(), Some("fulfil"), "the group is the current step");
+    (def, s)
+}
+
+#[test]
+fn a_group_goes_on_once_every_member_has_succeeded() {
+    let (def, s) = in_group();
+    let (s, m) = applied(answer_step(&def, &s, "bill", "bill.done", 20));
+    assert!(m.is_empty(), "pack is still running");
+    assert_eq!(s.current_step(), Some("pack"));
+    let (s, m) = applied(answer_step(&def, &s, "pack", "pack.done", 30));
+    assert_eq!(commands(&m), vec!["ship"]);
+    let (s, m) = applied(answer_step(&def, &s, "ship", "ship.done", 40));
+    assert_eq!(events(&m), vec!["saga.completed"]);
+    assert_eq!(s.status, SagaStatus::Completed);
+    assert_eq!(s.steps[1].group.as_deref(), Some("fulfil"));
+}
+
+#[test]
+fn a_member_failing_while_another_runs_waits_then_undoes_what_ran_newest_first() {
+    let (def, s) = in_group();
+    let (s, m) = applied(answer_step(&def, &s, "pack", "pack.failed", 20));
+    assert_eq!(s.status, SagaStatus::Compensating);
+    assert_eq!(events(&m), vec!["saga.compensating"]);
+    assert!(commands(&m).is_empty(), "bill is still running: nothing is undone yet");
+    assert_eq!(s.error.as_deref(), Some("pack failed: pack.failed"));
+    let (s, m) = applied(answer_step(&def, &s, "bill", "bill.done", 30));
+    assert_eq!(commands(&m), vec!["undo_bill"], "the member that completed is undone first");
+    let (s, m) = applied(answer_step(&def, &s, "undo_bill", "bill.undone", 40));
+    assert_eq!(commands(&m), vec!["undo_reserve"]);
+    let (s, _) = applied(answer_step(&def, &s, "undo_reserve", "reserve.undone", 50));
+    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(
+        history(&s),
+        vec![
+            ("reserve".into(), F, Done),
+            ("pack".into(), F, Fail),
+            ("bill".into(), F, Done),
+            ("undo_bill".into(), C, Done),
+            ("undo_reserve".into(), C, Done),
+        ]
+    );
+}
+
+#[test]
+fn both_members_failing_undo_only_the_steps_before_the_group() {
+    let (def, s) = in_group();
+    let (s, _) = applied(answer_step(&def, &s, "bill", "bill.failed", 20));
+    let (s, m) = applied(answer_step(&def, &s, "pack", "pack.failed", 30));
+    assert_eq!(commands(&m), vec!["undo_reserve"]);
+    assert_eq!(s.error.as_deref(), Some("bill failed: bill.failed"), "the first failure is the cause");
+    assert_eq!(events(&m), Vec::<&str>::new(), "compensating is announced once");
+}
+
+#[test]
+fn a_member_still_silent_after_a_sibling_failed_is_not_resent_but_undone() {
+    let (def, s) = in_group();
+    let (s, _) = applied(answer_step(&def, &s, "pack", "pack.failed", 20));
+    let bill = *s.pending.first().unwrap();
+    let (s, m) = group_timer(&def, &s, bill.deadline_at);
+    assert_eq!(commands(&m), vec!["undo_bill"], "bill may have run: it is undone, not re-sent");
+    let record = s.steps.iter().find(|r| r.name == "bill").unwrap();
+    assert!(record.outcome_unknown);
+    // Its late reply, after compensation started, changes nothing.
+    assert_eq!(
+        answer_step(&def, &s, "bill", "bill.done", bill.deadline_at + 1),
+        Decision::Ignored(Ignored::NotAwaited)
+    );
+}
+
+#[test]
+fn members_are_resent_each_on_its_own_deadline() {
+    let (def, s) = in_group();
+    let (pack, bill) = (s.pending[0], s.pending[1]);
+    assert_ne!(pack.deadline_at, bill.deadline_at, "jitter differs per command");
+    let first = pack.deadline_at.min(bill.deadline_at);
+    let (s, m) = group_timer(&def, &s, first);
+    assert_eq!(m.len(), 1, "only the overdue member is re-sent");
+    let resent = m[0].envelope.message_id;
+    assert_eq!(s.awaits(resent).unwrap().attempt, 2);
+    let other = s.pending.iter().find(|p| p.command_id != resent).unwrap();
+    assert_eq!(other.attempt, 1);
+    // A member's success does not disturb the other's re-sends.
+    let (other_step, other_reply) = if resent == pack.command_id {
+        ("bill", "bill.done")
+    } else {
+        ("pack", "pack.done")
+    };
+    let (s, _) = applied(answer_step(&def, &s, other_step, other_reply, first + 1));
+    assert_eq!(s.pending.len(), 1);
+    assert_eq!(s.pending[0].command_id, resent);
+}
+
+#[test]
+fn a_member_that_never_answers_fails_the_group_after_its_attempts() {
+    let (def, mut s) = in_group();
+    let (s2, _) = applied(answer_step(&def, &s, "bill", "bill.done", 20));
+    s = s2;
+    while s.status == SagaStatus::Started {
+        let at = s.pending[0].deadline_at;
+        s = group_timer(&def, &s, at).0;
+    }
+    assert_eq!(s.status, SagaStatus::Compensating);
+    assert!(s.error.as_deref().unwrap().starts_with("pack failed: no reply after"));
+    // Newest first in the saga's order: bill (after pack in the definition), then pack, which
+    // may have run.
+    assert_eq!(s.current_step(), Some("undo_bill"));
+    let (s, _) = applied(answer_step(&def, &s, "undo_bill", "bill.undone", 1_000_000));
+    assert_eq!(s.current_step(), Some("undo_pack"));
+}
+
+#[test]
+fn cancelling_during_a_group_waits_for_every_member() {
+    let (def, s) = in_group();
+    let (s, _) = applied(cancel(&def, &policy(), &s, 15));
+    let (s, m) = applied(answer_step(&def, &s, "pack", "pack.done", 20));
+    assert!(commands(&m).is_empty(), "bill is still running");
+    let (s, m) = applied(answer_step(&def, &s, "bill", "bill.done", 30));
+    assert_eq!(commands(&m), vec!["undo_bill"]);
+    let (s, _) = applied(answer_step(&def, &s, "undo_bill", "bill.undone", 40));
+    let (s, _) = applied(answer_step(&def, &s, "undo_pack", "pack.undone", 50));
+    let (s, _) = applied(answer_step(&def, &s, "undo_reserve", "reserve.undone", 60));
+    assert_eq!(s.status, SagaStatus::Cancelled);
+}
+
+#[test]
+fn a_stored_single_pending_command_still_reads() {
+    let (s, _) = started();
+    let mut json = serde_json::to_value(&s).unwrap();
+    json["pending"] = serde_json::to_value(s.pending[0]).unwrap();
+    let old: SagaState = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(old.pending, s.pending);
+    json["pending"] = Value::Null;
+    json.as_object_mut().unwrap().remove("definition_version");
+    let ended: SagaState = serde_json::from_value(json).unwrap();
+    assert!(ended.pending.is_empty());
+    assert_eq!(ended.definition_version, 1);
 }

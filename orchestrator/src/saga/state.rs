@@ -97,6 +97,9 @@ pub struct StepRecord {
     /// had (compensations are idempotent and undo nothing that is not there).
     #[serde(default)]
     pub outcome_unknown: bool,
+    /// The parallel group the step ran in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// One sending of a command.
@@ -139,12 +142,17 @@ pub struct Pending {
 pub struct SagaState {
     pub saga_id: Uuid,
     pub saga_type: String,
+    /// The version of the definition the saga started under, and runs under to its end.
+    #[serde(default = "first_version")]
+    pub definition_version: u32,
     pub status: SagaStatus,
     /// The saga's data: its input, plus the payload of every success reply so far.
     pub context: Map<String, Value>,
     pub steps: Vec<StepRecord>,
-    /// `None` once the saga is terminal.
-    pub pending: Option<Pending>,
+    /// The commands the saga waits on: one, or every running member of a parallel group; none
+    /// once the saga is terminal. (Stored by earlier versions as one object or `null`.)
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub pending: Vec<Pending>,
     /// Why compensation started: the failed step, the saga deadline.
     pub error: Option<String>,
     /// Why the saga is `FAILED`: the compensation that could not be done.
@@ -173,15 +181,47 @@ pub struct SagaState {
     pub parked: Option<String>,
 }
 
+fn first_version() -> u32 {
+    1
+}
+
+/// `pending` as stored: a list, or (before parallel groups) one object or `null`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Pending>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<Pending>),
+        One(Pending),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(p)) => vec![p],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
 impl SagaState {
-    /// The name of the step or compensation the saga waits on.
+    /// The name of the step or compensation the saga waits on; the group's name while several
+    /// members of a parallel group are running.
     pub fn current_step(&self) -> Option<&str> {
-        let pending = self.pending?;
-        self.steps
+        let first = self.pending.first()?;
+        let record = self
+            .steps
             .iter()
             .rev()
-            .find(|s| s.command_id == pending.command_id)
-            .map(|s| s.name.as_str())
+            .find(|s| s.command_id == first.command_id)?;
+        match (&record.group, self.pending.len()) {
+            (Some(group), 2..) => Some(group),
+            _ => Some(&record.name),
+        }
+    }
+
+    /// The pending command with this id.
+    pub fn awaits(&self, command_id: Uuid) -> Option<Pending> {
+        self.pending
+            .iter()
+            .find(|p| p.command_id == command_id)
+            .copied()
     }
 
     /// When the saga next needs attention without a reply (a step deadline, the saga
@@ -190,7 +230,7 @@ impl SagaState {
         if self.parked.is_some() {
             return None;
         }
-        let pending = self.pending.map(|p| p.deadline_at);
+        let pending = self.pending.iter().map(|p| p.deadline_at).min();
         let saga = match (self.status, self.abort) {
             (SagaStatus::Started, None) => self.deadline_at,
             _ => None,

@@ -159,11 +159,11 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::{create_order, engine, SagaStatus};
+    use crate::saga::{engine, SagaStatus};
     use crate::Policy;
 
     fn saga() -> SagaState {
-        let def = create_order::definition(&platform::Topics::load(None).unwrap());
+        let def = crate::saga::create_order();
         engine::start(
             &def,
             &Policy::default(),

@@ -1,0 +1,240 @@
+//! Every saga type the orchestrator runs, at every version it was given.
+//!
+//! A new saga starts under the newest version of its type; a stored saga is driven by the
+//! version it started with, for as long as it runs, even after a newer one is deployed. A saga
+//! whose version is no longer loaded is never run under another: it is parked (see
+//! [`engine::park`](super::engine)) and reported, and `retry` resumes it once the version is back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::definition::SagaDefinition;
+use super::engine::{self, Decision, Policy, Reply};
+use super::state::SagaState;
+use crate::{Error, Result};
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    definitions: BTreeMap<(String, u32), Arc<SagaDefinition>>,
+}
+
+impl Registry {
+    /// The definitions with the file each came from (named when two declare the same version).
+    pub fn new(definitions: Vec<(String, SagaDefinition)>) -> Result<Self> {
+        let mut registry = Registry::default();
+        let mut origin = BTreeMap::new();
+        for (file, def) in definitions {
+            let key = (def.saga_type.clone(), def.version);
+            if let Some(other) = origin.insert(key.clone(), file.clone()) {
+                return Err(Error::Definition {
+                    file,
+                    problem: format!(
+                        "saga {} version {} is already defined by {other}",
+                        key.0, key.1
+                    ),
+                });
+            }
+            registry.definitions.insert(key, Arc::new(def));
+        }
+        Ok(registry)
+    }
+
+    /// One definition alone (tests, embedding).
+    pub fn of(definition: SagaDefinition) -> Self {
+        Registry::new(vec![("(given)".into(), definition)]).expect("one definition")
+    }
+
+    /// The version new sagas of `saga_type` start under.
+    pub fn latest(&self, saga_type: &str) -> Option<&Arc<SagaDefinition>> {
+        self.definitions
+            .range((saga_type.to_string(), 0)..=(saga_type.to_string(), u32::MAX))
+            .next_back()
+            .map(|(_, d)| d)
+    }
+
+    pub fn get(&self, saga_type: &str, version: u32) -> Option<&Arc<SagaDefinition>> {
+        self.definitions.get(&(saga_type.to_string(), version))
+    }
+
+    /// Every loaded definition, each type's versions oldest first.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<SagaDefinition>> {
+        self.definitions.values()
+    }
+
+    /// The newest version of each type.
+    pub fn types(&self) -> impl Iterator<Item = &Arc<SagaDefinition>> {
+        let mut last: BTreeMap<&str, &Arc<SagaDefinition>> = BTreeMap::new();
+        for ((t, _), d) in &self.definitions {
+            last.insert(t, d);
+        }
+        last.into_values()
+    }
+
+    /// The topics every participant of every loaded saga replies on: what the orchestrator
+    /// consumes.
+    pub fn reply_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .all()
+            .flat_map(|d| d.reply_topics.iter().cloned())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// The definition a stored saga runs under, or why there is none.
+    pub fn of_saga(&self, state: &SagaState) -> std::result::Result<&Arc<SagaDefinition>, String> {
+        self.get(&state.saga_type, state.definition_version)
+            .ok_or_else(|| {
+                format!(
+                    "saga type {} version {} is not loaded (SAGAS_DIR); it is never run under \
+                     another version: deploy that version and retry the saga",
+                    state.saga_type, state.definition_version
+                )
+            })
+    }
+}
+
+/// The engine, with each saga routed to the definition it started under. A saga whose
+/// definition is not loaded is parked (once) instead of being run under another.
+#[derive(Debug, Clone)]
+pub struct Sagas {
+    pub registry: Arc<Registry>,
+    pub policy: Policy,
+}
+
+impl Sagas {
+    pub fn new(registry: Registry, policy: Policy) -> Self {
+        Sagas {
+            registry: Arc::new(registry),
+            policy,
+        }
+    }
+
+    fn route(
+        &self,
+        state: &SagaState,
+        now: i64,
+        run: impl FnOnce(&SagaDefinition) -> Decision,
+    ) -> Decision {
+        match self.registry.of_saga(state) {
+            Ok(def) => run(def),
+            Err(why) => engine::park_after_failures(state, now, why),
+        }
+    }
+
+    pub fn on_reply(&self, state: &SagaState, reply: Reply<'_>, id: Uuid, now: i64) -> Decision {
+        self.route(state, now, |d| {
+            engine::on_reply(d, &self.policy, state, reply, id, now)
+        })
+    }
+
+    pub fn on_timer(&self, state: &SagaState, now: i64) -> Decision {
+        self.route(state, now, |d| engine::on_timer(d, &self.policy, state, now))
+    }
+
+    pub fn cancel(&self, state: &SagaState, now: i64) -> Decision {
+        self.route(state, now, |d| engine::cancel(d, &self.policy, state, now))
+    }
+
+    /// `retry` resumes a saga parked for a missing definition once that definition is back.
+    pub fn retry(&self, state: &SagaState, now: i64) -> Decision {
+        match self.registry.of_saga(state) {
+            Ok(def) => engine::retry(def, &self.policy, state, now),
+            Err(_) => Decision::Ignored(engine::Ignored::Parked),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::saga::{CommandSpec, SagaStatus, Step};
+
+    fn def(version: u32, command: &str) -> SagaDefinition {
+        let mut d = SagaDefinition::new(
+            "ship",
+            vec![Step::new("s", CommandSpec::new(command, "t"), "ok", "ko")],
+        );
+        d.version = version;
+        d.reply_topics = vec![format!("replies_{version}")];
+        d
+    }
+
+    fn registry() -> Registry {
+        Registry::new(vec![("v1".into(), def(1, "one")), ("v2".into(), def(2, "two"))]).unwrap()
+    }
+
+    #[test]
+    fn new_sagas_start_under_the_newest_version() {
+        let r = registry();
+        assert_eq!(r.latest("ship").unwrap().version, 2);
+        assert!(r.latest("shi").is_none() && r.latest("ship2").is_none());
+        assert_eq!(r.types().count(), 1);
+        assert_eq!(r.reply_topics(), vec!["replies_1", "replies_2"]);
+    }
+
+    #[test]
+    fn a_version_defined_twice_names_both_files() {
+        let err = Registry::new(vec![("a.toml".into(), def(1, "x")), ("b.toml".into(), def(1, "y"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("b.toml") && err.contains("a.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_saga_keeps_the_version_it_started_with() {
+        let sagas = Sagas::new(registry(), Policy::default());
+        let (state, _) = engine::start(
+            sagas.registry.get("ship", 1).unwrap(),
+            &Policy::default(),
+            Uuid::new_v4(),
+            Default::default(),
+            0,
+        );
+        assert_eq!(state.definition_version, 1);
+        let pending = state.pending[0];
+        let d = sagas.on_timer(&state, pending.deadline_at);
+        let Decision::Applied { messages, .. } = d else { panic!("{d:?}") };
+        assert_eq!(messages[0].envelope.message_type, "one", "re-sent under version 1");
+    }
+
+    #[test]
+    fn a_saga_whose_version_is_gone_is_parked_not_run_under_another() {
+        let old = Sagas::new(registry(), Policy::default());
+        let (state, _) = engine::start(
+            old.registry.get("ship", 1).unwrap(),
+            &Policy::default(),
+            Uuid::new_v4(),
+            Default::default(),
+            0,
+        );
+        let only_v2 = Sagas::new(Registry::of(def(2, "two")), Policy::default());
+        let reply = json!({});
+        let d = only_v2.on_reply(
+            &state,
+            Reply {
+                message_type: "ok",
+                causation_id: Some(state.pending[0].command_id),
+                payload: &reply,
+            },
+            Uuid::new_v4(),
+            5,
+        );
+        let Decision::Applied { state: parked, messages } = d else { panic!("{d:?}") };
+        assert!(messages.is_empty());
+        assert!(parked.parked.as_deref().unwrap().contains("version 1 is not loaded"));
+        assert_eq!(parked.status, SagaStatus::Started);
+        assert_eq!(parked.next_wake(), None, "no deadline brings it back");
+        // Retry does nothing until the version is back, then resumes it under that version.
+        assert!(matches!(only_v2.retry(&parked, 6), Decision::Ignored(_)));
+        let Decision::Applied { state: resumed, .. } = old.retry(&parked, 7) else { panic!() };
+        assert!(resumed.parked.is_none());
+        let Decision::Applied { messages, .. } = old.on_timer(&resumed, 7) else { panic!() };
+        assert_eq!(messages[0].envelope.message_type, "one");
+    }
+}
