@@ -76,7 +76,6 @@ impl Intake {
     pub async fn create(
         &self,
         state: SagaState,
-        customer_id: String,
         idempotency_key: Option<String>,
         messages: Vec<Outgoing>,
         ticket: Ticket,
@@ -84,7 +83,6 @@ impl Intake {
         let (done, answer) = oneshot::channel();
         let saga = NewSaga {
             state,
-            customer_id,
             idempotency_key,
             messages,
         };

@@ -76,7 +76,7 @@ async fn bad_input_gets_a_clear_4xx_and_starts_nothing() {
     }
     let (_, list) = app.get_json("/sagas").await;
     assert_eq!(
-        list["sagas"].as_array().unwrap().len(),
+        list.as_array().unwrap().len(),
         0,
         "no bad request started a saga"
     );
@@ -94,7 +94,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
     }
     let (status, all) = app.get_json("/sagas").await;
     assert_eq!(status, StatusCode::OK);
-    let listed: Vec<&str> = all["sagas"]
+    let listed: Vec<&str> = all
         .as_array()
         .unwrap()
         .iter()
@@ -106,7 +106,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
     );
 
     let (_, completed) = app.get_json("/sagas?status=COMPLETED&limit=50").await;
-    let completed: Vec<&str> = completed["sagas"]
+    let completed: Vec<&str> = completed
         .as_array()
         .unwrap()
         .iter()
@@ -115,16 +115,16 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
     assert_eq!(completed, vec![ids[2].as_str(), ids[0].as_str()]);
 
     let (_, compensated) = app.get_json("/sagas?status=compensated").await;
-    assert_eq!(compensated["sagas"].as_array().unwrap().len(), 1);
-    assert_eq!(compensated["sagas"][0]["saga_id"], ids[1].as_str());
+    assert_eq!(compensated.as_array().unwrap().len(), 1);
+    assert_eq!(compensated[0]["saga_id"], ids[1].as_str());
     assert_eq!(
-        compensated["sagas"][0]["steps"].as_array().unwrap().len(),
+        compensated[0]["steps"].as_array().unwrap().len(),
         3
     );
 
     let (_, limited) = app.get_json("/sagas?limit=1").await;
-    assert_eq!(limited["sagas"].as_array().unwrap().len(), 1);
-    assert_eq!(limited["sagas"][0]["saga_id"], ids[2].as_str());
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+    assert_eq!(limited[0]["saga_id"], ids[2].as_str());
     app.stop().await;
 }
 

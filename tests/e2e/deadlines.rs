@@ -234,7 +234,7 @@ async fn a_saga_pointing_past_its_definition_is_parked_and_the_timer_goes_on() {
         .unwrap();
     let mut state: serde_json::Value =
         serde_json::from_str(&row.try_get::<String, _>("state").unwrap()).unwrap();
-    state["pending"]["step_index"] = serde_json::json!(9);
+    state["pending"][0]["step_index"] = serde_json::json!(9);
     sqlx::query(
         "UPDATE sagas SET state = $1, version = version + 1, wake_at = 0 WHERE saga_id = $2",
     )

@@ -10,6 +10,8 @@ mod deadlines;
 mod delivery;
 mod deploy;
 mod faults;
+mod generic;
+mod campusg;
 mod helpers;
 mod hostile;
 mod instances;

@@ -55,8 +55,12 @@ impl Scope {
 
     /// The scope a route needs; `None` for the open ones (probes, metrics, unknown routes).
     fn needed(method: &Method, route: &str) -> Option<Scope> {
+        let route = match route.strip_prefix("/api") {
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => route,
+        };
         match (method, route) {
-            (&Method::POST, "/orders") => Some(Scope::Start),
+            (&Method::POST, "/orders" | "/sagas/{saga_id}") => Some(Scope::Start),
             (&Method::POST, "/sagas/{saga_id}/cancel" | "/sagas/{saga_id}/retry") => {
                 Some(Scope::Operator)
             }
@@ -284,6 +288,14 @@ mod tests {
         assert_eq!(Scope::needed(&Method::GET, "/sagas"), Some(Scope::Read));
         assert_eq!(
             Scope::needed(&Method::GET, "/sagas/{saga_id}"),
+            Some(Scope::Read)
+        );
+        assert_eq!(
+            Scope::needed(&Method::POST, "/api/sagas/{saga_id}"),
+            Some(Scope::Start)
+        );
+        assert_eq!(
+            Scope::needed(&Method::GET, "/api/sagas"),
             Some(Scope::Read)
         );
         assert_eq!(

@@ -101,7 +101,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Conflict { message, status } = &self {
             return (
                 StatusCode::CONFLICT,
-                Json(json!({ "error": message, "status": status })),
+                Json(json!({ "success": false, "error": message, "status": status })),
             )
                 .into_response();
         }
@@ -109,7 +109,7 @@ impl IntoResponse for ApiError {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({ "error": message })),
+                Json(json!({ "success": false, "error": message })),
             )
                 .into_response();
         }
@@ -143,6 +143,7 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        // `success: false` as CampusG's errors carry it; `error` says what went wrong.
+        (status, Json(json!({ "success": false, "error": message }))).into_response()
     }
 }

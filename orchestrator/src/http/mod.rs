@@ -1,5 +1,6 @@
-//! The HTTP front: `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, the probes (`/livez`,
-//! `/readyz`, `/health`) and `/metrics`.
+//! The HTTP front: `POST /orders`, `POST /sagas/{type}`, `GET /sagas/{id}`, `GET /sagas`
+//! (also under `/api`, where CampusG serves them), the probes (`/livez`, `/readyz`, `/health`)
+//! and `/metrics`.
 //!
 //! Every request gets an `x-request-id` (the client's, or a new UUID, returned in the response),
 //! a span that continues the caller's W3C trace (`traceparent`) or starts one, an access log line
@@ -12,6 +13,7 @@ mod health;
 mod limits;
 mod orders;
 mod sagas;
+mod start;
 
 use std::sync::Arc;
 
@@ -106,9 +108,11 @@ pub struct AppParts {
 }
 
 pub fn router(state: AppState) -> Router {
+    // CampusG's orchestrator serves its API under /api: its clients work against either path.
+    let sagas = orders::router().merge(sagas::router());
     Router::new()
-        .merge(orders::router())
-        .merge(sagas::router())
+        .merge(sagas.clone())
+        .nest("/api", sagas)
         .merge(health::router())
         .merge(dead_letters::router())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,19 +1,18 @@
-//! `POST /orders`: validate, then store the saga and its first command in one transaction.
+//! `POST /orders`: CampusG's create-order request, checked, turned into the input of the
+//! `create_order` saga and started like any saga (see [`super::start`]).
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tracing::Instrument;
 use uuid::Uuid;
 
+use super::start::{self, StartRequest};
 use super::{ApiError, ApiJson, AppState, RequestTrace};
 use crate::intake::Ticket;
-use crate::saga::{engine, SagaState};
-use crate::store::Created;
 
 /// Limits that keep an order sane; past them the request is refused, not truncated.
 const MAX_ITEMS: usize = 100;
@@ -21,7 +20,6 @@ const MAX_PRICE: f64 = 100_000.0;
 const MAX_QUANTITY: u32 = 1_000;
 const MAX_FEE: f64 = 10_000.0;
 const MAX_TEXT: usize = 256;
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The saga `POST /orders` starts.
 const CREATE_ORDER: &str = "create_order";
@@ -131,121 +129,58 @@ fn cents(amount: f64) -> i64 {
     (amount * 100.0).round() as i64
 }
 
+/// CampusG's answer to a started order saga (`success`, `message`, `saga_id`, `status`), and
+/// the saga's type.
 #[derive(Debug, Serialize)]
 struct Accepted {
+    success: bool,
+    message: &'static str,
     saga_id: Uuid,
+    saga_type: &'static str,
     status: &'static str,
 }
 
 async fn create_order(
     State(app): State<AppState>,
-    request: Option<Extension<RequestTrace>>,
+    trace: Option<Extension<RequestTrace>>,
     ticket: Option<Extension<Ticket>>,
     headers: HeaderMap,
     ApiJson(order): ApiJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
+    let idempotency_key = start::idempotency_key(&headers)?;
     let amount_cents = order.validate()?;
-    let saga_id = Uuid::new_v4();
-    let span = tracing::info_span!(
-        "create_order",
-        saga_id = %saga_id,
-        saga_type = CREATE_ORDER,
-        customer_id = %order.customer_id,
-        trace_id = tracing::field::Empty,
-    );
-    // The saga is one trace, rooted in the request that started it.
-    let parent = request
-        .map(|Extension(RequestTrace(t))| t)
-        .unwrap_or_default();
-    let trace = platform::trace::continue_trace(&span, &parent);
-    async move {
-        let input = saga_input(&order, amount_cents);
-        let definition = app.sagas.registry.latest(CREATE_ORDER).ok_or_else(|| {
-            ApiError::NotFound(format!("no saga type {CREATE_ORDER} is loaded (SAGAS_DIR)"))
-        })?;
-        let (mut state, mut messages) = engine::start(definition, &app.sagas.policy, saga_id, input, platform::time::now_ms());
-        state.trace = trace.clone();
-        for m in &mut messages {
-            m.trace = trace.clone();
-        }
-        let created = app
-            .intake
-            .create(
-                state.clone(),
-                order.customer_id.clone(),
-                key.clone(),
-                messages,
-                ticket.map(|Extension(t)| t).unwrap_or_default(),
-            )
-            .await?;
-        match created {
-            Created::New => {
-                tracing::debug!(amount_cents, "saga started");
-                Ok(accepted(&state, false))
-            }
-            Created::Existing(existing) => {
-                if !same_request(&existing, &order, amount_cents) {
-                    return Err(ApiError::unprocessable(
-                        "this Idempotency-Key was already used with a different request",
-                    ));
-                }
-                tracing::info!(existing = %existing.saga_id, "idempotent retry; returning the existing saga");
-                Ok(accepted(&existing, true))
-            }
-        }
-    }
-    .instrument(span)
-    .await
+    let started = start::start(
+        &app,
+        StartRequest {
+            saga_type: CREATE_ORDER,
+            input: saga_input(&order, amount_cents),
+            idempotency_key,
+            trace,
+            ticket,
+        },
+    )
+    .await?;
+    let body = Accepted {
+        success: true,
+        message: if started.replayed {
+            "Order saga already started with this Idempotency-Key"
+        } else {
+            "Order saga started"
+        },
+        saga_id: started.state.saga_id,
+        saga_type: CREATE_ORDER,
+        status: started.state.status.as_str(),
+    };
+    Ok(start::accepted(&started, body))
 }
 
-/// The saga's context at its start: what every participant may need.
+/// The saga's input: what `sagas/create_order.toml` declares, built from CampusG's request.
 fn saga_input(order: &CreateOrder, amount_cents: i64) -> Map<String, Value> {
     let mut input = Map::new();
     input.insert("customer_id".into(), json!(order.customer_id));
     input.insert("order_details".into(), json!(order.order_details));
     input.insert("amount_cents".into(), json!(amount_cents));
     input
-}
-
-fn same_request(existing: &SagaState, order: &CreateOrder, amount_cents: i64) -> bool {
-    let input = saga_input(order, amount_cents);
-    input
-        .iter()
-        .all(|(k, v)| existing.context.get(k) == Some(v))
-}
-
-fn accepted(state: &SagaState, replayed: bool) -> Response {
-    let location = format!("/sagas/{}", state.saga_id);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            saga_id: state.saga_id,
-            status: state.status.as_str(),
-        }),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match v.to_str() {
-        Ok(s) if !s.trim().is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(s.to_string())),
-        _ => Err(ApiError::bad_request(format!(
-            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-        ))),
-    }
 }
 
 #[cfg(test)]

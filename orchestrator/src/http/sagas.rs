@@ -1,7 +1,8 @@
 //! `GET /sagas/{id}` and `GET /sagas`: where a saga is and what happened to it.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -10,30 +11,42 @@ use uuid::Uuid;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::saga::engine::{self, Ignored};
 use crate::saga::{Attempt, SagaState, SagaStatus, Sagas, StepKind, StepStatus};
-use crate::store::Changed;
+use crate::store::{Changed, ListFilter};
 
-const DEFAULT_LIMIT: i64 = 50;
+/// CampusG's page size.
+const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 500;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sagas", get(list_sagas))
-        .route("/sagas/{saga_id}", get(get_saga))
+        // One path parameter name for both: the saga's id (GET), or the type to start (POST).
+        .route(
+            "/sagas/{saga_id}",
+            get(get_saga).post(super::start::start_saga),
+        )
         .route("/sagas/{saga_id}/cancel", post(cancel_saga))
         .route("/sagas/{saga_id}/retry", post(retry_saga))
 }
 
-/// A saga as the API shows it.
+/// A saga as the API shows it: any type's, with its input and context; a create-order saga also
+/// carries CampusG's fields (`customer_id`, `order_id`, ...).
 #[derive(Debug, Serialize)]
 pub struct SagaView {
+    /// CampusG's name for the saga id.
+    id: Uuid,
     saga_id: Uuid,
     saga_type: String,
+    /// The version of its definition the saga runs under.
+    definition_version: u32,
     status: SagaStatus,
     current_step: Option<String>,
-    customer_id: Option<String>,
-    order_id: Option<String>,
-    payment_id: Option<String>,
-    amount_cents: Option<i64>,
+    #[serde(flatten)]
+    order: Option<OrderFields>,
+    /// What started the saga.
+    input: Option<serde_json::Value>,
+    /// What the saga knows now: its input and the fields its steps received.
+    context: serde_json::Map<String, serde_json::Value>,
     /// Why compensation started: the failed step, the deadline.
     error: Option<String>,
     /// Why the saga is FAILED: the compensation that could not be done.
@@ -49,6 +62,15 @@ pub struct SagaView {
     /// Why the saga was set aside for an operator (its state cannot go on under its
     /// definition); `null` for every healthy saga.
     parked: Option<String>,
+}
+
+/// The create-order saga's fields, as CampusG shows them.
+#[derive(Debug, Serialize)]
+struct OrderFields {
+    customer_id: Option<String>,
+    order_id: Option<String>,
+    payment_id: Option<String>,
+    amount_cents: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,15 +106,22 @@ impl From<&Attempt> for AttemptView {
 impl From<&SagaState> for SagaView {
     fn from(s: &SagaState) -> Self {
         let time = platform::time::rfc3339;
+        let text = |key: &str| s.context_str(key).map(str::to_string);
         SagaView {
+            id: s.saga_id,
             saga_id: s.saga_id,
             saga_type: s.saga_type.clone(),
+            definition_version: s.definition_version,
             status: s.status,
             current_step: s.current_step().map(str::to_string),
-            customer_id: s.context_str("customer_id").map(str::to_string),
-            order_id: s.context_str("order_id").map(str::to_string),
-            payment_id: s.context_str("payment_id").map(str::to_string),
-            amount_cents: s.context_i64("amount_cents"),
+            order: (s.saga_type == "create_order").then(|| OrderFields {
+                customer_id: text("customer_id"),
+                order_id: text("order_id"),
+                payment_id: text("payment_id"),
+                amount_cents: s.context_i64("amount_cents"),
+            }),
+            input: super::start::input_of(s),
+            context: s.context.clone(),
             error: s.error.clone(),
             compensation_error: s.compensation_error.clone(),
             steps: s
@@ -164,19 +193,20 @@ async fn get_saga(
 
 #[derive(Debug, Deserialize)]
 struct ListParams {
+    #[serde(rename = "type")]
+    saga_type: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
+    /// Where the previous page ended (from its `Link: <...>; rel="next"`).
+    cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct SagaList {
-    sagas: Vec<SagaView>,
-}
-
+/// `GET /sagas?type=&status=&limit=&cursor=`: a JSON array, newest first (CampusG's shape); when
+/// more follow, `Link: </sagas?...&cursor=...>; rel="next"` points at the next page.
 async fn list_sagas(
     State(app): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Json<SagaList>, ApiError> {
+) -> Result<Response, ApiError> {
     let status = match params.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(SagaStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
@@ -193,16 +223,83 @@ async fn list_sagas(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let sagas = app.store.list(status, limit).await?;
-    Ok(Json(SagaList {
-        sagas: sagas.iter().map(SagaView::from).collect(),
-    }))
+    let saga_type = params.saga_type.filter(|t| !t.is_empty());
+    if saga_type.as_ref().is_some_and(|t| t.len() > 64) {
+        return Err(ApiError::bad_request("type is at most 64 characters"));
+    }
+    let after = params
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            parse_cursor(c).ok_or_else(|| {
+                ApiError::bad_request("cursor is not one this API gave out (take it from the Link header)")
+            })
+        })
+        .transpose()?;
+    let filter = ListFilter {
+        saga_type: saga_type.clone(),
+        status,
+        after,
+    };
+    // One more than asked for: whether another page follows.
+    let mut sagas = app.store.list(&filter, limit + 1).await?;
+    let more = sagas.len() as i64 > limit;
+    sagas.truncate(limit as usize);
+    let views: Vec<SagaView> = sagas.iter().map(SagaView::from).collect();
+    let mut response = Json(views).into_response();
+    if let (true, Some(last)) = (more, sagas.last()) {
+        let mut query = vec![format!("limit={limit}")];
+        if let Some(t) = &saga_type {
+            query.push(format!("type={}", encode(t)));
+        }
+        if let Some(s) = status {
+            query.push(format!("status={}", s.as_str()));
+        }
+        query.push(format!("cursor={}.{}", last.created_at, last.saga_id));
+        let link = format!("</sagas?{}>; rel=\"next\"", query.join("&"));
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(response)
 }
 
+/// `created_at.saga_id` of the last saga of a page.
+fn parse_cursor(cursor: &str) -> Option<(i64, Uuid)> {
+    let (at, id) = cursor.split_once('.')?;
+    Some((at.parse().ok()?, Uuid::parse_str(id).ok()?))
+}
+
+/// Percent-encodes a query value (a saga type is a-z, 0-9 and _, but a client may send more).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An operator command taken: `message` as CampusG answers a cancel, the saga and its status.
 #[derive(Debug, Serialize)]
 struct Accepted {
+    message: String,
     saga_id: Uuid,
     status: SagaStatus,
+}
+
+impl Accepted {
+    fn new(saga_id: Uuid, status: SagaStatus, verb: &str) -> Json<Self> {
+        Json(Accepted {
+            message: format!("saga {saga_id} is being {verb}"),
+            saga_id,
+            status,
+        })
+    }
 }
 
 /// How many times an operator command is decided again after losing a version race, before the
@@ -281,7 +378,7 @@ async fn respond(
                 app.relay.notify();
             }
             tracing::info!(saga_id = %saga_id, status = status.as_str(), "saga {verb}");
-            Ok((StatusCode::ACCEPTED, Json(Accepted { saga_id, status })))
+            Ok((StatusCode::ACCEPTED, Accepted::new(saga_id, status, verb)))
         }
         Some(Changed::Parked { status, reason }) => {
             tracing::error!(saga_id = %saga_id, %reason, "saga parked for an operator");
@@ -297,7 +394,7 @@ async fn respond(
                 .await?
                 .map(|s| s.status)
                 .unwrap_or(SagaStatus::Cancelling);
-            Ok((StatusCode::ACCEPTED, Json(Accepted { saga_id, status })))
+            Ok((StatusCode::ACCEPTED, Accepted::new(saga_id, status, verb)))
         }
         Some(Changed::No(Ignored::NotCancellable(status) | Ignored::NotRetryable(status))) => {
             Err(ApiError::Conflict {

@@ -146,6 +146,7 @@ pub fn start(
     now: i64,
 ) -> (SagaState, Vec<Outgoing>) {
     let deadline = def.deadline_ms.unwrap_or(policy.saga_timeout_ms);
+    let input_json = Some(Value::Object(input.clone()).to_string());
     let mut state = SagaState {
         saga_id,
         saga_type: def.saga_type.clone(),
@@ -162,6 +163,7 @@ pub fn start(
         updated_at: now,
         completed_at: None,
         trace: TraceContext::default(),
+        input_json,
         events_sent: 0,
         parked: None,
     };

@@ -15,10 +15,21 @@ use super::engine::{self, Decision, Policy, Reply};
 use super::state::SagaState;
 use crate::{Error, Result};
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     definitions: BTreeMap<(String, u32), Arc<SagaDefinition>>,
+    /// Each definition's input schema, compiled once.
+    inputs: BTreeMap<(String, u32), jsonschema::Validator>,
 }
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.definitions.keys()).finish()
+    }
+}
+
+/// At most this many problems are named when an input is refused.
+const MAX_INPUT_PROBLEMS: usize = 10;
 
 impl Registry {
     /// The definitions with the file each came from (named when two declare the same version).
@@ -36,6 +47,12 @@ impl Registry {
                     ),
                 });
             }
+            let validator =
+                jsonschema::validator_for(&def.input_schema).map_err(|e| Error::Definition {
+                    file: file.clone(),
+                    problem: format!("input: not a valid JSON Schema: {e}"),
+                })?;
+            registry.inputs.insert(key.clone(), validator);
             registry.definitions.insert(key, Arc::new(def));
         }
         Ok(registry)
@@ -82,6 +99,32 @@ impl Registry {
         topics.sort();
         topics.dedup();
         topics
+    }
+
+    /// Checks a start input against the definition's schema; the problems name the failing
+    /// paths (`/order_details/foodItems: [] has less than 1 item`).
+    pub fn check_input(
+        &self,
+        def: &SagaDefinition,
+        input: &serde_json::Value,
+    ) -> std::result::Result<(), Vec<String>> {
+        let Some(validator) = self.inputs.get(&(def.saga_type.clone(), def.version)) else {
+            return Err(vec![format!("{} is not loaded", def.saga_type)]);
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(input)
+            .take(MAX_INPUT_PROBLEMS)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let path = if path.is_empty() { "/".to_string() } else { path };
+                format!("{path}: {e}")
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The definition a stored saga runs under, or why there is none.
@@ -176,6 +219,24 @@ mod tests {
         assert!(r.latest("shi").is_none() && r.latest("ship2").is_none());
         assert_eq!(r.types().count(), 1);
         assert_eq!(r.reply_topics(), vec!["replies_1", "replies_2"]);
+    }
+
+    #[test]
+    fn an_input_is_checked_against_its_schema_naming_each_failing_path() {
+        let mut d = def(1, "x");
+        d.input_schema = json!({
+            "type": "object",
+            "required": ["qty"],
+            "properties": {"qty": {"type": "integer", "minimum": 1}, "sku": {"type": "string"}}
+        });
+        let r = Registry::of(d.clone());
+        assert!(r.check_input(&d, &json!({"qty": 2})).is_ok());
+        let problems = r.check_input(&d, &json!({"qty": 0, "sku": 5})).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("/qty: ")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("/sku: ")), "{problems:?}");
+        let missing = r.check_input(&d, &json!({})).unwrap_err();
+        assert!(missing[0].starts_with("/: ") && missing[0].contains("qty"), "{missing:?}");
     }
 
     #[test]

@@ -172,6 +172,10 @@ pub struct SagaState {
     /// its own (set once), not in the JSON that every transition rewrites.
     #[serde(skip)]
     pub trace: TraceContext,
+    /// The input that started the saga, as JSON text. Stored in a column of its own (written
+    /// once), not in the JSON every transition rewrites; parsed only to be shown.
+    #[serde(skip)]
+    pub input_json: Option<String>,
     /// Lifecycle events published so far: numbers each event, whose id derives from it.
     #[serde(default)]
     pub events_sent: u32,

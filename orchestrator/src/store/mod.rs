@@ -46,9 +46,17 @@ pub enum Created {
 #[derive(Debug, Clone)]
 pub struct NewSaga {
     pub state: SagaState,
-    pub customer_id: String,
     pub idempotency_key: Option<String>,
     pub messages: Vec<Outgoing>,
+}
+
+/// Which sagas a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub saga_type: Option<String>,
+    pub status: Option<SagaStatus>,
+    /// Only sagas after this one (its `created_at` and id) in newest-first order.
+    pub after: Option<(i64, Uuid)>,
 }
 
 /// What happened to a reply.
@@ -205,9 +213,9 @@ impl SagaStore {
         }
         let mut tx = self.db.writer.begin().await?;
         let sql = format!(
-            "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at, traceparent, tracestate) \
-             VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING saga_id",
-            self.db.engine.values(sagas.len(), 12)
+            "INSERT INTO sagas (saga_id, saga_type, definition_version, status, idempotency_key, input, state, version, created_at, updated_at, wake_at, traceparent, tracestate) \
+             VALUES {} ON CONFLICT (saga_type, idempotency_key) DO NOTHING RETURNING saga_id",
+            self.db.engine.values(sagas.len(), 13)
         );
         let mut q = db::dynamic(&sql);
         for saga in sagas {
@@ -215,9 +223,10 @@ impl SagaStore {
             q = q
                 .bind(state.saga_id.to_string())
                 .bind(&state.saga_type)
+                .bind(i64::from(state.definition_version))
                 .bind(state.status.as_str())
-                .bind(&saga.customer_id)
                 .bind(saga.idempotency_key.as_deref())
+                .bind(state.input_json.as_deref().unwrap_or("{}"))
                 .bind(to_json(state))
                 .bind(1_i64)
                 .bind(state.created_at)
@@ -251,7 +260,7 @@ impl SagaStore {
             }
             // Not inserted: its key's row exists (that is why the insert did nothing).
             let key = saga.idempotency_key.as_deref().unwrap_or_default();
-            results.push(match self.by_idempotency_key(key).await {
+            results.push(match self.by_idempotency_key(&saga.state.saga_type, key).await {
                 Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
                 Ok(None) => Err(Error::Conflict(saga.state.saga_id)),
                 Err(e) => Err(e),
@@ -260,10 +269,12 @@ impl SagaStore {
         Ok(results)
     }
 
-    pub async fn by_idempotency_key(&self, key: &str) -> Result<Option<SagaState>> {
+    /// The saga of `saga_type` an idempotency key started (keys are unique per type).
+    pub async fn by_idempotency_key(&self, saga_type: &str, key: &str) -> Result<Option<SagaState>> {
         let row = sqlx::query(
-            "SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE idempotency_key = $1",
+            "SELECT saga_id, state, traceparent, tracestate, input FROM sagas WHERE saga_type = $1 AND idempotency_key = $2",
         )
+        .bind(saga_type)
         .bind(key)
         .fetch_optional(&self.db.writer)
         .await?;
@@ -272,7 +283,7 @@ impl SagaStore {
 
     pub async fn get(&self, saga_id: Uuid) -> Result<Option<SagaState>> {
         let row = sqlx::query(
-            "SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE saga_id = $1",
+            "SELECT saga_id, state, traceparent, tracestate, input FROM sagas WHERE saga_id = $1",
         )
         .bind(saga_id.to_string())
         .fetch_optional(&self.db.reader)
@@ -280,25 +291,49 @@ impl SagaStore {
         row.map(|r| decode(&r)).transpose()
     }
 
-    /// Newest first, optionally only those in `status`.
-    pub async fn list(&self, status: Option<SagaStatus>, limit: i64) -> Result<Vec<SagaState>> {
-        let rows = match status {
-            Some(status) => {
-                sqlx::query(
-                    "SELECT saga_id, state, traceparent, tracestate FROM sagas WHERE status = $1 ORDER BY created_at DESC, saga_id DESC LIMIT $2",
-                )
-                .bind(status.as_str())
-                .bind(limit)
-                .fetch_all(&self.db.reader)
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT saga_id, state, traceparent, tracestate FROM sagas ORDER BY created_at DESC, saga_id DESC LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(&self.db.reader)
-                    .await?
-            }
+    /// A page of sagas, newest first: those after `after` (the last one of the previous page),
+    /// filtered by type and status. Paging by position in that order, not by offset, keeps
+    /// pages stable while sagas are being added (new ones sort before the first page).
+    pub async fn list(&self, filter: &ListFilter, limit: i64) -> Result<Vec<SagaState>> {
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
         };
+        if filter.saga_type.is_some() {
+            conditions.push(format!("saga_type = ${}", next()));
+        }
+        if filter.status.is_some() {
+            conditions.push(format!("status = ${}", next()));
+        }
+        if filter.after.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            conditions.push(format!(
+                "(created_at < ${a} OR (created_at = ${b} AND saga_id < ${c}))"
+            ));
+        }
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT saga_id, state, traceparent, tracestate, input FROM sagas {filter_sql} \
+             ORDER BY created_at DESC, saga_id DESC LIMIT ${}",
+            next()
+        );
+        let mut q = db::dynamic(&sql);
+        if let Some(t) = &filter.saga_type {
+            q = q.bind(t.clone());
+        }
+        if let Some(status) = filter.status {
+            q = q.bind(status.as_str());
+        }
+        if let Some((created_at, saga_id)) = filter.after {
+            q = q.bind(created_at).bind(created_at).bind(saga_id.to_string());
+        }
+        let rows = q.bind(limit).fetch_all(&self.db.reader).await?;
         rows.iter().map(decode).collect()
     }
 
@@ -378,7 +413,7 @@ impl SagaStore {
                 Engine::Sqlite => "",
             };
             let sql = format!(
-                "SELECT saga_id, state, version, traceparent, tracestate FROM sagas WHERE saga_id IN ({}){lock}",
+                "SELECT saga_id, state, version, traceparent, tracestate, input FROM sagas WHERE saga_id IN ({}){lock}",
                 self.db.engine.placeholders(1, ids.len())
             );
             let mut q = db::dynamic(&sql);
@@ -723,7 +758,7 @@ async fn transition_in(
     decide: impl FnOnce(&SagaState) -> Decision,
 ) -> Result<Option<std::result::Result<(Before, SagaState, usize), Ignored>>> {
     let row = sqlx::query(
-        "SELECT saga_id, state, version, traceparent, tracestate FROM sagas WHERE saga_id = $1",
+        "SELECT saga_id, state, version, traceparent, tracestate, input FROM sagas WHERE saga_id = $1",
     )
     .bind(saga_id.to_string())
     .fetch_optional(&mut **tx)
@@ -893,5 +928,6 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<SagaState> {
         traceparent: row.try_get("traceparent")?,
         tracestate: row.try_get("tracestate")?,
     };
+    state.input_json = row.try_get("input")?;
     Ok(state)
 }

@@ -1,0 +1,207 @@
+//! Starting a saga of any type: `POST /sagas/{type}` with the input as the body, and the path
+//! `POST /orders` takes once it has built create-order's input from CampusG's request.
+//!
+//! The input is checked against the type's JSON Schema (a 422 names each failing path), the
+//! saga and its first commands are stored in one transaction (the intake's group commit), and an
+//! `Idempotency-Key` (unique per saga type) makes a retried request answer with the saga the
+//! first one started.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{ApiError, ApiJson, ApiPath, AppState, RequestTrace};
+use crate::intake::Ticket;
+use crate::saga::{engine, SagaState, SagaStatus};
+use crate::store::Created;
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// A saga that was started, or found by its idempotency key.
+pub struct Started {
+    pub state: SagaState,
+    /// The idempotency key had started it before: nothing new was stored.
+    pub replayed: bool,
+}
+
+/// What a start is asked for.
+pub struct StartRequest<'a> {
+    pub saga_type: &'a str,
+    pub input: Map<String, Value>,
+    pub idempotency_key: Option<String>,
+    /// The request's trace: the saga's trace is rooted in it.
+    pub trace: Option<Extension<RequestTrace>>,
+    pub ticket: Option<Extension<Ticket>>,
+}
+
+/// Validates the input against the type's schema, then stores the saga and its first commands.
+pub async fn start(app: &AppState, request: StartRequest<'_>) -> Result<Started, ApiError> {
+    let definition = app
+        .sagas
+        .registry
+        .latest(request.saga_type)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no saga type {:?}; known types: {}",
+                request.saga_type,
+                app.sagas
+                    .registry
+                    .types()
+                    .map(|d| d.saga_type.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?
+        .clone();
+    let input = Value::Object(request.input);
+    if let Err(problems) = app.sagas.registry.check_input(&definition, &input) {
+        return Err(ApiError::unprocessable(format!(
+            "the input does not match the {} input schema: {}",
+            definition.saga_type,
+            problems.join("; ")
+        )));
+    }
+    let Value::Object(input) = input else {
+        unreachable!("built from a map above")
+    };
+    let saga_id = Uuid::new_v4();
+    let span = tracing::info_span!(
+        "start_saga",
+        saga_id = %saga_id,
+        saga_type = %definition.saga_type,
+        definition_version = definition.version,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = request
+        .trace
+        .map(|Extension(RequestTrace(t))| t)
+        .unwrap_or_default();
+    let trace = platform::trace::continue_trace(&span, &parent);
+    async move {
+        let (mut state, mut messages) = engine::start(
+            &definition,
+            &app.sagas.policy,
+            saga_id,
+            input,
+            platform::time::now_ms(),
+        );
+        state.trace = trace.clone();
+        for m in &mut messages {
+            m.trace = trace.clone();
+        }
+        let created = app
+            .intake
+            .create(
+                state.clone(),
+                request.idempotency_key,
+                messages,
+                request.ticket.map(|Extension(t)| t).unwrap_or_default(),
+            )
+            .await?;
+        match created {
+            Created::New => {
+                tracing::debug!("saga started");
+                Ok(Started {
+                    state,
+                    replayed: false,
+                })
+            }
+            Created::Existing(existing) => {
+                if input_of(&existing) != input_of(&state) {
+                    return Err(ApiError::unprocessable(
+                        "this Idempotency-Key was already used with a different request",
+                    ));
+                }
+                tracing::info!(existing = %existing.saga_id, "idempotent retry; returning the existing saga");
+                Ok(Started {
+                    state: *existing,
+                    replayed: true,
+                })
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The input a saga was started with, as stored.
+pub fn input_of(state: &SagaState) -> Option<Value> {
+    state
+        .input_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+}
+
+/// The `Idempotency-Key` header, if any.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.trim().is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(s.to_string())),
+        _ => Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
+    }
+}
+
+/// 202 with `body`, `Location: /sagas/{id}`, and `Idempotent-Replayed: true` for a replay.
+pub fn accepted(started: &Started, body: impl Serialize) -> Response {
+    let location = format!("/sagas/{}", started.state.saga_id);
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    if started.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+#[derive(Debug, Serialize)]
+struct StartedBody {
+    saga_id: Uuid,
+    saga_type: String,
+    definition_version: u32,
+    status: SagaStatus,
+}
+
+/// `POST /sagas/{type}`: the body is the saga's input.
+pub async fn start_saga(
+    State(app): State<AppState>,
+    ApiPath(saga_type): ApiPath<String>,
+    trace: Option<Extension<RequestTrace>>,
+    ticket: Option<Extension<Ticket>>,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
+    let Value::Object(input) = input else {
+        return Err(ApiError::unprocessable("the input must be a JSON object"));
+    };
+    let started = start(
+        &app,
+        StartRequest {
+            saga_type: &saga_type,
+            input,
+            idempotency_key,
+            trace,
+            ticket,
+        },
+    )
+    .await?;
+    let body = StartedBody {
+        saga_id: started.state.saga_id,
+        saga_type: started.state.saga_type.clone(),
+        definition_version: started.state.definition_version,
+        status: started.state.status,
+    };
+    Ok(accepted(&started, body))
+}

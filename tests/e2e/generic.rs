@@ -1,0 +1,297 @@
+//! Any saga type: `POST /sagas/{type}`, the generic view, paging, and a saga defined in a file
+//! of a temporary folder run end to end against the stub participants.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// The create-order input as `sagas/create_order.toml` declares it.
+fn create_order_input(customer: &str) -> Value {
+    json!({
+        "customer_id": customer,
+        "order_details": {"foodItems": [{"name": "Tea", "price": 2.0, "quantity": 1}]},
+        "amount_cents": 200
+    })
+}
+
+async fn start(app: &TestApp, saga_type: &str, input: &Value, key: Option<&str>) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let mut request = app.client.post(app.url(&format!("/sagas/{saga_type}"))).json(input);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let r = request.send().await.unwrap();
+    let (status, headers) = (r.status(), r.headers().clone());
+    (status, r.json().await.unwrap_or(Value::Null), headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
+    let app = spawn_app().await;
+    let input = create_order_input("c-generic");
+    let (status, body, headers) = start(&app, "create_order", &input, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["saga_type"], "create_order");
+    assert_eq!(body["definition_version"], 1);
+    let id = body["saga_id"].as_str().unwrap().to_string();
+    assert_eq!(headers["location"], format!("/sagas/{id}").as_str());
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["id"], id.as_str());
+    assert_eq!(saga["input"], input, "the input as it was given");
+    assert!(saga["context"]["order_id"].is_string(), "{saga}");
+    assert!(saga["context"]["payment_id"].is_string(), "{saga}");
+    assert_eq!(saga["context"]["amount_cents"], 200);
+    assert_eq!(saga["order_id"], saga["context"]["order_id"], "CampusG's fields stay");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_input_is_a_422_naming_the_path_and_an_unknown_type_a_404() {
+    let app = spawn_app().await;
+    let mut bad = create_order_input("c-bad");
+    bad["amount_cents"] = json!(-5);
+    bad["order_details"]["foodItems"] = json!([]);
+    let (status, body, _) = start(&app, "create_order", &bad, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("/amount_cents"), "{error}");
+    assert!(error.contains("/order_details/foodItems"), "{error}");
+    let (status, body, _) = start(&app, "create_order", &json!([1, 2]), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body, _) = start(&app, "no_such_saga", &json!({}), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("create_order"), "names the known types: {body}");
+    let (_, list) = app.get_json("/sagas").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "nothing was started");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_the_next_link_and_stay_stable_while_sagas_are_added() {
+    let app = spawn_app_custom(&[], Default::default(), Default::default()).await;
+    let mut started = Vec::new();
+    for i in 0..7 {
+        started.push(app.start_saga(&format!("c-page-{i}")).await);
+    }
+    let mut seen = Vec::new();
+    let mut next = Some("/sagas?limit=3&type=create_order".to_string());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let r = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with("; rel=\"next\""), "{l}");
+            l[l.find('<').unwrap() + 1..l.find('>').unwrap()].to_string()
+        });
+        let page: Vec<Value> = r.json().await.unwrap();
+        seen.extend(page.iter().map(|s| s["saga_id"].as_str().unwrap().to_string()));
+        pages += 1;
+        // A saga added while paging sorts before the first page: no page repeats or skips one.
+        app.start_saga(&format!("c-late-{pages}")).await;
+    }
+    assert_eq!(pages, 3, "7 sagas in pages of 3");
+    let expected: Vec<String> = started.iter().rev().cloned().collect();
+    assert_eq!(seen, expected, "every saga once, newest first");
+    // Filters: another type has none; a cursor that was not given out is refused.
+    let (_, none) = app.get_json("/sagas?type=refund_order").await;
+    assert_eq!(none, json!([]));
+    let (status, _) = app.get_json("/sagas?cursor=garbage").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+/// A saga of its own in a temporary folder, on the participants that exist: the order is
+/// created, then the payment method looked up and the payment authorized in parallel, then the
+/// order confirmed.
+const PAY_IN_PARALLEL: &str = r#"
+saga = "quick_order"
+version = 1
+events = "notification_events"
+
+[input]
+type = "object"
+required = ["customer_id", "amount_cents"]
+properties.customer_id = { type = "string" }
+properties.amount_cents = { type = "integer", minimum = 0 }
+properties.order_details = { type = "object" }
+
+[[steps]]
+command = "create_order"
+send = ["customer_id", "order_details", "amount_cents"]
+receive = ["order_id"]
+compensation = { command = "cancel_order", send = ["order_id"] }
+
+[[steps]]
+name = "pay"
+[[steps.parallel]]
+command = "get_payment_info"
+send = ["customer_id"]
+receive = ["payment_method_id"]
+[[steps.parallel]]
+command = "authorize_payment"
+send = ["customer_id", "amount_cents", "order_id"]
+receive = ["payment_id"]
+timeout = "5s"
+compensation = { command = "revert_payment", send = ["payment_id"] }
+
+[[steps]]
+command = "update_order_status"
+send = ["order_id", "customer_id"]
+args = { status = "CREATED" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("quick_order.toml"), PAY_IN_PARALLEL).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sagas/create_order.toml"),
+        dir.path().join("create_order.toml"),
+    )
+    .unwrap();
+    let topics = platform::Topics::load(None).unwrap();
+    let registry = orchestrator::app::SagaArgs {
+        sagas_dir: Some(dir.path().into()),
+        messages_file: None,
+    }
+    .load(&topics)
+    .unwrap();
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
+    app.config.sagas = Arc::clone(&registry);
+    for s in ["notification", "orders", "users", "payments"] {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await;
+
+    let input = json!({"customer_id": "c-quick", "amount_cents": 1500, "order_details": {"foodItems": []}});
+    let (status, body, _) = start(&app, "quick_order", &input, Some("k-1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["saga_id"].as_str().unwrap().to_string();
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(
+        steps(&saga),
+        [
+            ("create_order", "forward", "COMPLETED"),
+            ("get_payment_info", "forward", "COMPLETED"),
+            ("authorize_payment", "forward", "COMPLETED"),
+            ("update_order_status", "forward", "COMPLETED"),
+        ]
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .to_vec()
+    );
+    // The two members were sent together, in one transition.
+    let s = saga["steps"].as_array().unwrap();
+    assert_eq!(s[1]["started_at"], s[2]["started_at"], "{saga}");
+    assert!(saga.get("order_id").is_none(), "CampusG's fields are create-order's only");
+    assert_eq!(app.payment_status(&id).await.as_deref(), Some("AUTHORIZED"));
+
+    // A declined payment while the lookup succeeds: the order is cancelled, nothing else runs.
+    let declined = json!({"customer_id": "declined-quick", "amount_cents": 1500});
+    let (_, body, _) = start(&app, "quick_order", &declined, None).await;
+    let failed_id = body["saga_id"].as_str().unwrap().to_string();
+    let failed = app.wait_terminal(&failed_id).await;
+    assert_eq!(failed["status"], "COMPENSATED", "{failed}");
+    let names: Vec<String> = steps(&failed).into_iter().map(|s| s.0).collect();
+    assert_eq!(names.last().map(String::as_str), Some("cancel_order"), "{failed}");
+    assert!(!names.contains(&"update_order_status".to_string()));
+    assert_eq!(app.order_status(&failed_id).await.as_deref(), Some("CANCELLED"));
+
+    // Idempotency keys are per type: the same key starts a create_order saga of its own, and
+    // again on quick_order answers with the first saga.
+    let (_, other, _) = start(&app, "create_order", &create_order_input("c-quick"), Some("k-1")).await;
+    assert_ne!(other["saga_id"], id.as_str());
+    let (status, again, headers) = start(&app, "quick_order", &input, Some("k-1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(again["saga_id"], id.as_str());
+    assert_eq!(headers["idempotent-replayed"], "true");
+
+    let (_, listed) = app.get_json("/sagas?type=quick_order").await;
+    let ids: HashSet<&str> = listed.as_array().unwrap().iter().map(|s| s["saga_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, HashSet::from([id.as_str(), failed_id.as_str()]));
+    app.stop().await;
+}
+
+/// The orchestrator's migrations up to (and including) `version`: the schema an earlier release
+/// left behind.
+fn migrations_until(version: i64) -> platform::db::Migrations {
+    let cut = |m: &sqlx::migrate::Migrator| -> &'static sqlx::migrate::Migrator {
+        let mut old = sqlx::migrate::Migrator::DEFAULT;
+        old.migrations = m
+            .migrations
+            .iter()
+            .filter(|x| x.version <= version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        Box::leak(Box::new(old))
+    };
+    platform::db::Migrations {
+        sqlite: cut(orchestrator::store::MIGRATIONS.sqlite),
+        postgres: cut(orchestrator::store::MIGRATIONS.postgres),
+    }
+}
+
+/// Data written by the previous schema (a `customer_id` column, keys unique across all sagas,
+/// one pending command stored as an object) is moved by the migration, and a saga that was
+/// running goes on to its end under the new code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], fast_policy(), Default::default()).await;
+    let url = app.config.database_url("orchestrator").unwrap();
+    let old = platform::db::Db::connect(&url, &migrations_until(6), platform::db::SqliteSync::Normal)
+        .await
+        .unwrap();
+    // A create-order saga as the previous release stored it: waiting on create_order, due.
+    let registry = app.config.sagas.clone();
+    let def = registry.latest("create_order").unwrap();
+    let saga_id = uuid::Uuid::new_v4();
+    let input = create_order_input("c-migrated");
+    let (state, _) = orchestrator::saga::engine::start(
+        def,
+        &fast_policy(),
+        saga_id,
+        input.as_object().unwrap().clone(),
+        platform::time::now_ms() - 1_000,
+    );
+    let mut json = serde_json::to_value(&state).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("definition_version");
+    let pending = obj["pending"][0].clone();
+    obj.insert("pending".into(), pending);
+    sqlx::query(
+        "INSERT INTO sagas (saga_id, saga_type, status, customer_id, idempotency_key, state, version, created_at, updated_at, wake_at) \
+         VALUES ($1, 'create_order', 'STARTED', 'c-migrated', 'old-key', $2, 1, $3, $3, 0)",
+    )
+    .bind(saga_id.to_string())
+    .bind(json.to_string())
+    .bind(state.created_at)
+    .execute(&old.writer)
+    .await
+    .unwrap();
+    old.close().await;
+
+    for s in ["notification", "orders", "users", "payments"] {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await; // runs the new migrations
+    let id = saga_id.to_string();
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["input"], input, "the input recovered from the stored state");
+    assert_eq!(saga["definition_version"], 1);
+    assert_eq!(saga["customer_id"], "c-migrated");
+    assert_eq!(steps(&saga)[0].0, "create_order");
+    assert_eq!(steps(&saga).len(), 4);
+    // Its key still finds it, now within its type.
+    let store = app.orchestrator_store().await;
+    let found = store.by_idempotency_key("create_order", "old-key").await.unwrap();
+    assert_eq!(found.map(|s| s.saga_id), Some(saga_id));
+    app.stop().await;
+}
