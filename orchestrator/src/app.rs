@@ -152,6 +152,7 @@ impl Orchestrator {
             store: store.clone(),
             intake,
             sagas,
+            topics: config.topics.clone(),
             relay,
             producer,
             ops: ops.clone(),

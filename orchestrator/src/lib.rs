@@ -15,6 +15,7 @@
 //! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
 
 pub mod app;
+pub mod asyncapi;
 mod error;
 pub mod http;
 pub mod intake;

@@ -52,7 +52,7 @@ fn any_object() -> Value {
 }
 
 /// Every command and reply, by name.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
     #[serde(default)]

@@ -54,8 +54,7 @@ impl CommandService for OrderService {
                 "create_order" => {
                     let customer = reject_on_err!(out, i, field(command, "customer_id"));
                     if customer.starts_with("noorder-") {
-                        out.set(i, Outcome::Reply(
-                            "order.creation_failed",
+                        out.set(i, Outcome::Failed(
                             json!({"reason": "the store cannot take this order (test customer noorder-)"}),
                         ));
                         continue;
@@ -67,8 +66,7 @@ impl CommandService for OrderService {
                     let status = reject_on_err!(out, i, field(command, "status"));
                     let customer = field(command, "customer_id").unwrap_or_default();
                     if customer.starts_with("noupdate-") {
-                        out.set(i, Outcome::Reply(
-                            "order.status_update_failed",
+                        out.set(i, Outcome::Failed(
                             json!({"order_id": order_id, "reason": "the order cannot be confirmed (test customer noupdate-)"}),
                         ));
                         continue;
@@ -93,10 +91,9 @@ impl CommandService for OrderService {
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
         let reason = json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"});
         match command.message_type.as_str() {
-            "create_order" => Some(Outcome::Reply("order.creation_failed", reason)),
-            "update_order_status" => Some(Outcome::Reply("order.status_update_failed", reason)),
-            "cancel_order" => Some(Outcome::Refuse(
-                "order.cancel_failed",
+            "create_order" => Some(Outcome::Failed(reason)),
+            "update_order_status" => Some(Outcome::Failed(reason)),
+            "cancel_order" => Some(Outcome::Refused(
                 "injected refusal (CHAOS_FAILURE_RATE)".into(),
             )),
             _ => None,
@@ -150,7 +147,7 @@ async fn create_orders(
         let order_id = order_of.get(&command.correlation_id.to_string());
         out.set(
             *i,
-            Outcome::Reply("order.created", json!({ "order_id": order_id })),
+            Outcome::Succeeded(json!({ "order_id": order_id })),
         );
     }
     Ok(())
@@ -196,8 +193,7 @@ async fn update_statuses(
         out.set(
             *i,
             if updated.contains(*order_id) {
-                Outcome::Reply(
-                    "order.status_updated",
+                Outcome::Succeeded(
                     json!({"order_id": order_id, "status": status}),
                 )
             } else {
@@ -206,8 +202,7 @@ async fn update_statuses(
                 } else {
                     "no such order"
                 };
-                Outcome::Reply(
-                    "order.status_update_failed",
+                Outcome::Failed(
                     json!({"order_id": order_id, "reason": reason}),
                 )
             },
@@ -257,7 +252,7 @@ async fn cancel_orders(
     for ((i, _, _), order_id) in cancels.iter().zip(order_ids) {
         out.set(
             *i,
-            Outcome::Reply("order.cancelled", json!({ "order_id": order_id })),
+            Outcome::Succeeded(json!({ "order_id": order_id })),
         );
     }
     Ok(())

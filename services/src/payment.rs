@@ -96,12 +96,10 @@ impl CommandService for PaymentService {
 
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
         match command.message_type.as_str() {
-            "authorize_payment" => Some(Outcome::Reply(
-                "payment.failed",
+            "authorize_payment" => Some(Outcome::Failed(
                 json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
             )),
-            "revert_payment" => Some(Outcome::Refuse(
-                "payment.release_failed",
+            "revert_payment" => Some(Outcome::Refused(
                 "injected refusal (CHAOS_FAILURE_RATE)".into(),
             )),
             _ => None,
@@ -180,18 +178,15 @@ async fn authorize(
     for (a, payment_id) in authorizations.iter().zip(ids) {
         let outcome = match stored.remove(&a.command.correlation_id.to_string()) {
             // The saga's payment existed: it is the answer.
-            Some((payment_id, status, reason)) if status == "DECLINED" => Outcome::Reply(
-                "payment.failed",
+            Some((payment_id, status, reason)) if status == "DECLINED" => Outcome::Failed(
                 json!({"payment_id": payment_id, "reason": reason}),
             ),
-            Some((payment_id, _, _)) => Outcome::Reply(
-                "payment.authorized",
+            Some((payment_id, _, _)) => Outcome::Succeeded(
                 json!({"payment_id": payment_id, "amount_cents": a.amount}),
             ),
             None => match &a.declined {
-                Some(reason) => Outcome::Reply("payment.failed", json!({"reason": reason})),
-                None => Outcome::Reply(
-                    "payment.authorized",
+                Some(reason) => Outcome::Failed(json!({"reason": reason})),
+                None => Outcome::Succeeded(
                     json!({"payment_id": payment_id, "amount_cents": a.amount}),
                 ),
             },
@@ -243,8 +238,7 @@ async fn release(
         };
         out.set(
             *i,
-            Outcome::Reply(
-                "payment.released",
+            Outcome::Succeeded(
                 json!({ "released": released.contains(&key) }),
             ),
         );

@@ -31,17 +31,43 @@ use platform::{Envelope, Ops, TopicSpec, Topics, TraceContext};
 use crate::chaos::Chaos;
 use crate::{Error, Result};
 
-/// What a service decided about a command.
+/// What a service decided about a command. The reply's name is the command's success or
+/// failure reply in the message contract (`messages.toml`), never spelled by the service.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Reply with this event type and payload. Final: recorded, and a re-sent command gets the
-    /// same reply.
-    Reply(&'static str, Value),
-    /// Refuse for now with this event type and reason. Not recorded, so a re-sent command is
-    /// handled afresh: how a compensation says "not yet, try again".
-    Refuse(&'static str, String),
+    /// Done: the command's success reply, with this payload. Final: recorded, and a re-sent
+    /// command gets the same reply.
+    Succeeded(Value),
+    /// Not done, for good: the command's failure reply, with this payload (`reason` in it).
+    /// Final, like a success.
+    Failed(Value),
+    /// Not now: the command's failure reply with this reason. Not recorded, so a re-sent
+    /// command is handled afresh: how a compensation says "not yet, try again".
+    Refused(String),
     /// The command is not one this service handles, or is malformed: dead-letter it.
     Reject(String),
+}
+
+impl Outcome {
+    /// The reply to `command`, named by the contract; `Err` for a rejection (or a command the
+    /// contract does not know, which a service never answers).
+    pub fn reply(self, command: &Envelope) -> std::result::Result<Envelope, String> {
+        let (succeeded, payload) = match self {
+            Outcome::Succeeded(p) => (true, p),
+            Outcome::Failed(p) => (false, p),
+            Outcome::Refused(reason) => (false, serde_json::json!({ "reason": reason })),
+            Outcome::Reject(reason) => return Err(reason),
+        };
+        let contract = platform::Contract::built_in()
+            .command(&command.message_type)
+            .ok_or_else(|| format!("{:?} is not in messages.toml", command.message_type))?;
+        let name = if succeeded {
+            &contract.success
+        } else {
+            &contract.failure
+        };
+        Ok(Envelope::reply_to(command, name.as_str(), payload))
+    }
 }
 
 /// One stub service: its name, its topics, its tables and its business rules.
@@ -374,8 +400,11 @@ impl<S: CommandService> Runner<S> {
         for (command, outcome) in commands.iter().zip(outcomes) {
             let id = command.message_id.to_string();
             let reply = match outcome {
-                Some(Outcome::Reply(reply_type, payload)) => {
-                    let reply = Envelope::reply_to(command, reply_type, payload);
+                Some(outcome @ (Outcome::Succeeded(_) | Outcome::Failed(_))) => {
+                    let Ok(reply) = outcome.reply(command) else {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    };
                     known.insert(id, reply.clone());
                     fresh.push((*command, reply.clone()));
                     reply
@@ -527,22 +556,18 @@ impl<S: CommandService> Runner<S> {
                 .pop()
                 .unwrap_or_else(|| Outcome::Reject("the service gave no outcome".into())),
         };
-        let (reply_type, payload) = match outcome {
-            Outcome::Reply(t, p) => (t, p),
-            Outcome::Refuse(t, reason) => {
+        let refused = matches!(outcome, Outcome::Refused(_));
+        let reply = match outcome.reply(command) {
+            Ok(reply) if refused => {
                 tx.rollback().await?;
-                return Ok(Ok(Envelope::reply_to(
-                    command,
-                    t,
-                    serde_json::json!({ "reason": reason }),
-                )));
+                return Ok(Ok(reply));
             }
-            Outcome::Reject(reason) => {
+            Ok(reply) => reply,
+            Err(reason) => {
                 tx.rollback().await?;
                 return Ok(Err(reason));
             }
         };
-        let reply = Envelope::reply_to(command, reply_type, payload);
         sqlx::query(
             "INSERT INTO processed_commands (command_id, command_type, saga_id, reply, processed_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -691,4 +716,40 @@ pub fn pairs(rows: Vec<AnyRow>, key: &str, value: &str) -> Result<HashMap<String
         .iter()
         .map(|r| Ok((r.try_get::<String, _>(key)?, r.try_get::<String, _>(value)?)))
         .collect::<std::result::Result<_, sqlx::Error>>()?)
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    fn command(message_type: &str) -> Envelope {
+        Envelope {
+            message_id: uuid::Uuid::new_v4(),
+            message_type: message_type.into(),
+            correlation_id: uuid::Uuid::new_v4(),
+            causation_id: None,
+            timestamp: String::new(),
+            payload: Value::Null,
+        }
+    }
+
+    #[test]
+    fn replies_are_named_by_the_contract() {
+        let revert = command("revert_payment");
+        let ok = Outcome::Succeeded(serde_json::json!({})).reply(&revert).unwrap();
+        assert_eq!(ok.message_type, "payment.released");
+        assert_eq!(ok.causation_id, Some(revert.message_id));
+        let refused = Outcome::Refused("not now".into()).reply(&revert).unwrap();
+        assert_eq!(refused.message_type, "payment.release_failed");
+        assert_eq!(refused.payload["reason"], "not now");
+        let failed = Outcome::Failed(serde_json::json!({"reason": "no"}))
+            .reply(&command("create_order"))
+            .unwrap();
+        assert_eq!(failed.message_type, "order.creation_failed");
+        assert!(Outcome::Succeeded(Value::Null).reply(&command("make_tea")).is_err());
+        assert_eq!(
+            Outcome::Reject("bad".into()).reply(&revert).unwrap_err(),
+            "bad"
+        );
+    }
 }

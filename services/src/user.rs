@@ -56,8 +56,7 @@ impl CommandService for UserService {
             }
             let customer = reject_on_err!(out, i, field(command, "customer_id"));
             if customer.starts_with("nocard-") {
-                out.set(i, Outcome::Reply(
-                    "user.payment_info_failed",
+                out.set(i, Outcome::Failed(
                     json!({"customer_id": customer, "reason": "the customer has no payment method (test customer nocard-)"}),
                 ));
                 continue;
@@ -91,8 +90,7 @@ impl CommandService for UserService {
         for (i, customer) in lookups {
             out.set(
                 i,
-                Outcome::Reply(
-                    "user.payment_info_retrieved",
+                Outcome::Succeeded(
                     json!({"customer_id": customer, "payment_method_id": method_of.get(customer)}),
                 ),
             );
@@ -102,8 +100,7 @@ impl CommandService for UserService {
 
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
         (command.message_type == "get_payment_info").then(|| {
-            Outcome::Reply(
-                "user.payment_info_failed",
+            Outcome::Failed(
                 json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
             )
         })

@@ -14,6 +14,13 @@ pub fn router() -> Router<AppState> {
         .route("/livez", get(platform::ops::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/asyncapi.json", get(asyncapi))
+}
+
+/// The AsyncAPI document of every topic, command, reply and event, from the loaded definitions.
+async fn asyncapi(State(app): State<AppState>) -> Json<Value> {
+    let registry = &app.sagas.registry;
+    Json(crate::asyncapi::document(registry, &registry.contract, &app.topics))
 }
 
 /// Database, broker and consumer group, as last checked in the background: answers at once

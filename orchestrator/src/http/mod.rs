@@ -93,6 +93,8 @@ pub struct AppParts {
     pub intake: Intake,
     /// Every saga type, and the timing policy.
     pub sagas: Sagas,
+    /// Every topic, by role (for `/asyncapi.json`).
+    pub topics: platform::Topics,
     pub relay: Relay,
     /// Used by `/health` to ask the cluster for metadata.
     pub producer: FutureProducer,

@@ -15,6 +15,18 @@ use super::state::{
     Abort, Attempt, Pending, SagaState, SagaStatus, StepKind, StepRecord, StepStatus,
 };
 
+/// Every lifecycle event a saga can publish (on its definition's `events` topic).
+pub const LIFECYCLE_EVENTS: [&str; 8] = [
+    "saga.started",
+    "saga.compensating",
+    "saga.cancelling",
+    "saga.retrying",
+    "saga.completed",
+    "saga.compensated",
+    "saga.cancelled",
+    "saga.failed",
+];
+
 /// Timing rules of every saga: deadlines, retries, limits. Part of the engine's input, so the
 /// engine stays pure and tests can shrink the times.
 #[derive(Debug, Clone, Copy, PartialEq)]

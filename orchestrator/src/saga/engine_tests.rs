@@ -1050,3 +1050,19 @@ fn a_stored_single_pending_command_still_reads() {
     assert!(ended.pending.is_empty());
     assert_eq!(ended.definition_version, 1);
 }
+
+#[test]
+fn every_event_published_is_a_declared_lifecycle_event() {
+    // Through started, compensating, cancelling, retrying and each ending.
+    let (s, m0) = started();
+    let (s, m1) = answer(&s, "order.created", json!({"order_id": "o"}), 1001);
+    let (c, m2) = applied(cancel(&def(), &Policy::default(), &s, 1002));
+    let (_, m3) = answer(&c, "user.payment_info_retrieved", json!({}), 1003);
+    let (f, m4) = answer(&s, "user.payment_info_failed", json!({}), 1004);
+    let (_, m5) = answer(&f, "order.cancelled", json!({}), 1005);
+    for m in [m0, m1, m2, m3, m4, m5] {
+        for e in events(&m) {
+            assert!(LIFECYCLE_EVENTS.contains(&e), "{e} is not in LIFECYCLE_EVENTS");
+        }
+    }
+}

@@ -108,7 +108,9 @@ impl SagasSource {
         for (file, text) in &files {
             definitions.push((file.clone(), parse(file, text, topics, contract)?));
         }
-        Registry::new(definitions)
+        let mut registry = Registry::new(definitions)?;
+        registry.contract = contract.clone();
+        Ok(registry)
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Registry {
     definitions: BTreeMap<(String, u32), Arc<SagaDefinition>>,
     /// Each definition's input schema, compiled once.
     inputs: BTreeMap<(String, u32), jsonschema::Validator>,
+    /// The message contract the definitions were checked against (for `/asyncapi.json`).
+    pub contract: platform::Contract,
 }
 
 impl std::fmt::Debug for Registry {

@@ -1,0 +1,262 @@
+//! The AsyncAPI 3.0 document of the system, generated from what the orchestrator runs: every
+//! topic of `topics.json` (a channel each), every command and reply the loaded saga definitions
+//! use (with its payload schema from `messages.toml`, inside the envelope every message travels
+//! in), the lifecycle events and the dead letters. Served at `/asyncapi.json`, so it cannot
+//! drift from the code: it *is* the code's contract.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use platform::{Contract, Topics};
+
+use crate::saga::engine::LIFECYCLE_EVENTS;
+use crate::saga::Registry;
+
+/// The envelope of every message, with `payload` as given.
+fn envelope(message_type: &str, payload: &Value) -> Value {
+    json!({
+        "type": "object",
+        "required": ["message_id", "type", "correlation_id", "timestamp", "payload"],
+        "properties": {
+            "message_id": {"type": "string", "format": "uuid", "description": "Unique per message; a re-sent command keeps its id"},
+            "type": {"const": message_type},
+            "correlation_id": {"type": "string", "format": "uuid", "description": "The saga id (also the Kafka key)"},
+            "causation_id": {"type": ["string", "null"], "format": "uuid", "description": "The message that caused this one: for a reply, the command it answers"},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "payload": payload,
+        }
+    })
+}
+
+/// Which saga steps send each command, and which replies they wait for.
+#[derive(Default)]
+struct Usage {
+    /// command -> "saga vN: step" entries.
+    commands: BTreeMap<String, Vec<String>>,
+}
+
+pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Value {
+    let mut usage = Usage::default();
+    let mut lifecycle_topics = Vec::new();
+    for def in registry.all() {
+        let who = |step: &str| format!("{} v{}: {step}", def.saga_type, def.version);
+        for step in &def.steps {
+            usage
+                .commands
+                .entry(step.command.command_type.clone())
+                .or_default()
+                .push(who(&step.name));
+            if let Some(c) = &step.compensation {
+                usage
+                    .commands
+                    .entry(c.command.command_type.clone())
+                    .or_default()
+                    .push(who(&format!("{} (compensation of {})", c.name, step.name)));
+            }
+        }
+        if let Some(t) = &def.lifecycle_topic {
+            if !lifecycle_topics.contains(t) {
+                lifecycle_topics.push(t.clone());
+            }
+        }
+    }
+
+    let mut channels = Map::new();
+    let mut channel_messages: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let role_of = |name: &str| {
+        topics
+            .roles()
+            .find(|(_, t)| t.name == name)
+            .map(|(r, _)| r.to_string())
+    };
+    let mut messages = Map::new();
+    let mut operations = Map::new();
+    let mut add = |role: &str, name: &str, message: Value, channel_messages: &mut BTreeMap<String, Map<String, Value>>| {
+        messages.insert(name.to_string(), message);
+        channel_messages
+            .entry(role.to_string())
+            .or_default()
+            .insert(name.to_string(), json!({"$ref": format!("#/components/messages/{name}")}));
+    };
+    for (command, used_by) in &usage.commands {
+        let Some(c) = contract.command(command) else {
+            continue;
+        };
+        add(
+            &c.topic,
+            command,
+            json!({
+                "name": command,
+                "title": command,
+                "summary": c.summary,
+                "contentType": "application/json",
+                "payload": envelope(command, &c.payload),
+                "x-replies": {"success": c.success, "failure": c.failure, "topic": c.reply_topic},
+                "x-sent-by": used_by,
+            }),
+            &mut channel_messages,
+        );
+        operations.insert(
+            format!("send_{command}"),
+            json!({
+                "action": "send",
+                "channel": {"$ref": format!("#/channels/{}", c.topic)},
+                "messages": [{"$ref": format!("#/channels/{}/messages/{command}", c.topic)}],
+                "reply": {
+                    "channel": {"$ref": format!("#/channels/{}", c.reply_topic)},
+                    "messages": [
+                        {"$ref": format!("#/channels/{}/messages/{}", c.reply_topic, c.success)},
+                        {"$ref": format!("#/channels/{}/messages/{}", c.reply_topic, c.failure)},
+                    ],
+                },
+            }),
+        );
+        for (reply, outcome) in [(&c.success, "success"), (&c.failure, "failure")] {
+            let schema = contract
+                .replies
+                .get(reply)
+                .map(|r| r.payload.clone())
+                .unwrap_or_else(|| json!({"type": "object"}));
+            add(
+                &c.reply_topic,
+                reply,
+                json!({
+                    "name": reply,
+                    "title": reply,
+                    "summary": format!("The {outcome} reply to {command}"),
+                    "contentType": "application/json",
+                    "payload": envelope(reply, &schema),
+                }),
+                &mut channel_messages,
+            );
+            operations.insert(
+                format!("receive_{}", reply.replace('.', "_")),
+                json!({
+                    "action": "receive",
+                    "channel": {"$ref": format!("#/channels/{}", c.reply_topic)},
+                    "messages": [{"$ref": format!("#/channels/{}/messages/{reply}", c.reply_topic)}],
+                }),
+            );
+        }
+    }
+    for topic in &lifecycle_topics {
+        let Some(role) = role_of(topic) else { continue };
+        for event in LIFECYCLE_EVENTS {
+            add(
+                &role,
+                event,
+                json!({
+                    "name": event,
+                    "title": event,
+                    "summary": "A saga's lifecycle, for people and systems following sagas",
+                    "contentType": "application/json",
+                    "payload": envelope(event, &json!({
+                        "type": "object",
+                        "properties": {
+                            "saga_type": {"type": "string"},
+                            "status": {"type": "string"},
+                            "error": {"type": ["string", "null"]},
+                        }
+                    })),
+                }),
+                &mut channel_messages,
+            );
+        }
+        operations.insert(
+            format!("send_lifecycle_{role}"),
+            json!({
+                "action": "send",
+                "channel": {"$ref": format!("#/channels/{role}")},
+            }),
+        );
+    }
+    for (role, topic) in topics.roles() {
+        let mut channel = json!({
+            "address": topic.name,
+            "description": format!(
+                "{role}: {} partitions, retention {} ms",
+                topic.partitions, topic.retention_ms
+            ),
+        });
+        if role == "dead_letter" {
+            channel["description"] = json!(format!(
+                "{}. Messages that could not be handled, as they came (key, payload, headers), \
+                 with headers dlq.component, dlq.reason, dlq.error, dlq.source_topic, \
+                 dlq.source_partition and dlq.source_offset",
+                channel["description"].as_str().unwrap_or_default()
+            ));
+        }
+        if let Some(m) = channel_messages.remove(role) {
+            channel["messages"] = Value::Object(m);
+        }
+        channels.insert(role.to_string(), channel);
+    }
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Saga orchestrator",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Commands the orchestrator sends, the replies it consumes, and the lifecycle events it publishes, for the saga types: {}",
+                registry.types().map(|d| format!("{} v{}", d.saga_type, d.version)).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::SagasSource;
+
+    #[test]
+    fn every_topic_command_and_reply_of_the_loaded_sagas_is_in_the_document() {
+        let topics = Topics::load(None).unwrap();
+        let contract = Contract::built_in();
+        let registry = SagasSource::BuiltIn.load(&topics, contract).unwrap();
+        let doc = document(&registry, contract, &topics);
+        assert_eq!(doc["asyncapi"], "3.0.0");
+        for (role, topic) in topics.roles() {
+            assert_eq!(doc["channels"][role]["address"], topic.name.as_str(), "{role}");
+        }
+        for def in registry.all() {
+            for step in &def.steps {
+                let command = &doc["components"]["messages"][&step.command.command_type];
+                assert!(command.is_object(), "{}", step.command.command_type);
+                for reply in [&step.on_success, &step.on_failure] {
+                    assert!(doc["components"]["messages"][reply].is_object(), "{reply}");
+                }
+            }
+        }
+        let create = &doc["components"]["messages"]["create_order"];
+        assert_eq!(
+            create["payload"]["properties"]["payload"],
+            contract.command("create_order").unwrap().payload
+        );
+        assert_eq!(create["payload"]["properties"]["type"]["const"], "create_order");
+        assert!(doc["channels"]["order_commands"]["messages"]["create_order"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("/create_order"));
+        assert!(doc["channels"]["payment_events"]["messages"]["payment.released"].is_object());
+        assert!(doc["channels"]["notification_events"]["messages"]["saga.completed"].is_object());
+        let send = &doc["operations"]["send_authorize_payment"];
+        assert_eq!(send["action"], "send");
+        assert_eq!(send["reply"]["channel"]["$ref"], "#/channels/payment_events");
+        // Every $ref points at something in the document.
+        let text = doc.to_string();
+        for r in text.split("\"$ref\":\"#/").skip(1) {
+            let path = &r[..r.find('"').unwrap()];
+            let mut node = &doc;
+            for part in path.split('/') {
+                node = &node[part];
+            }
+            assert!(!node.is_null(), "dangling $ref #/{path}");
+        }
+    }
+}
