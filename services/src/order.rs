@@ -4,6 +4,9 @@
 //! - `noorder-`: `create_order` fails (`order.creation_failed`).
 //! - `noupdate-`: `update_order_status` fails (`order.status_update_failed`), so the saga reverts
 //!   the payment and cancels the order.
+//!
+//! For the refund saga: `begin_refund` fails unless the order is the customer's and confirmed
+//! (CREATED) — so a second refund of one order fails; `complete_refund` ends it REFUNDED.
 
 use serde_json::{json, Value};
 use sqlx::{Any, Transaction};
@@ -12,7 +15,9 @@ use uuid::Uuid;
 use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
-use crate::runtime::{column, field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
+use crate::runtime::{
+    column, field, move_status, pairs, reject_on_err, CommandService, Outcome, Outcomes, StatusMove,
+};
 use crate::Result;
 
 /// The same SQL runs on SQLite and PostgreSQL.
@@ -49,6 +54,7 @@ impl CommandService for OrderService {
         let mut creates = Vec::new();
         let mut updates = Vec::new();
         let mut cancels = Vec::new();
+        let mut refunds = Vec::new();
         for (i, command) in commands.iter().enumerate() {
             match command.message_type.as_str() {
                 "create_order" => {
@@ -76,6 +82,10 @@ impl CommandService for OrderService {
                 // The saga may not know the order id (create_order's reply never came): the
                 // order is then found by its saga.
                 "cancel_order" => cancels.push((i, *command, field(command, "order_id").ok())),
+                "begin_refund" | "abort_refund" | "complete_refund" => {
+                    let order_id = reject_on_err!(out, i, field(command, "order_id"));
+                    refunds.push((i, command.message_type.as_str(), order_id, field(command, "customer_id").ok()));
+                }
                 other => out.set(
                     i,
                     Outcome::Reject(format!("order-service does not handle {other:?}")),
@@ -85,6 +95,9 @@ impl CommandService for OrderService {
         create_orders(tx, engine, &creates, now, &mut out).await?;
         update_statuses(tx, engine, &updates, now, &mut out).await?;
         cancel_orders(tx, engine, &cancels, now, &mut out).await?;
+        for (i, command, order_id, customer) in refunds {
+            out.set(i, refund_step(tx, command, order_id, customer, now).await?);
+        }
         Ok(out.into_vec())
     }
 
@@ -93,12 +106,48 @@ impl CommandService for OrderService {
         match command.message_type.as_str() {
             "create_order" => Some(Outcome::Failed(reason)),
             "update_order_status" => Some(Outcome::Failed(reason)),
+            "begin_refund" | "complete_refund" => Some(Outcome::Failed(reason)),
+            "abort_refund" => Some(Outcome::Refused("injected refusal (CHAOS_FAILURE_RATE)".into())),
             "cancel_order" => Some(Outcome::Refused(
                 "injected refusal (CHAOS_FAILURE_RATE)".into(),
             )),
             _ => None,
         }
     }
+}
+
+/// The refund saga's steps on an order: `begin_refund` takes a confirmed order (CREATED) of the
+/// customer to REFUNDING, `abort_refund` (its compensation) takes it back, `complete_refund`
+/// ends it REFUNDED. One row each, and refunds are rare: one statement per command.
+async fn refund_step(
+    tx: &mut Transaction<'_, Any>,
+    command: &str,
+    order_id: &str,
+    customer: Option<&str>,
+    now: i64,
+) -> Result<Outcome> {
+    let (from, to) = match command {
+        "begin_refund" => ("CREATED", "REFUNDING"),
+        "abort_refund" => ("REFUNDING", "CREATED"),
+        _ => ("REFUNDING", "REFUNDED"),
+    };
+    let customer = if command == "begin_refund" { customer } else { None };
+    let moved = move_status(tx, "orders", "order_id", order_id, customer, from, to, now).await?;
+    Ok(match (command, moved) {
+        (_, StatusMove::Moved | StatusMove::Already) => {
+            Outcome::Succeeded(json!({"order_id": order_id, "status": to}))
+        }
+        // Nothing to undo: the refund never began (or was undone already).
+        ("abort_refund", _) => Outcome::Succeeded(json!({"order_id": order_id, "status": null})),
+        (_, StatusMove::Missing) => Outcome::Failed(json!({
+            "order_id": order_id,
+            "reason": "no such order for this customer",
+        })),
+        (_, StatusMove::Was(status)) => Outcome::Failed(json!({
+            "order_id": order_id,
+            "reason": format!("the order is {status}, not {from}"),
+        })),
+    })
 }
 
 /// Looks up the order of each of a list of sagas (see [`db::fetch_in`]).

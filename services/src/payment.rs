@@ -2,6 +2,11 @@
 //!
 //! Test behaviours: a `customer_id` starting with `declined-`, or an amount over
 //! [`MAX_AMOUNT_CENTS`], is declined (`payment.failed`), like a payment provider's test cards.
+//!
+//! For the refund saga: `hold_refund` holds an authorized payment of the customer
+//! (REFUND_HELD), `release_refund_hold` (its compensation) releases it, `refund_payment` refunds
+//! a held payment (REFUNDED) — except for a `refundfail-` customer, whose refund the provider
+//! refuses (`payment.refund_failed`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +17,9 @@ use uuid::Uuid;
 use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
-use crate::runtime::{column, field, reject_on_err, CommandService, Outcome, Outcomes};
+use crate::runtime::{
+    column, field, move_status, reject_on_err, CommandService, Outcome, Outcomes, StatusMove,
+};
 use crate::Result;
 
 /// The same SQL runs on SQLite and PostgreSQL.
@@ -51,6 +58,7 @@ impl CommandService for PaymentService {
         let mut out = Outcomes::new(commands.len());
         let mut authorizations = Vec::new();
         let mut releases = Vec::new();
+        let mut refunds = Vec::new();
         for (i, command) in commands.iter().enumerate() {
             match command.message_type.as_str() {
                 "authorize_payment" => {
@@ -83,6 +91,10 @@ impl CommandService for PaymentService {
                 // Without a payment id (its authorization was never confirmed to the saga), the
                 // payment is found by its saga.
                 "revert_payment" => releases.push((i, *command, field(command, "payment_id").ok())),
+                "hold_refund" | "release_refund_hold" | "refund_payment" => {
+                    let payment_id = reject_on_err!(out, i, field(command, "payment_id"));
+                    refunds.push((i, command.message_type.as_str(), payment_id, field(command, "customer_id").ok()));
+                }
                 other => out.set(
                     i,
                     Outcome::Reject(format!("payment-service does not handle {other:?}")),
@@ -91,6 +103,9 @@ impl CommandService for PaymentService {
         }
         authorize(tx, engine, &authorizations, now, &mut out).await?;
         release(tx, engine, &releases, now, &mut out).await?;
+        for (i, command, payment_id, customer) in refunds {
+            out.set(i, refund_step(tx, command, payment_id, customer, now).await?);
+        }
         Ok(out.into_vec())
     }
 
@@ -98,6 +113,12 @@ impl CommandService for PaymentService {
         match command.message_type.as_str() {
             "authorize_payment" => Some(Outcome::Failed(
                 json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
+            )),
+            "hold_refund" | "refund_payment" => Some(Outcome::Failed(
+                json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
+            )),
+            "release_refund_hold" => Some(Outcome::Refused(
+                "injected refusal (CHAOS_FAILURE_RATE)".into(),
             )),
             "revert_payment" => Some(Outcome::Refused(
                 "injected refusal (CHAOS_FAILURE_RATE)".into(),
@@ -244,4 +265,52 @@ async fn release(
         );
     }
     Ok(())
+}
+
+/// The refund saga's steps on a payment; one row each, one statement per command.
+async fn refund_step(
+    tx: &mut Transaction<'_, Any>,
+    command: &str,
+    payment_id: &str,
+    customer: Option<&str>,
+    now: i64,
+) -> Result<Outcome> {
+    let (from, to) = match command {
+        "hold_refund" => ("AUTHORIZED", "REFUND_HELD"),
+        "release_refund_hold" => ("REFUND_HELD", "AUTHORIZED"),
+        _ => ("REFUND_HELD", "REFUNDED"),
+    };
+    if command == "refund_payment" && customer.is_some_and(|c| c.starts_with("refundfail-")) {
+        return Ok(Outcome::Failed(json!({
+            "payment_id": payment_id,
+            "reason": "the provider refused the refund (test customer refundfail-)",
+        })));
+    }
+    let customer = if command == "hold_refund" { customer } else { None };
+    let moved = move_status(tx, "payments", "payment_id", payment_id, customer, from, to, now).await?;
+    Ok(match (command, moved) {
+        (_, StatusMove::Moved | StatusMove::Already) => {
+            let amount: Option<i64> = sqlx::query("SELECT amount_cents FROM payments WHERE payment_id = $1")
+                .bind(payment_id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| r.try_get("amount_cents"))
+                .transpose()?;
+            Outcome::Succeeded(json!({
+                "payment_id": payment_id,
+                "status": to,
+                "amount_cents": amount,
+            }))
+        }
+        // Nothing held: nothing to release.
+        ("release_refund_hold", _) => Outcome::Succeeded(json!({"payment_id": payment_id, "status": null})),
+        (_, StatusMove::Missing) => Outcome::Failed(json!({
+            "payment_id": payment_id,
+            "reason": "no such payment for this customer",
+        })),
+        (_, StatusMove::Was(status)) => Outcome::Failed(json!({
+            "payment_id": payment_id,
+            "reason": format!("the payment is {status}, not {from}"),
+        })),
+    })
 }

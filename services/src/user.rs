@@ -1,7 +1,8 @@
 //! The user service: tells the saga which payment method a customer pays with.
 //!
 //! Test behaviour: a `customer_id` starting with `nocard-` has no payment method
-//! (`user.payment_info_failed`). Every other customer gets one on first lookup.
+//! (`user.payment_info_failed`). Every other customer gets one on first lookup. A `norefund-`
+//! customer is not eligible for refunds (`check_refund_eligibility` fails).
 
 use serde_json::json;
 use sqlx::{Any, Transaction};
@@ -44,6 +45,11 @@ impl CommandService for UserService {
         let mut out = Outcomes::new(commands.len());
         let mut lookups = Vec::new();
         for (i, command) in commands.iter().enumerate() {
+            if command.message_type == "check_refund_eligibility" {
+                let customer = reject_on_err!(out, i, field(command, "customer_id"));
+                out.set(i, refund_eligibility(customer));
+                continue;
+            }
             if command.message_type != "get_payment_info" {
                 out.set(
                     i,
@@ -99,10 +105,27 @@ impl CommandService for UserService {
     }
 
     fn failure(&self, command: &Envelope) -> Option<Outcome> {
-        (command.message_type == "get_payment_info").then(|| {
+        matches!(
+            command.message_type.as_str(),
+            "get_payment_info" | "check_refund_eligibility"
+        )
+        .then(|| {
             Outcome::Failed(
                 json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
             )
         })
+    }
+}
+
+/// Whether the customer may have a refund: a read, with nothing to undo. Test behaviour: a
+/// `norefund-` customer may not.
+fn refund_eligibility(customer: &str) -> Outcome {
+    if customer.starts_with("norefund-") {
+        Outcome::Failed(json!({
+            "customer_id": customer,
+            "reason": "the customer is not eligible for refunds (test customer norefund-)",
+        }))
+    } else {
+        Outcome::Succeeded(json!({"customer_id": customer, "eligible": true}))
     }
 }

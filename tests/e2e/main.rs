@@ -18,6 +18,7 @@ mod instances;
 mod observability;
 mod procs;
 mod pruning;
+mod refund;
 mod restart;
 mod saga_paths;
 mod security;
