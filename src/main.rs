@@ -9,7 +9,7 @@ use platform::db::SqliteSync;
 #[derive(Debug, Parser)]
 #[command(
     name = "saga-system",
-    about = "The create-order saga system, all in one process, with an embedded Kafka"
+    about = "The saga system (create-order and refund sagas), all in one process, with an embedded Kafka"
 )]
 struct Args {
     /// Address of the orchestrator's HTTP API.

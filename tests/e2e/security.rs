@@ -111,6 +111,17 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
     let server = server.rsplit_once('@').map_or(server, |(_, host)| host);
     let nobody = format!("postgres://no_such_role_x@{server}");
     let missing_ca = format!("{pg}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
+    // A saga definition with a mistake: a step sends a field nothing provides.
+    let bad_sagas = tempfile::tempdir().unwrap();
+    let bad_file = bad_sagas.path().join("ship.toml");
+    std::fs::write(
+        &bad_file,
+        "saga = \"ship\"\nversion = 1\n[[steps]]\ncommand = \"get_payment_info\"\nsend = [\"customer_id\"]\n",
+    )
+    .unwrap();
+    let bad_sagas_dir = bad_sagas.path().display().to_string();
+    let bad_file = bad_file.display().to_string();
+    let bad_named = [bad_file.as_str(), "step get_payment_info", "`customer_id`"];
     // (the environment, what the error line must name)
     type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str]);
     let cases: Vec<Case> = vec![
@@ -170,6 +181,22 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
                 ("LOG_FORMAT", "yaml"),
             ],
             &["LOG_FORMAT"],
+        ),
+        (
+            vec![
+                ("KAFKA_BROKERS", &brokers),
+                ("DATABASE_URL", &sqlite),
+                ("SAGAS_DIR", &bad_sagas_dir),
+            ],
+            &bad_named,
+        ),
+        (
+            vec![
+                ("KAFKA_BROKERS", &brokers),
+                ("DATABASE_URL", &sqlite),
+                ("SAGAS_DIR", "/nonexistent/sagas"),
+            ],
+            &["/nonexistent/sagas", "cannot read"],
         ),
     ];
     for (env, named) in cases {
