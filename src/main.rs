@@ -51,7 +51,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> Result<(), saga_system::Error> {
     let _telemetry = platform::telemetry::init("saga-system")?;
     let topics = platform::Topics::load(args.topics_file.as_deref())?;
-    let sagas = args.sagas.load(&topics).map_err(saga_system::Error::Orchestrator)?;
+    let sagas = args
+        .sagas
+        .load(&topics)
+        .map_err(saga_system::Error::Orchestrator)?;
     let config = saga_system::SystemConfig {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -72,12 +72,18 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
     };
     let mut messages = Map::new();
     let mut operations = Map::new();
-    let mut add = |role: &str, name: &str, message: Value, channel_messages: &mut BTreeMap<String, Map<String, Value>>| {
+    let mut add = |role: &str,
+                   name: &str,
+                   message: Value,
+                   channel_messages: &mut BTreeMap<String, Map<String, Value>>| {
         messages.insert(name.to_string(), message);
         channel_messages
             .entry(role.to_string())
             .or_default()
-            .insert(name.to_string(), json!({"$ref": format!("#/components/messages/{name}")}));
+            .insert(
+                name.to_string(),
+                json!({"$ref": format!("#/components/messages/{name}")}),
+            );
     };
     for (command, used_by) in &usage.commands {
         let Some(c) = contract.command(command) else {
@@ -222,7 +228,11 @@ mod tests {
         let doc = document(&registry, contract, &topics);
         assert_eq!(doc["asyncapi"], "3.0.0");
         for (role, topic) in topics.roles() {
-            assert_eq!(doc["channels"][role]["address"], topic.name.as_str(), "{role}");
+            assert_eq!(
+                doc["channels"][role]["address"],
+                topic.name.as_str(),
+                "{role}"
+            );
         }
         for def in registry.all() {
             for step in &def.steps {
@@ -238,16 +248,24 @@ mod tests {
             create["payload"]["properties"]["payload"],
             contract.command("create_order").unwrap().payload
         );
-        assert_eq!(create["payload"]["properties"]["type"]["const"], "create_order");
-        assert!(doc["channels"]["order_commands"]["messages"]["create_order"]["$ref"]
-            .as_str()
-            .unwrap()
-            .ends_with("/create_order"));
+        assert_eq!(
+            create["payload"]["properties"]["type"]["const"],
+            "create_order"
+        );
+        assert!(
+            doc["channels"]["order_commands"]["messages"]["create_order"]["$ref"]
+                .as_str()
+                .unwrap()
+                .ends_with("/create_order")
+        );
         assert!(doc["channels"]["payment_events"]["messages"]["payment.released"].is_object());
         assert!(doc["channels"]["notification_events"]["messages"]["saga.completed"].is_object());
         let send = &doc["operations"]["send_authorize_payment"];
         assert_eq!(send["action"], "send");
-        assert_eq!(send["reply"]["channel"]["$ref"], "#/channels/payment_events");
+        assert_eq!(
+            send["reply"]["channel"]["$ref"],
+            "#/channels/payment_events"
+        );
         // Every $ref points at something in the document.
         let text = doc.to_string();
         for r in text.split("\"$ref\":\"#/").skip(1) {

@@ -96,9 +96,9 @@ impl ReplyHandler {
         let outcomes = if replies.len() > 1 {
             self.store
                 .apply_replies(&replies, now, |state, reply| {
-                    let decision =
-                        self.sagas
-                            .on_reply(state, reply.into(), reply.message_id, now);
+                    let decision = self
+                        .sagas
+                        .on_reply(state, reply.into(), reply.message_id, now);
                     match traced.get(&reply.message_id) {
                         Some((span, trace)) => {
                             span.record("saga_type", state.saga_type.as_str());

@@ -150,7 +150,10 @@ mod tests {
         let revert = c.command("revert_payment").unwrap();
         assert_eq!(revert.success, "payment.released");
         assert_eq!(revert.topic, "payment_commands");
-        assert_eq!(c.answering("order.cancel_failed").unwrap().0, "cancel_order");
+        assert_eq!(
+            c.answering("order.cancel_failed").unwrap().0,
+            "cancel_order"
+        );
     }
 
     fn check(doc: &str) -> String {
@@ -161,13 +164,13 @@ mod tests {
 
     #[test]
     fn an_unknown_topic_role_is_named() {
-        let doc = DEFAULT_MESSAGES_TOML.replacen(
-            "topic = \"order_commands\"",
-            "topic = \"orders\"",
-            1,
-        );
+        let doc =
+            DEFAULT_MESSAGES_TOML.replacen("topic = \"order_commands\"", "topic = \"orders\"", 1);
         let err = check(&doc);
-        assert!(err.contains("test.toml") && err.contains("\"orders\""), "{err}");
+        assert!(
+            err.contains("test.toml") && err.contains("\"orders\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,7 +84,12 @@ impl CommandService for OrderService {
                 "cancel_order" => cancels.push((i, *command, field(command, "order_id").ok())),
                 "begin_refund" | "abort_refund" | "complete_refund" => {
                     let order_id = reject_on_err!(out, i, field(command, "order_id"));
-                    refunds.push((i, command.message_type.as_str(), order_id, field(command, "customer_id").ok()));
+                    refunds.push((
+                        i,
+                        command.message_type.as_str(),
+                        order_id,
+                        field(command, "customer_id").ok(),
+                    ));
                 }
                 other => out.set(
                     i,
@@ -107,7 +112,9 @@ impl CommandService for OrderService {
             "create_order" => Some(Outcome::Failed(reason)),
             "update_order_status" => Some(Outcome::Failed(reason)),
             "begin_refund" | "complete_refund" => Some(Outcome::Failed(reason)),
-            "abort_refund" => Some(Outcome::Refused("injected refusal (CHAOS_FAILURE_RATE)".into())),
+            "abort_refund" => Some(Outcome::Refused(
+                "injected refusal (CHAOS_FAILURE_RATE)".into(),
+            )),
             "cancel_order" => Some(Outcome::Refused(
                 "injected refusal (CHAOS_FAILURE_RATE)".into(),
             )),
@@ -131,7 +138,11 @@ async fn refund_step(
         "abort_refund" => ("REFUNDING", "CREATED"),
         _ => ("REFUNDING", "REFUNDED"),
     };
-    let customer = if command == "begin_refund" { customer } else { None };
+    let customer = if command == "begin_refund" {
+        customer
+    } else {
+        None
+    };
     let moved = move_status(tx, "orders", "order_id", order_id, customer, from, to, now).await?;
     Ok(match (command, moved) {
         (_, StatusMove::Moved | StatusMove::Already) => {
@@ -194,10 +205,7 @@ async fn create_orders(
     order_of.extend(pairs(rows, "saga_id", "order_id")?);
     for (i, command, _) in creates {
         let order_id = order_of.get(&command.correlation_id.to_string());
-        out.set(
-            *i,
-            Outcome::Succeeded(json!({ "order_id": order_id })),
-        );
+        out.set(*i, Outcome::Succeeded(json!({ "order_id": order_id })));
     }
     Ok(())
 }
@@ -242,18 +250,14 @@ async fn update_statuses(
         out.set(
             *i,
             if updated.contains(*order_id) {
-                Outcome::Succeeded(
-                    json!({"order_id": order_id, "status": status}),
-                )
+                Outcome::Succeeded(json!({"order_id": order_id, "status": status}))
             } else {
                 let reason = if exists.contains(*order_id) {
                     "the order is cancelled"
                 } else {
                     "no such order"
                 };
-                Outcome::Failed(
-                    json!({"order_id": order_id, "reason": reason}),
-                )
+                Outcome::Failed(json!({"order_id": order_id, "reason": reason}))
             },
         );
     }
@@ -299,10 +303,7 @@ async fn cancel_orders(
         q.execute(&mut **tx).await?;
     }
     for ((i, _, _), order_id) in cancels.iter().zip(order_ids) {
-        out.set(
-            *i,
-            Outcome::Succeeded(json!({ "order_id": order_id })),
-        );
+        out.set(*i, Outcome::Succeeded(json!({ "order_id": order_id })));
     }
     Ok(())
 }

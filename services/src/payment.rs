@@ -93,7 +93,12 @@ impl CommandService for PaymentService {
                 "revert_payment" => releases.push((i, *command, field(command, "payment_id").ok())),
                 "hold_refund" | "release_refund_hold" | "refund_payment" => {
                     let payment_id = reject_on_err!(out, i, field(command, "payment_id"));
-                    refunds.push((i, command.message_type.as_str(), payment_id, field(command, "customer_id").ok()));
+                    refunds.push((
+                        i,
+                        command.message_type.as_str(),
+                        payment_id,
+                        field(command, "customer_id").ok(),
+                    ));
                 }
                 other => out.set(
                     i,
@@ -104,7 +109,10 @@ impl CommandService for PaymentService {
         authorize(tx, engine, &authorizations, now, &mut out).await?;
         release(tx, engine, &releases, now, &mut out).await?;
         for (i, command, payment_id, customer) in refunds {
-            out.set(i, refund_step(tx, command, payment_id, customer, now).await?);
+            out.set(
+                i,
+                refund_step(tx, command, payment_id, customer, now).await?,
+            );
         }
         Ok(out.into_vec())
     }
@@ -199,17 +207,17 @@ async fn authorize(
     for (a, payment_id) in authorizations.iter().zip(ids) {
         let outcome = match stored.remove(&a.command.correlation_id.to_string()) {
             // The saga's payment existed: it is the answer.
-            Some((payment_id, status, reason)) if status == "DECLINED" => Outcome::Failed(
-                json!({"payment_id": payment_id, "reason": reason}),
-            ),
-            Some((payment_id, _, _)) => Outcome::Succeeded(
-                json!({"payment_id": payment_id, "amount_cents": a.amount}),
-            ),
+            Some((payment_id, status, reason)) if status == "DECLINED" => {
+                Outcome::Failed(json!({"payment_id": payment_id, "reason": reason}))
+            }
+            Some((payment_id, _, _)) => {
+                Outcome::Succeeded(json!({"payment_id": payment_id, "amount_cents": a.amount}))
+            }
             None => match &a.declined {
                 Some(reason) => Outcome::Failed(json!({"reason": reason})),
-                None => Outcome::Succeeded(
-                    json!({"payment_id": payment_id, "amount_cents": a.amount}),
-                ),
+                None => {
+                    Outcome::Succeeded(json!({"payment_id": payment_id, "amount_cents": a.amount}))
+                }
             },
         };
         out.set(a.i, outcome);
@@ -259,9 +267,7 @@ async fn release(
         };
         out.set(
             *i,
-            Outcome::Succeeded(
-                json!({ "released": released.contains(&key) }),
-            ),
+            Outcome::Succeeded(json!({ "released": released.contains(&key) })),
         );
     }
     Ok(())
@@ -286,16 +292,31 @@ async fn refund_step(
             "reason": "the provider refused the refund (test customer refundfail-)",
         })));
     }
-    let customer = if command == "hold_refund" { customer } else { None };
-    let moved = move_status(tx, "payments", "payment_id", payment_id, customer, from, to, now).await?;
+    let customer = if command == "hold_refund" {
+        customer
+    } else {
+        None
+    };
+    let moved = move_status(
+        tx,
+        "payments",
+        "payment_id",
+        payment_id,
+        customer,
+        from,
+        to,
+        now,
+    )
+    .await?;
     Ok(match (command, moved) {
         (_, StatusMove::Moved | StatusMove::Already) => {
-            let amount: Option<i64> = sqlx::query("SELECT amount_cents FROM payments WHERE payment_id = $1")
-                .bind(payment_id)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|r| r.try_get("amount_cents"))
-                .transpose()?;
+            let amount: Option<i64> =
+                sqlx::query("SELECT amount_cents FROM payments WHERE payment_id = $1")
+                    .bind(payment_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|r| r.try_get("amount_cents"))
+                    .transpose()?;
             Outcome::Succeeded(json!({
                 "payment_id": payment_id,
                 "status": to,
@@ -303,7 +324,9 @@ async fn refund_step(
             }))
         }
         // Nothing held: nothing to release.
-        ("release_refund_hold", _) => Outcome::Succeeded(json!({"payment_id": payment_id, "status": null})),
+        ("release_refund_hold", _) => {
+            Outcome::Succeeded(json!({"payment_id": payment_id, "status": null}))
+        }
         (_, StatusMove::Missing) => Outcome::Failed(json!({
             "payment_id": payment_id,
             "reason": "no such payment for this customer",

@@ -801,7 +801,9 @@ mod outcome_tests {
     #[test]
     fn replies_are_named_by_the_contract() {
         let revert = command("revert_payment");
-        let ok = Outcome::Succeeded(serde_json::json!({})).reply(&revert).unwrap();
+        let ok = Outcome::Succeeded(serde_json::json!({}))
+            .reply(&revert)
+            .unwrap();
         assert_eq!(ok.message_type, "payment.released");
         assert_eq!(ok.causation_id, Some(revert.message_id));
         let refused = Outcome::Refused("not now".into()).reply(&revert).unwrap();
@@ -811,7 +813,9 @@ mod outcome_tests {
             .reply(&command("create_order"))
             .unwrap();
         assert_eq!(failed.message_type, "order.creation_failed");
-        assert!(Outcome::Succeeded(Value::Null).reply(&command("make_tea")).is_err());
+        assert!(Outcome::Succeeded(Value::Null)
+            .reply(&command("make_tea"))
+            .is_err());
         assert_eq!(
             Outcome::Reject("bad".into()).reply(&revert).unwrap_err(),
             "bad"

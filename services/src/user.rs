@@ -109,11 +109,7 @@ impl CommandService for UserService {
             command.message_type.as_str(),
             "get_payment_info" | "check_refund_eligibility"
         )
-        .then(|| {
-            Outcome::Failed(
-                json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"}),
-            )
-        })
+        .then(|| Outcome::Failed(json!({"reason": "injected failure (CHAOS_FAILURE_RATE)"})))
     }
 }
 

@@ -6,7 +6,10 @@ use clap::Parser;
 use platform::kafka::KafkaArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "orchestrator", about = "The saga orchestrator: runs the sagas of SAGAS_DIR")]
+#[command(
+    name = "orchestrator",
+    about = "The saga orchestrator: runs the sagas of SAGAS_DIR"
+)]
 struct Args {
     /// Address of the HTTP API.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]

@@ -117,10 +117,7 @@ async fn sagas_are_listed_newest_first_and_filtered_by_status() {
     let (_, compensated) = app.get_json("/sagas?status=compensated").await;
     assert_eq!(compensated.as_array().unwrap().len(), 1);
     assert_eq!(compensated[0]["saga_id"], ids[1].as_str());
-    assert_eq!(
-        compensated[0]["steps"].as_array().unwrap().len(),
-        3
-    );
+    assert_eq!(compensated[0]["steps"].as_array().unwrap().len(), 3);
 
     let (_, limited) = app.get_json("/sagas?limit=1").await;
     assert_eq!(limited.as_array().unwrap().len(), 1);

@@ -17,10 +17,16 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 fn is_time(v: &Value) -> bool {
-    v.as_str().is_some_and(|s| s.len() >= 19 && s.as_bytes()[10] == b'T')
+    v.as_str()
+        .is_some_and(|s| s.len() >= 19 && s.as_bytes()[10] == b'T')
 }
 
-async fn call(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut r = app.client.request(method, app.url(path));
     if let Some(body) = body {
         r = r.json(&body);
@@ -42,7 +48,13 @@ async fn a_campusg_client_works_unchanged() {
                 "deliveryLocation": "Block 22"
             }
         });
-        let (status, body) = call(&app, reqwest::Method::POST, &format!("{prefix}/orders"), Some(order)).await;
+        let (status, body) = call(
+            &app,
+            reqwest::Method::POST,
+            &format!("{prefix}/orders"),
+            Some(order),
+        )
+        .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["success"], true, "{body}");
         assert!(body["message"].is_string(), "{body}");
@@ -52,21 +64,36 @@ async fn a_campusg_client_works_unchanged() {
         // Follow it.
         let done = app.wait_terminal(&id).await;
         assert_eq!(done["status"], "COMPLETED");
-        let (status, saga) = call(&app, reqwest::Method::GET, &format!("{prefix}/sagas/{id}"), None).await;
+        let (status, saga) = call(
+            &app,
+            reqwest::Method::GET,
+            &format!("{prefix}/sagas/{id}"),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(saga["id"], id.as_str());
         assert_eq!(saga["customer_id"], "cust-campusg");
         assert!(saga["order_id"].is_string(), "{saga}");
         assert_eq!(saga["status"], "COMPLETED");
         for key in ["current_step", "error"] {
-            assert!(saga.get(key).is_some(), "{key} is there (null when none): {saga}");
+            assert!(
+                saga.get(key).is_some(),
+                "{key} is there (null when none): {saga}"
+            );
         }
         for key in ["created_at", "updated_at", "completed_at"] {
             assert!(is_time(&saga[key]), "{key}: {saga}");
         }
 
         // List by status: a JSON array of summaries.
-        let (status, list) = call(&app, reqwest::Method::GET, &format!("{prefix}/sagas?status=COMPLETED"), None).await;
+        let (status, list) = call(
+            &app,
+            reqwest::Method::GET,
+            &format!("{prefix}/sagas?status=COMPLETED"),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         let first = &list.as_array().expect("an array")[0];
         assert_eq!(first["id"], id.as_str(), "newest first");
@@ -77,23 +104,45 @@ async fn a_campusg_client_works_unchanged() {
 
         // Errors: success false, and a message.
         for (path, expected) in [
-            (format!("{prefix}/sagas/{}", uuid::Uuid::new_v4()), StatusCode::NOT_FOUND),
-            (format!("{prefix}/sagas?status=NOT_A_STATUS"), StatusCode::BAD_REQUEST),
+            (
+                format!("{prefix}/sagas/{}", uuid::Uuid::new_v4()),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                format!("{prefix}/sagas?status=NOT_A_STATUS"),
+                StatusCode::BAD_REQUEST,
+            ),
         ] {
             let (status, body) = call(&app, reqwest::Method::GET, &path, None).await;
             assert_eq!(status, expected, "{path}");
             assert_eq!(body["success"], false, "{body}");
             assert!(body["error"].is_string(), "{body}");
         }
-        let (status, body) = call(&app, reqwest::Method::POST, &format!("{prefix}/orders"), Some(json!({"customer_id": "x"}))).await;
+        let (status, body) = call(
+            &app,
+            reqwest::Method::POST,
+            &format!("{prefix}/orders"),
+            Some(json!({"customer_id": "x"})),
+        )
+        .await;
         assert!(status.is_client_error(), "{status}");
         assert_eq!(body["success"], false, "{body}");
 
         // Cancel: 202 with a message.
-        let (status, body) = call(&app, reqwest::Method::POST, &format!("{prefix}/sagas/{id}/cancel"), None).await;
+        let (status, body) = call(
+            &app,
+            reqwest::Method::POST,
+            &format!("{prefix}/sagas/{id}/cancel"),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert!(body["message"].is_string(), "{body}");
-        let cancelled = app.wait_for(&id, std::time::Duration::from_secs(30), |s| s["status"] == "CANCELLED").await;
+        let cancelled = app
+            .wait_for(&id, std::time::Duration::from_secs(30), |s| {
+                s["status"] == "CANCELLED"
+            })
+            .await;
         assert_eq!(cancelled["status"], "CANCELLED");
     }
     app.stop().await;

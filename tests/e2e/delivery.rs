@@ -618,7 +618,14 @@ async fn a_create_past_its_deadline_is_answered_with_its_outcome_never_a_503_for
     let customers = |c: &'static str| {
         let db = db.clone();
         let pattern = format!("%\"customer_id\":\"{c}\"%");
-        async move { count(&db, "SELECT COUNT(*) FROM sagas WHERE input LIKE $1", &pattern).await }
+        async move {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM sagas WHERE input LIKE $1",
+                &pattern,
+            )
+            .await
+        }
     };
     assert_eq!(customers("c-slow-store").await, 1);
     assert_eq!(

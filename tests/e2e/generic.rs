@@ -18,8 +18,16 @@ fn create_order_input(customer: &str) -> Value {
     })
 }
 
-async fn start(app: &TestApp, saga_type: &str, input: &Value, key: Option<&str>) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let mut request = app.client.post(app.url(&format!("/sagas/{saga_type}"))).json(input);
+async fn start(
+    app: &TestApp,
+    saga_type: &str,
+    input: &Value,
+    key: Option<&str>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/sagas/{saga_type}")))
+        .json(input);
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
@@ -45,7 +53,10 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
     assert!(saga["context"]["order_id"].is_string(), "{saga}");
     assert!(saga["context"]["payment_id"].is_string(), "{saga}");
     assert_eq!(saga["context"]["amount_cents"], 200);
-    assert_eq!(saga["order_id"], saga["context"]["order_id"], "CampusG's fields stay");
+    assert_eq!(
+        saga["order_id"], saga["context"]["order_id"],
+        "CampusG's fields stay"
+    );
     assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
     app.stop().await;
 }
@@ -65,7 +76,10 @@ async fn a_bad_input_is_a_422_naming_the_path_and_an_unknown_type_a_404() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, body, _) = start(&app, "no_such_saga", &json!({}), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("create_order"), "names the known types: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("create_order"),
+        "names the known types: {body}"
+    );
     let (_, list) = app.get_json("/sagas").await;
     assert_eq!(list.as_array().unwrap().len(), 0, "nothing was started");
     app.stop().await;
@@ -90,7 +104,10 @@ async fn pages_follow_the_next_link_and_stay_stable_while_sagas_are_added() {
             l[l.find('<').unwrap() + 1..l.find('>').unwrap()].to_string()
         });
         let page: Vec<Value> = r.json().await.unwrap();
-        seen.extend(page.iter().map(|s| s["saga_id"].as_str().unwrap().to_string()));
+        seen.extend(
+            page.iter()
+                .map(|s| s["saga_id"].as_str().unwrap().to_string()),
+        );
         pages += 1;
         // A saga added while paging sorts before the first page: no page repeats or skips one.
         app.start_saga(&format!("c-late-{pages}")).await;
@@ -169,7 +186,8 @@ async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
     }
     app.start_orchestrator().await;
 
-    let input = json!({"customer_id": "c-quick", "amount_cents": 1500, "order_details": {"foodItems": []}});
+    let input =
+        json!({"customer_id": "c-quick", "amount_cents": 1500, "order_details": {"foodItems": []}});
     let (status, body, _) = start(&app, "quick_order", &input, Some("k-1")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["saga_id"].as_str().unwrap().to_string();
@@ -189,7 +207,10 @@ async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
     // The two members were sent together, in one transition.
     let s = saga["steps"].as_array().unwrap();
     assert_eq!(s[1]["started_at"], s[2]["started_at"], "{saga}");
-    assert!(saga.get("order_id").is_none(), "CampusG's fields are create-order's only");
+    assert!(
+        saga.get("order_id").is_none(),
+        "CampusG's fields are create-order's only"
+    );
     assert_eq!(app.payment_status(&id).await.as_deref(), Some("AUTHORIZED"));
 
     // A declined payment while the lookup succeeds: the order is cancelled, nothing else runs.
@@ -199,13 +220,26 @@ async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
     let failed = app.wait_terminal(&failed_id).await;
     assert_eq!(failed["status"], "COMPENSATED", "{failed}");
     let names: Vec<String> = steps(&failed).into_iter().map(|s| s.0).collect();
-    assert_eq!(names.last().map(String::as_str), Some("cancel_order"), "{failed}");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("cancel_order"),
+        "{failed}"
+    );
     assert!(!names.contains(&"update_order_status".to_string()));
-    assert_eq!(app.order_status(&failed_id).await.as_deref(), Some("CANCELLED"));
+    assert_eq!(
+        app.order_status(&failed_id).await.as_deref(),
+        Some("CANCELLED")
+    );
 
     // Idempotency keys are per type: the same key starts a create_order saga of its own, and
     // again on quick_order answers with the first saga.
-    let (_, other, _) = start(&app, "create_order", &create_order_input("c-quick"), Some("k-1")).await;
+    let (_, other, _) = start(
+        &app,
+        "create_order",
+        &create_order_input("c-quick"),
+        Some("k-1"),
+    )
+    .await;
     assert_ne!(other["saga_id"], id.as_str());
     let (status, again, headers) = start(&app, "quick_order", &input, Some("k-1")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -213,7 +247,12 @@ async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
     assert_eq!(headers["idempotent-replayed"], "true");
 
     let (_, listed) = app.get_json("/sagas?type=quick_order").await;
-    let ids: HashSet<&str> = listed.as_array().unwrap().iter().map(|s| s["saga_id"].as_str().unwrap()).collect();
+    let ids: HashSet<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, HashSet::from([id.as_str(), failed_id.as_str()]));
     app.stop().await;
 }
@@ -245,9 +284,10 @@ fn migrations_until(version: i64) -> platform::db::Migrations {
 async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     let mut app = spawn_app_custom(&[NO_IN_PROCESS], fast_policy(), Default::default()).await;
     let url = app.config.database_url("orchestrator").unwrap();
-    let old = platform::db::Db::connect(&url, &migrations_until(6), platform::db::SqliteSync::Normal)
-        .await
-        .unwrap();
+    let old =
+        platform::db::Db::connect(&url, &migrations_until(6), platform::db::SqliteSync::Normal)
+            .await
+            .unwrap();
     // A create-order saga as the previous release stored it: waiting on create_order, due.
     let registry = app.config.sagas.clone();
     let def = registry.latest("create_order").unwrap();
@@ -284,14 +324,20 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     let id = saga_id.to_string();
     let saga = app.wait_terminal(&id).await;
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
-    assert_eq!(saga["input"], input, "the input recovered from the stored state");
+    assert_eq!(
+        saga["input"], input,
+        "the input recovered from the stored state"
+    );
     assert_eq!(saga["definition_version"], 1);
     assert_eq!(saga["customer_id"], "c-migrated");
     assert_eq!(steps(&saga)[0].0, "create_order");
     assert_eq!(steps(&saga).len(), 4);
     // Its key still finds it, now within its type.
     let store = app.orchestrator_store().await;
-    let found = store.by_idempotency_key("create_order", "old-key").await.unwrap();
+    let found = store
+        .by_idempotency_key("create_order", "old-key")
+        .await
+        .unwrap();
     assert_eq!(found.map(|s| s.saga_id), Some(saga_id));
     app.stop().await;
 }

@@ -4,6 +4,7 @@
 //! Set `TEST_DATABASE_URL=postgres://...` to run every test against PostgreSQL instead of SQLite.
 
 mod api;
+mod campusg;
 mod cancel;
 mod chaos;
 mod deadlines;
@@ -11,7 +12,6 @@ mod delivery;
 mod deploy;
 mod faults;
 mod generic;
-mod campusg;
 mod helpers;
 mod hostile;
 mod instances;

@@ -39,7 +39,9 @@ fn names(saga: &Value) -> Vec<(String, String)> {
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +60,10 @@ async fn a_confirmed_order_is_refunded_and_cannot_be_refunded_twice() {
             ("complete_refund", "COMPLETED"),
         ])
     );
-    assert_eq!(done["context"]["amount_cents"], 2800, "received from hold_refund");
+    assert_eq!(
+        done["context"]["amount_cents"], 2800,
+        "received from hold_refund"
+    );
     assert_eq!(app.order_status(&saga).await.as_deref(), Some("REFUNDED"));
     assert_eq!(app.payment_status(&saga).await.as_deref(), Some("REFUNDED"));
 
@@ -66,7 +71,10 @@ async fn a_confirmed_order_is_refunded_and_cannot_be_refunded_twice() {
     let again = refund(&app, "c-refund", &order_id, &payment_id).await;
     assert_eq!(again["status"], "COMPENSATED", "{again}");
     assert_eq!(names(&again), pairs(&[("begin_refund", "FAILED")]));
-    assert!(again["error"].as_str().unwrap().contains("REFUNDED"), "{again}");
+    assert!(
+        again["error"].as_str().unwrap().contains("REFUNDED"),
+        "{again}"
+    );
     assert_eq!(app.payment_status(&saga).await.as_deref(), Some("REFUNDED"));
     app.stop().await;
 }
@@ -77,20 +85,38 @@ async fn a_customer_not_eligible_gets_the_hold_released_and_the_order_back() {
     let (saga, order_id, payment_id) = confirmed_order(&app, "norefund-1").await;
     let done = refund(&app, "norefund-1", &order_id, &payment_id).await;
     assert_eq!(done["status"], "COMPENSATED", "{done}");
-    assert!(done["error"].as_str().unwrap().starts_with("check_refund_eligibility failed"), "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("check_refund_eligibility failed"),
+        "{done}"
+    );
     let history = names(&done);
     // The group's members ran together; the hold that was made is released, newest first, then
     // the refund is aborted. Nothing was refunded.
     assert_eq!(history[0], ("begin_refund".into(), "COMPLETED".into()));
-    assert!(history.contains(&("check_refund_eligibility".into(), "FAILED".into())), "{history:?}");
-    assert!(history.contains(&("hold_refund".into(), "COMPLETED".into())), "{history:?}");
+    assert!(
+        history.contains(&("check_refund_eligibility".into(), "FAILED".into())),
+        "{history:?}"
+    );
+    assert!(
+        history.contains(&("hold_refund".into(), "COMPLETED".into())),
+        "{history:?}"
+    );
     assert_eq!(
         &history[3..],
-        &pairs(&[("release_refund_hold", "COMPLETED"), ("abort_refund", "COMPLETED")])[..]
+        &pairs(&[
+            ("release_refund_hold", "COMPLETED"),
+            ("abort_refund", "COMPLETED")
+        ])[..]
     );
     assert!(!history.iter().any(|(n, _)| n == "refund_payment"));
     assert_eq!(app.order_status(&saga).await.as_deref(), Some("CREATED"));
-    assert_eq!(app.payment_status(&saga).await.as_deref(), Some("AUTHORIZED"));
+    assert_eq!(
+        app.payment_status(&saga).await.as_deref(),
+        Some("AUTHORIZED")
+    );
     app.stop().await;
 }
 
@@ -108,9 +134,15 @@ async fn a_refused_refund_releases_the_hold_and_aborts_the_refund() {
             ("abort_refund", "COMPLETED"),
         ])[..]
     );
-    assert!(done["error"].as_str().unwrap().contains("provider refused"), "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("provider refused"),
+        "{done}"
+    );
     assert_eq!(app.order_status(&saga).await.as_deref(), Some("CREATED"));
-    assert_eq!(app.payment_status(&saga).await.as_deref(), Some("AUTHORIZED"));
+    assert_eq!(
+        app.payment_status(&saga).await.as_deref(),
+        Some("AUTHORIZED")
+    );
     app.stop().await;
 }
 
@@ -133,6 +165,9 @@ async fn someone_elses_order_or_a_bad_input_is_refused() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("payment_id") && error.contains("amount"), "{error}");
+    assert!(
+        error.contains("payment_id") && error.contains("amount"),
+        "{error}"
+    );
     app.stop().await;
 }

@@ -294,10 +294,7 @@ mod tests {
             Scope::needed(&Method::POST, "/api/sagas/{saga_id}"),
             Some(Scope::Start)
         );
-        assert_eq!(
-            Scope::needed(&Method::GET, "/api/sagas"),
-            Some(Scope::Read)
-        );
+        assert_eq!(Scope::needed(&Method::GET, "/api/sagas"), Some(Scope::Read));
         assert_eq!(
             Scope::needed(&Method::POST, "/sagas/{saga_id}/cancel"),
             Some(Scope::Operator)

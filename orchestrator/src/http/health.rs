@@ -20,7 +20,11 @@ pub fn router() -> Router<AppState> {
 /// The AsyncAPI document of every topic, command, reply and event, from the loaded definitions.
 async fn asyncapi(State(app): State<AppState>) -> Json<Value> {
     let registry = &app.sagas.registry;
-    Json(crate::asyncapi::document(registry, &registry.contract, &app.topics))
+    Json(crate::asyncapi::document(
+        registry,
+        &registry.contract,
+        &app.topics,
+    ))
 }
 
 /// Database, broker and consumer group, as last checked in the background: answers at once

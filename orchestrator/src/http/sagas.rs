@@ -233,7 +233,9 @@ async fn list_sagas(
         .filter(|c| !c.is_empty())
         .map(|c| {
             parse_cursor(c).ok_or_else(|| {
-                ApiError::bad_request("cursor is not one this API gave out (take it from the Link header)")
+                ApiError::bad_request(
+                    "cursor is not one this API gave out (take it from the Link header)",
+                )
             })
         })
         .transpose()?;

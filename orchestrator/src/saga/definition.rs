@@ -153,7 +153,11 @@ impl SagaDefinition {
         };
         let same = |j: &usize| self.steps[*j].group.as_ref() == Some(group);
         let start = (0..index).rev().take_while(same).last().unwrap_or(index);
-        let end = (index..self.steps.len()).take_while(same).last().unwrap_or(index) + 1;
+        let end = (index..self.steps.len())
+            .take_while(same)
+            .last()
+            .unwrap_or(index)
+            + 1;
         start..end
     }
 }

@@ -335,13 +335,18 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
             let limit = def.deadline_ms.unwrap_or(policy.saga_timeout_ms);
             m.state.abort = Some(Abort::Timeout);
             m.state.status = SagaStatus::Compensating;
-            m.state.error = Some(format!("the saga did not complete within {} s", limit / 1000));
+            m.state.error = Some(format!(
+                "the saga did not complete within {} s",
+                limit / 1000
+            ));
             m.lifecycle("saga.compensating");
         }
         for pending in overdue {
             let timing = m.policy_for(pending.step_index, pending.kind);
             match pending.kind {
-                StepKind::Forward if m.state.abort.is_some() || m.state.status != SagaStatus::Started => {
+                StepKind::Forward
+                    if m.state.abort.is_some() || m.state.status != SagaStatus::Started =>
+                {
                     // Cancelled, out of time, or a sibling in its group failed: stop waiting (no
                     // re-send of a step about to be undone), and undo it in case it ran.
                     m.close_attempt(

@@ -365,7 +365,12 @@ fn the_engine_interprets_any_definition() {
         on_failure: None,
         timing: Default::default(),
     });
-    let ship = Step::new("ship", CommandSpec::new("ship", "courier"), "shipped", "not_shipped");
+    let ship = Step::new(
+        "ship",
+        CommandSpec::new("ship", "courier"),
+        "shipped",
+        "not_shipped",
+    );
     let def = SagaDefinition::new("ship", vec![reserve, ship]);
     let (s, m) = start(&def, &Policy::default(), Uuid::new_v4(), Map::new(), 0);
     assert_eq!(m.len(), 1, "no lifecycle events without a lifecycle topic");
@@ -870,7 +875,12 @@ fn grouped() -> SagaDefinition {
         s.group = group.map(str::to_string);
         s
     };
-    let ship = Step::new("ship", CommandSpec::new("ship", "ship_commands"), "ship.done", "ship.failed");
+    let ship = Step::new(
+        "ship",
+        CommandSpec::new("ship", "ship_commands"),
+        "ship.done",
+        "ship.failed",
+    );
     let mut def = SagaDefinition::new(
         "fulfil",
         vec![
@@ -890,7 +900,12 @@ fn group_timer(def: &SagaDefinition, s: &SagaState, now: i64) -> (SagaState, Vec
 
 /// Answers the pending command of step `name`.
 fn answer_step(def: &SagaDefinition, s: &SagaState, name: &str, reply: &str, now: i64) -> Decision {
-    let record = s.steps.iter().rev().find(|r| r.name == name).expect("step ran");
+    let record = s
+        .steps
+        .iter()
+        .rev()
+        .find(|r| r.name == name)
+        .expect("step ran");
     on_reply(
         def,
         &policy(),
@@ -909,10 +924,18 @@ fn in_group() -> (SagaDefinition, SagaState) {
     let def = grouped();
     let (s, _) = start(&def, &policy(), Uuid::new_v4(), Map::new(), 0);
     let (s, m) = applied(answer_step(&def, &s, "reserve", "reserve.done", 10));
-    assert_eq!(commands(&m), vec!["pack", "bill"], "the members are sent together");
+    assert_eq!(
+        commands(&m),
+        vec!["pack", "bill"],
+        "the members are sent together"
+    );
     assert_eq!(m[0].topic, "pack_commands");
     assert_eq!(s.pending.len(), 2);
-    assert_eq!(s.current_step(), Some("fulfil"), "the group is the current step");
+    assert_eq!(
+        s.current_step(),
+        Some("fulfil"),
+        "the group is the current step"
+    );
     (def, s)
 }
 
@@ -936,10 +959,17 @@ fn a_member_failing_while_another_runs_waits_then_undoes_what_ran_newest_first()
     let (s, m) = applied(answer_step(&def, &s, "pack", "pack.failed", 20));
     assert_eq!(s.status, SagaStatus::Compensating);
     assert_eq!(events(&m), vec!["saga.compensating"]);
-    assert!(commands(&m).is_empty(), "bill is still running: nothing is undone yet");
+    assert!(
+        commands(&m).is_empty(),
+        "bill is still running: nothing is undone yet"
+    );
     assert_eq!(s.error.as_deref(), Some("pack failed: pack.failed"));
     let (s, m) = applied(answer_step(&def, &s, "bill", "bill.done", 30));
-    assert_eq!(commands(&m), vec!["undo_bill"], "the member that completed is undone first");
+    assert_eq!(
+        commands(&m),
+        vec!["undo_bill"],
+        "the member that completed is undone first"
+    );
     let (s, m) = applied(answer_step(&def, &s, "undo_bill", "bill.undone", 40));
     assert_eq!(commands(&m), vec!["undo_reserve"]);
     let (s, _) = applied(answer_step(&def, &s, "undo_reserve", "reserve.undone", 50));
@@ -962,8 +992,16 @@ fn both_members_failing_undo_only_the_steps_before_the_group() {
     let (s, _) = applied(answer_step(&def, &s, "bill", "bill.failed", 20));
     let (s, m) = applied(answer_step(&def, &s, "pack", "pack.failed", 30));
     assert_eq!(commands(&m), vec!["undo_reserve"]);
-    assert_eq!(s.error.as_deref(), Some("bill failed: bill.failed"), "the first failure is the cause");
-    assert_eq!(events(&m), Vec::<&str>::new(), "compensating is announced once");
+    assert_eq!(
+        s.error.as_deref(),
+        Some("bill failed: bill.failed"),
+        "the first failure is the cause"
+    );
+    assert_eq!(
+        events(&m),
+        Vec::<&str>::new(),
+        "compensating is announced once"
+    );
 }
 
 #[test]
@@ -972,7 +1010,11 @@ fn a_member_still_silent_after_a_sibling_failed_is_not_resent_but_undone() {
     let (s, _) = applied(answer_step(&def, &s, "pack", "pack.failed", 20));
     let bill = *s.pending.first().unwrap();
     let (s, m) = group_timer(&def, &s, bill.deadline_at);
-    assert_eq!(commands(&m), vec!["undo_bill"], "bill may have run: it is undone, not re-sent");
+    assert_eq!(
+        commands(&m),
+        vec!["undo_bill"],
+        "bill may have run: it is undone, not re-sent"
+    );
     let record = s.steps.iter().find(|r| r.name == "bill").unwrap();
     assert!(record.outcome_unknown);
     // Its late reply, after compensation started, changes nothing.
@@ -986,7 +1028,10 @@ fn a_member_still_silent_after_a_sibling_failed_is_not_resent_but_undone() {
 fn members_are_resent_each_on_its_own_deadline() {
     let (def, s) = in_group();
     let (pack, bill) = (s.pending[0], s.pending[1]);
-    assert_ne!(pack.deadline_at, bill.deadline_at, "jitter differs per command");
+    assert_ne!(
+        pack.deadline_at, bill.deadline_at,
+        "jitter differs per command"
+    );
     let first = pack.deadline_at.min(bill.deadline_at);
     let (s, m) = group_timer(&def, &s, first);
     assert_eq!(m.len(), 1, "only the overdue member is re-sent");
@@ -1015,7 +1060,11 @@ fn a_member_that_never_answers_fails_the_group_after_its_attempts() {
         s = group_timer(&def, &s, at).0;
     }
     assert_eq!(s.status, SagaStatus::Compensating);
-    assert!(s.error.as_deref().unwrap().starts_with("pack failed: no reply after"));
+    assert!(s
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("pack failed: no reply after"));
     // Newest first in the saga's order: bill (after pack in the definition), then pack, which
     // may have run.
     assert_eq!(s.current_step(), Some("undo_bill"));
@@ -1062,7 +1111,10 @@ fn every_event_published_is_a_declared_lifecycle_event() {
     let (_, m5) = answer(&f, "order.cancelled", json!({}), 1005);
     for m in [m0, m1, m2, m3, m4, m5] {
         for e in events(&m) {
-            assert!(LIFECYCLE_EVENTS.contains(&e), "{e} is not in LIFECYCLE_EVENTS");
+            assert!(
+                LIFECYCLE_EVENTS.contains(&e),
+                "{e} is not in LIFECYCLE_EVENTS"
+            );
         }
     }
 }

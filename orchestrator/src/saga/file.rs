@@ -146,7 +146,12 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// Parses and checks one definition; `file` names it in errors.
-pub fn parse(file: &str, text: &str, topics: &Topics, contract: &Contract) -> Result<SagaDefinition> {
+pub fn parse(
+    file: &str,
+    text: &str,
+    topics: &Topics,
+    contract: &Contract,
+) -> Result<SagaDefinition> {
     let fail = |problem: String| Error::Definition {
         file: file.to_string(),
         problem,
@@ -167,7 +172,12 @@ pub fn parse(file: &str, text: &str, topics: &Topics, contract: &Contract) -> Re
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     let line = e
         .span()
-        .map(|s| format!("line {}: ", text[..s.start.min(text.len())].lines().count().max(1)))
+        .map(|s| {
+            format!(
+                "line {}: ",
+                text[..s.start.min(text.len())].lines().count().max(1)
+            )
+        })
         .unwrap_or_default();
     format!("{line}{}", e.message().trim().replace('\n', " "))
 }
@@ -229,7 +239,9 @@ impl<'a> Checker<'a> {
                 ));
             }
             if members.len() < 2 {
-                return Err(format!("group {group}: a parallel group needs two members or more"));
+                return Err(format!(
+                    "group {group}: a parallel group needs two members or more"
+                ));
             }
             if !self.names.insert(group.clone()) {
                 return Err(format!("group {group}: the name is used twice"));
@@ -264,12 +276,10 @@ impl<'a> Checker<'a> {
         known: &BTreeSet<String>,
         group: Option<&str>,
     ) -> Checked<Step> {
-        let command = entry
-            .command
-            .ok_or_else(|| match &entry.name {
-                Some(n) => format!("step {n}: needs a command (or parallel members)"),
-                None => "a step needs a command".to_string(),
-            })?;
+        let command = entry.command.ok_or_else(|| match &entry.name {
+            Some(n) => format!("step {n}: needs a command (or parallel members)"),
+            None => "a step needs a command".to_string(),
+        })?;
         let name = entry.name.unwrap_or_else(|| command.clone());
         let at = |p: String| format!("step {name}: {p}");
         if !self.names.insert(name.clone()) {

@@ -51,7 +51,12 @@ fn the_repository_definitions_load() {
     assert_eq!(co.steps[2].on_success, "payment.authorized");
     assert_eq!(co.steps[2].command.topic, "payment_commands");
     assert_eq!(
-        co.steps[0].compensation.as_ref().unwrap().on_failure.as_deref(),
+        co.steps[0]
+            .compensation
+            .as_ref()
+            .unwrap()
+            .on_failure
+            .as_deref(),
         Some("order.cancel_failed")
     );
     assert_eq!(co.lifecycle_topic.as_deref(), Some("notification_events"));
@@ -63,7 +68,10 @@ fn the_repository_definitions_load() {
     let from_dir = SagasSource::Dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas").into())
         .load(&topics(), Contract::built_in())
         .unwrap();
-    assert_eq!(from_dir.latest("create_order"), registry.latest("create_order"));
+    assert_eq!(
+        from_dir.latest("create_order"),
+        registry.latest("create_order")
+    );
 }
 
 #[test]
@@ -71,9 +79,15 @@ fn a_minimal_definition_loads_with_names_from_the_contract() {
     let def = load(&with_steps(CREATE)).unwrap();
     assert_eq!(def.saga_type, "ship");
     let step = &def.steps[0];
-    assert_eq!(step.name, "create_order", "the name defaults to the command");
+    assert_eq!(
+        step.name, "create_order",
+        "the name defaults to the command"
+    );
     assert_eq!(step.on_failure, "order.creation_failed");
-    assert_eq!(step.command.send, ["customer_id", "order_details", "amount_cents"]);
+    assert_eq!(
+        step.command.send,
+        ["customer_id", "order_details", "amount_cents"]
+    );
     assert_eq!(def.reply_topics, ["order_events"]);
     assert_eq!(def.lifecycle_topic, None);
 }
@@ -109,14 +123,25 @@ fn a_saga_needs_steps() {
 
 #[test]
 fn an_unknown_command_is_named() {
-    let err = problem(&with_steps(&CREATE.replace("\"create_order\"", "\"make_order\"")));
-    assert!(err.contains("step make_order") && err.contains("\"make_order\" is not in messages.toml"), "{err}");
+    let err = problem(&with_steps(
+        &CREATE.replace("\"create_order\"", "\"make_order\""),
+    ));
+    assert!(
+        err.contains("step make_order") && err.contains("\"make_order\" is not in messages.toml"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_unknown_topic_role_is_named() {
-    let err = problem(&format!("events = \"notifications\"\n{}", with_steps(CREATE)));
-    assert!(err.contains("events") && err.contains("\"notifications\""), "{err}");
+    let err = problem(&format!(
+        "events = \"notifications\"\n{}",
+        with_steps(CREATE)
+    ));
+    assert!(
+        err.contains("events") && err.contains("\"notifications\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -125,7 +150,10 @@ fn a_field_read_before_any_step_writes_it_is_named() {
         "{CREATE}\n[[steps]]\ncommand = \"authorize_payment\"\nsend = [\"customer_id\", \"amount_cents\", \"payment_id\"]\n"
     );
     let err = problem(&with_steps(&steps));
-    assert!(err.contains("step authorize_payment") && err.contains("`payment_id`"), "{err}");
+    assert!(
+        err.contains("step authorize_payment") && err.contains("`payment_id`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -145,15 +173,23 @@ fn a_field_cannot_be_both_sent_and_fixed() {
 
 #[test]
 fn a_received_field_must_be_in_the_reply() {
-    let err = problem(&with_steps(&CREATE.replace("receive = [\"order_id\"]", "receive = [\"order_no\"]")));
-    assert!(err.contains("`order_no`") && err.contains("order.created"), "{err}");
+    let err = problem(&with_steps(
+        &CREATE.replace("receive = [\"order_id\"]", "receive = [\"order_no\"]"),
+    ));
+    assert!(
+        err.contains("`order_no`") && err.contains("order.created"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_duplicate_reply_type_is_refused() {
     let twice = format!("{CREATE}\n[[steps]]\nname = \"again\"\ncommand = \"create_order\"\nsend = [\"customer_id\", \"order_details\", \"amount_cents\"]\n");
     let err = problem(&with_steps(&twice));
-    assert!(err.contains("step again") && err.contains("order.created"), "{err}");
+    assert!(
+        err.contains("step again") && err.contains("order.created"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -163,7 +199,10 @@ fn a_compensation_reply_equal_to_a_forward_reply_is_refused() {
         "{CREATE}\n[[steps]]\nname = \"cancel_it\"\ncommand = \"cancel_order\"\nsend = [\"order_id\"]\n"
     );
     let err = problem(&with_steps(&steps));
-    assert!(err.contains("order.cancelled") && err.contains("compensation of create_order"), "{err}");
+    assert!(
+        err.contains("order.cancelled") && err.contains("compensation of create_order"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -185,9 +224,13 @@ fn the_input_schema_must_be_a_valid_object_schema() {
 
 #[test]
 fn durations_and_attempts_are_checked() {
-    let err = problem(&with_steps(&CREATE.replace("receive", "timeout = \"soon\"\nreceive")));
+    let err = problem(&with_steps(
+        &CREATE.replace("receive", "timeout = \"soon\"\nreceive"),
+    ));
     assert!(err.contains("step create_order: timeout"), "{err}");
-    let err = problem(&with_steps(&CREATE.replace("receive", "attempts = 0\nreceive")));
+    let err = problem(&with_steps(
+        &CREATE.replace("receive", "attempts = 0\nreceive"),
+    ));
     assert!(err.contains("attempts"), "{err}");
     let def = load(&with_steps(&CREATE.replace(
         "receive",
@@ -195,7 +238,10 @@ fn durations_and_attempts_are_checked() {
     )))
     .unwrap();
     let t = def.steps[0].timing;
-    assert_eq!((t.timeout_ms, t.max_timeout_ms, t.attempts), (Some(2000), Some(60_000), Some(2)));
+    assert_eq!(
+        (t.timeout_ms, t.max_timeout_ms, t.attempts),
+        (Some(2000), Some(60_000), Some(2))
+    );
 }
 
 const GROUP: &str = r#"
@@ -228,7 +274,10 @@ fn a_member_cannot_read_what_a_sibling_receives() {
         "send = [\"customer_id\", \"amount_cents\", \"payment_method_id\"]",
     );
     let err = problem(&with_steps(&format!("{CREATE}{group}")));
-    assert!(err.contains("step authorize_payment") && err.contains("payment_method_id"), "{err}");
+    assert!(
+        err.contains("step authorize_payment") && err.contains("payment_method_id"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -260,7 +309,11 @@ fn two_files_with_one_version_name_both() {
         .to_string();
     assert!(err.contains("a.toml") && err.contains("b.toml"), "{err}");
     // A second version is what deploying a change looks like: both load.
-    std::fs::write(dir.path().join("b.toml"), with_steps(CREATE).replace("version = 1", "version = 2")).unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        with_steps(CREATE).replace("version = 1", "version = 2"),
+    )
+    .unwrap();
     let r = SagasSource::Dir(dir.path().into())
         .load(&topics(), Contract::built_in())
         .unwrap();

@@ -118,7 +118,11 @@ impl Registry {
             .take(MAX_INPUT_PROBLEMS)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                let path = if path.is_empty() { "/".to_string() } else { path };
+                let path = if path.is_empty() {
+                    "/".to_string()
+                } else {
+                    path
+                };
                 format!("{path}: {e}")
             })
             .collect();
@@ -177,7 +181,9 @@ impl Sagas {
     }
 
     pub fn on_timer(&self, state: &SagaState, now: i64) -> Decision {
-        self.route(state, now, |d| engine::on_timer(d, &self.policy, state, now))
+        self.route(state, now, |d| {
+            engine::on_timer(d, &self.policy, state, now)
+        })
     }
 
     pub fn cancel(&self, state: &SagaState, now: i64) -> Decision {
@@ -211,7 +217,11 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        Registry::new(vec![("v1".into(), def(1, "one")), ("v2".into(), def(2, "two"))]).unwrap()
+        Registry::new(vec![
+            ("v1".into(), def(1, "one")),
+            ("v2".into(), def(2, "two")),
+        ])
+        .unwrap()
     }
 
     #[test]
@@ -235,17 +245,29 @@ mod tests {
         assert!(r.check_input(&d, &json!({"qty": 2})).is_ok());
         let problems = r.check_input(&d, &json!({"qty": 0, "sku": 5})).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("/qty: ")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("/sku: ")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with("/qty: ")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("/sku: ")),
+            "{problems:?}"
+        );
         let missing = r.check_input(&d, &json!({})).unwrap_err();
-        assert!(missing[0].starts_with("/: ") && missing[0].contains("qty"), "{missing:?}");
+        assert!(
+            missing[0].starts_with("/: ") && missing[0].contains("qty"),
+            "{missing:?}"
+        );
     }
 
     #[test]
     fn a_version_defined_twice_names_both_files() {
-        let err = Registry::new(vec![("a.toml".into(), def(1, "x")), ("b.toml".into(), def(1, "y"))])
-            .unwrap_err()
-            .to_string();
+        let err = Registry::new(vec![
+            ("a.toml".into(), def(1, "x")),
+            ("b.toml".into(), def(1, "y")),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("b.toml") && err.contains("a.toml"), "{err}");
     }
 
@@ -262,8 +284,13 @@ mod tests {
         assert_eq!(state.definition_version, 1);
         let pending = state.pending[0];
         let d = sagas.on_timer(&state, pending.deadline_at);
-        let Decision::Applied { messages, .. } = d else { panic!("{d:?}") };
-        assert_eq!(messages[0].envelope.message_type, "one", "re-sent under version 1");
+        let Decision::Applied { messages, .. } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            messages[0].envelope.message_type, "one",
+            "re-sent under version 1"
+        );
     }
 
     #[test]
@@ -288,16 +315,30 @@ mod tests {
             Uuid::new_v4(),
             5,
         );
-        let Decision::Applied { state: parked, messages } = d else { panic!("{d:?}") };
+        let Decision::Applied {
+            state: parked,
+            messages,
+        } = d
+        else {
+            panic!("{d:?}")
+        };
         assert!(messages.is_empty());
-        assert!(parked.parked.as_deref().unwrap().contains("version 1 is not loaded"));
+        assert!(parked
+            .parked
+            .as_deref()
+            .unwrap()
+            .contains("version 1 is not loaded"));
         assert_eq!(parked.status, SagaStatus::Started);
         assert_eq!(parked.next_wake(), None, "no deadline brings it back");
         // Retry does nothing until the version is back, then resumes it under that version.
         assert!(matches!(only_v2.retry(&parked, 6), Decision::Ignored(_)));
-        let Decision::Applied { state: resumed, .. } = old.retry(&parked, 7) else { panic!() };
+        let Decision::Applied { state: resumed, .. } = old.retry(&parked, 7) else {
+            panic!()
+        };
         assert!(resumed.parked.is_none());
-        let Decision::Applied { messages, .. } = old.on_timer(&resumed, 7) else { panic!() };
+        let Decision::Applied { messages, .. } = old.on_timer(&resumed, 7) else {
+            panic!()
+        };
         assert_eq!(messages[0].envelope.message_type, "one");
     }
 }

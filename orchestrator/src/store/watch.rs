@@ -16,7 +16,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use platform::db::Engine;
+
 use crate::saga::SagaState;
+use crate::Result;
 
 /// The PostgreSQL channel that carries the ids of sagas that ended, comma-separated.
 pub const CHANNEL: &str = "saga_ended";
@@ -126,6 +129,7 @@ impl Watchers {
     }
 
     /// How many sagas have waiters (an entry exists only while someone waits).
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -152,6 +156,41 @@ impl Drop for Watch {
             if entry.waiters == 0 {
                 map.remove(&self.saga_id);
             }
+        }
+    }
+}
+
+impl super::SagaStore {
+    /// Like [`Self::get`], but if the saga has not ended yet, waits up to `wait` for it to end.
+    pub async fn get_when_ended(&self, saga_id: Uuid, wait: Duration) -> Result<Option<SagaState>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let watch = self.watchers.watch(saga_id);
+        loop {
+            // Armed before reading, so an end committed in between still wakes us.
+            let notified = watch.slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = match watch.slot.ended() {
+                Some(ended) => return Ok(Some(ended)),
+                None => self.get(saga_id).await?,
+            };
+            match state {
+                Some(s) if s.completed_at.is_none() && tokio::time::Instant::now() < deadline => {}
+                other => return Ok(other),
+            }
+            let recheck = (tokio::time::Instant::now() + RECHECK).min(deadline);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    /// Wakes waiters of sagas that other instances end, until `cancel` fires (PostgreSQL only:
+    /// on SQLite this process is the only writer). `url` is the database's.
+    pub async fn listen_for_ends(&self, url: String, cancel: CancellationToken) {
+        if self.db.engine == Engine::Postgres {
+            listen(self.watchers.clone(), url, cancel).await;
         }
     }
 }

@@ -1,0 +1,161 @@
+//! The outbox: messages written with the saga change that caused them, claimed and published by
+//! the relay in order per saga and topic, then stamped sent.
+
+use super::*;
+
+impl SagaStore {
+    /// Claims up to `limit` unpublished outbox rows for this relay, oldest first.
+    ///
+    /// On PostgreSQL several orchestrator instances run a relay each: a claim is a transaction
+    /// holding row locks (`FOR UPDATE SKIP LOCKED`, so relays never wait for each other nor
+    /// publish the same row), and it takes only the oldest unsent row of each (topic, key) —
+    /// a saga's next message on a topic waits until the one before it is published, whichever
+    /// relay holds it. On SQLite (one instance per database file) the claim is a plain read, so
+    /// the single writer connection is not held while Kafka confirms deliveries, with the same
+    /// rule applied to what it read: within one round a (topic, key) has at most one row, so a
+    /// row whose delivery fails can never be overtaken by a later row of its saga (a
+    /// `cancel_order` published before the `create_order` it undoes leaves an order behind).
+    pub async fn claim_unsent(&self, limit: i64) -> Result<Claim> {
+        match self.db.engine {
+            Engine::Postgres => {
+                let mut tx = self.db.writer.begin().await?;
+                let rows = sqlx::query(
+                    "SELECT id, topic, msg_key, payload, traceparent, tracestate FROM outbox o WHERE sent_at IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.topic = o.topic AND e.msg_key = o.msg_key \
+                                     AND e.sent_at IS NULL AND e.id < o.id) \
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                Ok(Claim {
+                    rows: outbox_rows(&rows)?,
+                    tx: Some(tx),
+                })
+            }
+            Engine::Sqlite => {
+                let rows = sqlx::query(
+                    "SELECT id, topic, msg_key, payload, traceparent, tracestate FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.db.writer)
+                .await?;
+                // Rows are in id order, and the lowest unsent ids are all here: the first row
+                // of each (topic, key) is the oldest unsent one.
+                let mut seen = HashSet::new();
+                let rows = outbox_rows(&rows)?
+                    .into_iter()
+                    .filter(|r| seen.insert((r.topic.clone(), r.key.clone())))
+                    .collect();
+                Ok(Claim { rows, tx: None })
+            }
+        }
+    }
+
+    /// Marks the published rows of a claim as sent and releases the rest: a row not in `sent`
+    /// stays unsent and is claimed again by the next round of any relay.
+    pub async fn finish_claim(&self, claim: Claim, sent: &[i64], now: i64) -> Result<()> {
+        match claim.tx {
+            Some(mut tx) => {
+                mark_sent(&mut tx, self.db.engine, sent, now).await?;
+                tx.commit().await?;
+            }
+            None => {
+                let mut conn = self.db.writer.acquire().await?;
+                mark_sent(&mut conn, self.db.engine, sent, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many outbox rows are not published yet, and when the oldest was written (for the
+    /// outbox gauges, read at each scrape).
+    pub async fn outbox_backlog(&self) -> Result<(i64, Option<i64>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.db.reader)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+
+    /// Number of outbox rows not yet published (for tests and health checks).
+    pub async fn unsent_count(&self) -> Result<i64> {
+        count(
+            &self.db.reader,
+            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL",
+        )
+        .await
+    }
+}
+
+/// Stamps outbox rows as published.
+pub(super) async fn mark_sent(
+    conn: &mut sqlx::AnyConnection,
+    engine: Engine,
+    ids: &[i64],
+    now: i64,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE outbox SET sent_at = {} WHERE id IN ({})",
+        engine.placeholders(1, 1),
+        engine.placeholders(2, ids.len())
+    );
+    let mut q = db::dynamic(&sql).bind(now);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+pub(super) fn outbox_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<OutboxRow>> {
+    rows.iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                id: r.try_get("id")?,
+                topic: r.try_get("topic")?,
+                key: r.try_get("msg_key")?,
+                payload: r.try_get("payload")?,
+                trace: TraceContext {
+                    traceparent: r.try_get("traceparent")?,
+                    tracestate: r.try_get("tracestate")?,
+                },
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn insert_outbox(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    messages: &[Outgoing],
+    now: i64,
+) -> Result<()> {
+    // One statement for all: rows keep the order of `messages` (ids are assigned in order).
+    for chunk in messages.chunks(OUTBOX_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO outbox (message_id, topic, msg_key, payload, created_at, traceparent, tracestate) VALUES {}",
+            engine.values(chunk.len(), 7)
+        );
+        let mut q = db::dynamic(&sql);
+        for m in chunk {
+            q = q
+                .bind(m.envelope.message_id.to_string())
+                .bind(&m.topic)
+                .bind(m.envelope.key())
+                .bind(m.envelope.to_json())
+                .bind(now)
+                .bind(m.trace.traceparent.as_deref())
+                .bind(m.trace.tracestate.as_deref());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row outbox insert: well under SQLite's and PostgreSQL's bound-parameter limits.
+pub(super) const OUTBOX_ROWS_PER_INSERT: usize = 1_000; // 7 parameters each

@@ -1,0 +1,67 @@
+//! Keeping storage bounded: processed inbox rows and sent outbox rows past the retention, and
+//! (opt-in) sagas that ended well long ago.
+
+use super::*;
+
+impl SagaStore {
+    /// Deletes up to `limit` sent outbox rows and up to `limit` inbox rows recorded before
+    /// `before`; returns how many of each. Sagas are never deleted: terminal ones stay queryable.
+    pub async fn prune(&self, before: i64, limit: i64) -> Result<Pruned> {
+        let outbox = sqlx::query(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 ORDER BY sent_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.db.writer)
+        .await?
+        .rows_affected();
+        let inbox = sqlx::query(
+            "DELETE FROM inbox WHERE message_id IN \
+             (SELECT message_id FROM inbox WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.db.writer)
+        .await?
+        .rows_affected();
+        Ok(Pruned { outbox, inbox })
+    }
+
+    /// Deletes up to `limit` sagas that ended well (`COMPLETED`, `COMPENSATED`, `CANCELLED`)
+    /// before `before`, with their inbox rows and sent outbox rows, in one transaction; returns
+    /// how many sagas went. `FAILED` sagas (an operator's to look at) and unsent rows stay.
+    pub async fn prune_sagas(&self, before: i64, limit: i64) -> Result<u64> {
+        let mut tx = self.db.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT saga_id FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') \
+             AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("saga_id"))
+        .collect::<std::result::Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        for chunk in ids.chunks(500) {
+            let list = self.db.engine.placeholders(1, chunk.len());
+            for sql in [
+                format!("DELETE FROM inbox WHERE saga_id IN ({list})"),
+                format!("DELETE FROM outbox WHERE sent_at IS NOT NULL AND msg_key IN ({list})"),
+                format!("DELETE FROM sagas WHERE saga_id IN ({list})"),
+            ] {
+                let mut q = db::dynamic(&sql);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+}
