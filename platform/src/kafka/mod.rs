@@ -1,0 +1,136 @@
+//! Kafka clients configured the one way this system uses them.
+//!
+//! - Consumers are at-least-once: offsets are *stored* by [`run_consumer`] only after the handler
+//!   has committed its effect, and auto-commit only ever commits stored offsets.
+//! - Producers are idempotent with `acks=all`, so a retried send never duplicates or reorders.
+//! - A message that cannot be handled goes to the dead-letter topic with headers saying where it
+//!   came from and why, and the partition moves on.
+//!
+//! [`config`]: settings; [`admin`]: the cluster (probe, topics); [`consumer`]: the consume loop.
+
+mod admin;
+mod config;
+mod consumer;
+
+pub use crate::dead_letters::DeadLetters;
+pub use admin::reachable;
+pub use config::*;
+pub use consumer::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use config::setting_to_check;
+
+    use crate::Ops;
+
+    #[test]
+    fn overrides_parse_and_reject_garbage() {
+        let o = parse_overrides(" a=1, b.c = x=y ,").unwrap();
+        assert_eq!(
+            o,
+            vec![("a".into(), "1".into()), ("b.c".into(), "x=y".into())]
+        );
+        assert!(parse_overrides("novalue").is_err());
+        assert!(parse_overrides("=v").is_err());
+        assert!(parse_overrides("").unwrap().is_empty());
+    }
+
+    /// Issue 10, item 16: consumers are static members named by `INSTANCE_ID` (else the
+    /// container's `HOSTNAME`), with a session timeout chosen for a restart, not librdkafka's
+    /// 45 s; `KAFKA_CONFIG` still overrides both; the mock keeps its own short settings.
+    #[test]
+    fn consumers_are_static_members_with_a_chosen_session_timeout() {
+        let args = |id: Option<&str>| KafkaArgs {
+            kafka_brokers: "b:9092".into(),
+            kafka_config: String::new(),
+            topics_file: None,
+            create_topics: false,
+            kafka_startup_timeout: Duration::from_secs(1),
+            instance_id: id.map(String::from),
+        };
+        let s = args(Some("orchestrator-0")).settings().unwrap();
+        let c = s.consumer_config("saga-orchestrator");
+        assert_eq!(c.get("group.instance.id"), Some("orchestrator-0"));
+        assert_eq!(c.get("session.timeout.ms"), Some(SESSION_TIMEOUT_MS));
+        assert_eq!(args(Some("  ")).settings().unwrap().instance_id, None);
+
+        let mut overridden = s.clone();
+        overridden.overrides = parse_overrides("session.timeout.ms=60000").unwrap();
+        assert_eq!(
+            overridden.consumer_config("g").get("session.timeout.ms"),
+            Some("60000")
+        );
+        let embedded = KafkaSettings::embedded("127.0.0.1:1").consumer_config("g");
+        assert_eq!(embedded.get("group.instance.id"), None);
+        assert_eq!(embedded.get("session.timeout.ms"), Some("3000"));
+    }
+
+    fn settings(config: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            overrides: parse_overrides(config).unwrap(),
+            embedded: false,
+            instance_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_and_sasl_clients_can_be_created() {
+        for config in [
+            "security.protocol=SSL",
+            "security.protocol=SASL_SSL,sasl.mechanism=PLAIN,sasl.username=u,sasl.password=p",
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-256,sasl.username=u,sasl.password=p",
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=u,sasl.password=p",
+            "security.protocol=SASL_SSL,sasl.mechanism=OAUTHBEARER,sasl.oauthbearer.config=principal=u",
+            "security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,sasl.username=u,sasl.password=p",
+        ] {
+            let k = settings(config);
+            if let Err(e) = k.producer() {
+                panic!("{config}: {e}");
+            }
+            if let Err(e) = k.consumer("g", &["t"], &Ops::default()) {
+                panic!("{config}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn security_mistakes_fail_at_creation_naming_the_setting() {
+        let cases = [
+            ("security.protocol=SASL_SSL,sasl.mechanism=FOO", "FOO"),
+            (
+                "security.protocol=SSL,ssl.ca.location=/nonexistent/ca.pem",
+                "ssl.ca.location",
+            ),
+            ("security.protocol=TLS", "security.protocol"),
+            ("sasl.mechanismz=PLAIN", "sasl.mechanismz"),
+        ];
+        for (config, named) in cases {
+            let e = match settings(config).producer() {
+                Ok(_) => panic!("{config} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(named), "{config}: {e}");
+            assert!(e.contains("KAFKA_CONFIG"), "{config}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_from_the_cluster_point_at_the_setting_to_check() {
+        assert!(
+            setting_to_check("SASL authentication error: Authentication failed")
+                .contains("sasl.password")
+        );
+        assert!(
+            setting_to_check("SSL handshake failed: certificate verify failed").contains("ssl.*")
+        );
+        assert!(
+            setting_to_check("Connect to ipv4#127.0.0.1:1 failed: Connection refused")
+                .contains("KAFKA_BROKERS")
+        );
+    }
+}
