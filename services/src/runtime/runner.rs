@@ -1,11 +1,5 @@
-//! What every command-handling stub service shares: consume its `*_commands` topic in its own
-//! consumer group, handle each command exactly once against its own database, reply on its
-//! `*_events` topic.
-//!
-//! Exactly once, over at-least-once delivery: the effect and the reply are committed together
-//! with the command id in `processed_commands`. A redelivered command (a crash before the offset
-//! was stored, or the orchestrator re-sending) finds its id there and gets the stored reply again,
-//! with the same message id, so the orchestrator's inbox drops it.
+//! The consumer side: each batch of commands handled exactly once (effect, reply and command
+//! id in one transaction), replies published, chaos knobs applied.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -15,235 +9,31 @@ use std::time::Duration;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::Message;
-use serde_json::Value;
-use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use platform::db::{self, Db, Engine, Migrations, SqliteSync};
-use platform::kafka::{dead_letter, DeadLetters, Disposition, KafkaSettings, MessageHandler};
+use platform::db::{self, Db};
+use platform::kafka::{dead_letter, Disposition, MessageHandler};
 use platform::retry::{self, Retried};
-use platform::{Envelope, Ops, TopicSpec, Topics, TraceContext};
+use platform::{Envelope, TraceContext};
 
 use crate::chaos::Chaos;
 use crate::{Error, Result};
 
-/// What a service decided about a command. The reply's name is the command's success or
-/// failure reply in the message contract (`messages.toml`), never spelled by the service.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Done: the command's success reply, with this payload. Final: recorded, and a re-sent
-    /// command gets the same reply.
-    Succeeded(Value),
-    /// Not done, for good: the command's failure reply, with this payload (`reason` in it).
-    /// Final, like a success.
-    Failed(Value),
-    /// Not now: the command's failure reply with this reason. Not recorded, so a re-sent
-    /// command is handled afresh: how a compensation says "not yet, try again".
-    Refused(String),
-    /// The command is not one this service handles, or is malformed: dead-letter it.
-    Reject(String),
-}
+use super::*;
 
-impl Outcome {
-    /// The reply to `command`, named by the contract; `Err` for a rejection (or a command the
-    /// contract does not know, which a service never answers).
-    pub fn reply(self, command: &Envelope) -> std::result::Result<Envelope, String> {
-        let (succeeded, payload) = match self {
-            Outcome::Succeeded(p) => (true, p),
-            Outcome::Failed(p) => (false, p),
-            Outcome::Refused(reason) => (false, serde_json::json!({ "reason": reason })),
-            Outcome::Reject(reason) => return Err(reason),
-        };
-        let contract = platform::Contract::built_in()
-            .command(&command.message_type)
-            .ok_or_else(|| format!("{:?} is not in messages.toml", command.message_type))?;
-        let name = if succeeded {
-            &contract.success
-        } else {
-            &contract.failure
-        };
-        Ok(Envelope::reply_to(command, name.as_str(), payload))
-    }
-}
-
-/// One stub service: its name, its topics, its tables and its business rules.
-pub trait CommandService: Send + Sync + 'static {
-    /// Also the consumer group and the component named in dead letters.
-    const NAME: &'static str;
-    fn migrations() -> Migrations;
-    fn commands(topics: &Topics) -> &TopicSpec;
-    fn replies(topics: &Topics) -> &TopicSpec;
-    /// Applies `commands` inside `tx` and says what to reply to each, in order. Runs at most once
-    /// per command id. The commands are of distinct sagas, and commands of different sagas touch
-    /// different rows, so a service may apply them in any order: with set-based statements, a
-    /// few per batch (at most [`platform::kafka::MAX_BATCH`] commands) rather than one or two per
-    /// command, since every statement is a round trip to the database.
-    fn handle(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        engine: Engine,
-        commands: &[&Envelope],
-    ) -> impl Future<Output = Result<Vec<Outcome>>> + Send;
-    /// What an injected failure ([`Chaos`]) of `command` looks like: a failure reply for a
-    /// forward step, a refusal for a compensation. `None` if the command cannot fail.
-    fn failure(&self, command: &Envelope) -> Option<Outcome>;
-}
-
-/// Where a service keeps its state and how it reaches Kafka.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    pub database_url: String,
-    pub sqlite_sync: SqliteSync,
-    pub kafka: KafkaSettings,
-    pub topics: Topics,
-    pub chaos: Chaos,
-    /// Times a command may fail with a non-transient error before it is dead-lettered.
-    pub max_attempts: u32,
-    /// How long processed commands (and their stored replies) are kept for de-duplication.
-    pub retention: Duration,
-    /// Where metrics and readiness go (shared with the other components of the process).
-    pub ops: Ops,
-}
-
-/// A running service task.
-pub struct ServiceHandle {
-    pub name: &'static str,
-    cancel: CancellationToken,
-    join: JoinHandle<()>,
-}
-
-impl ServiceHandle {
-    pub fn new(name: &'static str, cancel: CancellationToken, join: JoinHandle<()>) -> Self {
-        ServiceHandle { name, cancel, join }
-    }
-
-    /// Waits until the service has stopped (after its token fired).
-    pub async fn wait(self) {
-        if let Err(e) = self.join.await {
-            tracing::error!(service = self.name, error = %e, "service task panicked");
-        }
-    }
-
-    /// Stops the service and waits for it.
-    pub async fn stop(self) {
-        self.cancel.cancel();
-        self.wait().await;
-    }
-}
-
-/// Connects `service` to its database and topics and runs it until `cancel` fires.
-pub async fn start<S: CommandService>(
-    service: S,
-    config: &ServiceConfig,
-    cancel: CancellationToken,
-) -> Result<ServiceHandle> {
-    let db = Db::connect(&config.database_url, &S::migrations(), config.sqlite_sync).await?;
-    let ops = &config.ops;
-    ops.metrics.watch_pool(S::NAME, &db);
-    let producer = config.kafka.producer()?;
-    let consumer = config
-        .kafka
-        .consumer(S::NAME, &[&S::commands(&config.topics).name], ops)?;
-    let dead_letters = DeadLetters::new(
-        producer.clone(),
-        &config.topics.dead_letter.name,
-        S::NAME,
-        &ops.metrics,
-    )
-    .with_store(db.clone());
-    let drain = dead_letters.clone().drain(cancel.clone());
-    if !config.chaos.is_off() {
-        tracing::warn!(service = S::NAME, chaos = ?config.chaos, "chaos knobs are on");
-    }
-    let delayed = TaskTracker::new();
-    let runner = Runner {
-        service: Arc::new(service),
-        db: db.clone(),
-        producer: producer.clone(),
-        reply_topic: S::replies(&config.topics).name.clone(),
-        chaos: config.chaos.clone(),
-        max_attempts: config.max_attempts.max(1),
-        delayed: delayed.clone(),
-        cancel: cancel.clone(),
-    };
-    let token = cancel.clone();
-    let pruner = prune(db.clone(), config.retention, cancel.clone());
-    let db_check = platform::health::watch_database(
-        ops.health.clone(),
-        format!("database:{}", S::NAME),
-        db.clone(),
-        cancel.clone(),
-    );
-    let broker_check = platform::health::watch_broker(
-        ops.health.clone(),
-        format!("kafka:{}", S::NAME),
-        producer.clone(),
-        cancel.clone(),
-    );
-    let join = tokio::spawn(async move {
-        tokio::join!(
-            platform::kafka::run_consumer(consumer, runner, dead_letters, token),
-            pruner,
-            db_check,
-            broker_check,
-            drain,
-        );
-        delayed.close();
-        delayed.wait().await;
-        platform::kafka::flush(&producer);
-        db.close().await;
-        tracing::info!(service = S::NAME, "stopped");
-    });
-    tracing::info!(service = S::NAME, "started");
-    Ok(ServiceHandle {
-        name: S::NAME,
-        cancel,
-        join,
-    })
-}
-
-/// Deletes processed commands older than `retention`, so the table stays bounded. A command
-/// re-sent later than that would be handled again: keep the retention longer than a saga can
-/// re-send a command (its compensation limit).
-async fn prune(db: Db, retention: Duration, cancel: CancellationToken) {
-    platform::prune::run(
-        "pruning processed commands",
-        retention,
-        cancel,
-        Error::is_transient,
-        |before, limit| {
-            let db = db.clone();
-            async move {
-                let deleted = sqlx::query(
-                    "DELETE FROM processed_commands WHERE command_id IN \
-                     (SELECT command_id FROM processed_commands WHERE processed_at < $1 ORDER BY processed_at LIMIT $2)",
-                )
-                .bind(before)
-                .bind(limit)
-                .execute(&db.writer)
-                .await?
-                .rows_affected();
-                Ok::<_, Error>(deleted as i64 == limit)
-            }
-        },
-    )
-    .await;
-}
-
-struct Runner<S> {
-    service: Arc<S>,
-    db: Db,
-    producer: FutureProducer,
-    reply_topic: String,
-    chaos: Chaos,
-    max_attempts: u32,
+pub(super) struct Runner<S> {
+    pub(super) service: Arc<S>,
+    pub(super) db: Db,
+    pub(super) producer: FutureProducer,
+    pub(super) reply_topic: String,
+    pub(super) chaos: Chaos,
+    pub(super) max_attempts: u32,
     /// Replies held back by the delay knob.
-    delayed: TaskTracker,
-    cancel: CancellationToken,
+    pub(super) delayed: TaskTracker,
+    pub(super) cancel: CancellationToken,
 }
 
 impl<S: CommandService> MessageHandler for Runner<S> {
@@ -649,176 +439,5 @@ fn with_headers<'a>(
     match headers {
         Some(h) => record.headers(h),
         None => record,
-    }
-}
-
-/// A string field of a command payload, or a rejection naming it.
-pub fn field<'a>(command: &'a Envelope, name: &str) -> Result<&'a str, String> {
-    command
-        .payload
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            format!(
-                "{} command has no string field {name:?}",
-                command.message_type
-            )
-        })
-}
-
-/// The outcome of each command of a batch, filled in by the statements that decide them.
-pub struct Outcomes(Vec<Option<Outcome>>);
-
-impl Outcomes {
-    pub fn new(n: usize) -> Self {
-        Outcomes((0..n).map(|_| None).collect())
-    }
-
-    pub fn set(&mut self, i: usize, outcome: Outcome) {
-        self.0[i] = Some(outcome);
-    }
-
-    /// In command order. A command nothing decided is rejected rather than answered wrongly.
-    pub fn into_vec(self) -> Vec<Outcome> {
-        self.0
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Reject("no outcome was decided".into())))
-            .collect()
-    }
-}
-
-/// `let x = reject_on_err!(out, i, result);`: the value, or command `i` is rejected with the
-/// error's text and the loop over the commands moves on.
-macro_rules! reject_on_err {
-    ($out:expr, $i:expr, $e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(reason) => {
-                $out.set($i, Outcome::Reject(reason));
-                continue;
-            }
-        }
-    };
-}
-pub(crate) use reject_on_err;
-
-/// The values of text column `name` of `rows`.
-pub fn column(rows: Vec<AnyRow>, name: &str) -> Result<HashSet<String>> {
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get::<String, _>(name))
-        .collect::<std::result::Result<_, _>>()?)
-}
-
-/// `key -> value` from two text columns of `rows`.
-pub fn pairs(rows: Vec<AnyRow>, key: &str, value: &str) -> Result<HashMap<String, String>> {
-    Ok(rows
-        .iter()
-        .map(|r| Ok((r.try_get::<String, _>(key)?, r.try_get::<String, _>(value)?)))
-        .collect::<std::result::Result<_, sqlx::Error>>()?)
-}
-
-/// Where a row stood when asked to move from one status to another.
-#[derive(Debug, PartialEq)]
-pub enum StatusMove {
-    /// It was in the expected status and now is in the new one.
-    Moved,
-    /// It is in the new status already (a command handled under another id, say).
-    Already,
-    /// It is in another status; nothing changed.
-    Was(String),
-    /// No such row (for this customer).
-    Missing,
-}
-
-/// Moves one row of `table` (found by `key_column = key`, and `customer_id` when given) from
-/// status `from` to `to`: the refund commands' one state change each. `table` and `key_column`
-/// are the service's own names, never input.
-#[allow(clippy::too_many_arguments)]
-pub async fn move_status(
-    tx: &mut Transaction<'_, Any>,
-    table: &str,
-    key_column: &str,
-    key: &str,
-    customer_id: Option<&str>,
-    from: &str,
-    to: &str,
-    now: i64,
-) -> Result<StatusMove> {
-    let customer = if customer_id.is_some() {
-        " AND customer_id = $5"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE {table} SET status = $1, updated_at = $2 WHERE {key_column} = $3 AND status = $4{customer}"
-    );
-    let mut q = db::dynamic(&sql).bind(to).bind(now).bind(key).bind(from);
-    if let Some(c) = customer_id {
-        q = q.bind(c);
-    }
-    if q.execute(&mut **tx).await?.rows_affected() > 0 {
-        return Ok(StatusMove::Moved);
-    }
-    let customer = if customer_id.is_some() {
-        " AND customer_id = $2"
-    } else {
-        ""
-    };
-    let sql = format!("SELECT status FROM {table} WHERE {key_column} = $1{customer}");
-    let mut q = db::dynamic(&sql).bind(key);
-    if let Some(c) = customer_id {
-        q = q.bind(c);
-    }
-    Ok(match q.fetch_optional(&mut **tx).await? {
-        None => StatusMove::Missing,
-        Some(row) => {
-            let status: String = row.try_get("status")?;
-            if status == to {
-                StatusMove::Already
-            } else {
-                StatusMove::Was(status)
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod outcome_tests {
-    use super::*;
-
-    fn command(message_type: &str) -> Envelope {
-        Envelope {
-            message_id: uuid::Uuid::new_v4(),
-            message_type: message_type.into(),
-            correlation_id: uuid::Uuid::new_v4(),
-            causation_id: None,
-            timestamp: String::new(),
-            payload: Value::Null,
-        }
-    }
-
-    #[test]
-    fn replies_are_named_by_the_contract() {
-        let revert = command("revert_payment");
-        let ok = Outcome::Succeeded(serde_json::json!({}))
-            .reply(&revert)
-            .unwrap();
-        assert_eq!(ok.message_type, "payment.released");
-        assert_eq!(ok.causation_id, Some(revert.message_id));
-        let refused = Outcome::Refused("not now".into()).reply(&revert).unwrap();
-        assert_eq!(refused.message_type, "payment.release_failed");
-        assert_eq!(refused.payload["reason"], "not now");
-        let failed = Outcome::Failed(serde_json::json!({"reason": "no"}))
-            .reply(&command("create_order"))
-            .unwrap();
-        assert_eq!(failed.message_type, "order.creation_failed");
-        assert!(Outcome::Succeeded(Value::Null)
-            .reply(&command("make_tea"))
-            .is_err());
-        assert_eq!(
-            Outcome::Reject("bad".into()).reply(&revert).unwrap_err(),
-            "bad"
-        );
     }
 }
