@@ -9,8 +9,6 @@
 //! The end-to-end tests start the system through [`System::start`] too, or component by
 //! component through the configs of [`SystemConfig`], so they exercise exactly what runs here.
 
-pub mod bench;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

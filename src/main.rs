@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use platform::db::SqliteSync;
 
+platform::use_mimalloc!();
+
 #[derive(Debug, Parser)]
 #[command(
     name = "saga-system",

@@ -36,29 +36,41 @@ pub mod time;
 pub mod topics;
 pub mod trace;
 
-/// Every binary's allocator (they all link this crate): under load glibc's malloc and free were
-/// ~14 % of the CPU (perf); mimalloc took throughput from 588 to 651 sagas/s.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator every binary of the system chooses, with [`use_mimalloc!`]: under load glibc's
+/// malloc and free were ~14 % of the CPU (perf); mimalloc took throughput from 588 to 651
+/// sagas/s.
+pub mod alloc {
+    pub use mimalloc::MiMalloc;
 
-/// Runs before `main` in every binary (and before the first allocation): mimalloc commits the
-/// arenas it reserves eagerly by default, which made the orchestrator's resident memory ~35 MB
-/// larger than what it uses (peak RSS in the benchmark 87-90 MB with the default, 52 MB without;
-/// throughput unchanged). Set here because the first arena is reserved by the first allocation,
-/// before `main` could say anything.
-#[cfg(target_os = "linux")]
-#[used]
-#[link_section = ".init_array"]
-static TUNE_ALLOCATOR: extern "C" fn() = {
-    extern "C" fn tune_allocator() {
+    /// Runs before `main` (and before the first allocation; see [`use_mimalloc!`]): mimalloc
+    /// commits the arenas it reserves eagerly by default, which made the orchestrator's resident
+    /// memory ~35 MB larger than what it uses (peak RSS in the benchmark 87-90 MB with the
+    /// default, 52 MB without; throughput unchanged). It must run before the first arena is
+    /// reserved, by the first allocation, before `main` could say anything.
+    pub extern "C" fn tune() {
         /// `mi_option_arena_eager_commit` in mimalloc v3's `mimalloc.h` (libmimalloc-sys is
         /// pinned to the version this index was read from).
         const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
         // SAFETY: sets a plain option value; no allocation, no other state.
         unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
     }
-    tune_allocator
-};
+}
+
+/// Makes mimalloc, tuned by [`alloc::tune`], the allocator of the binary whose main file says
+/// `platform::use_mimalloc!();` at the top level. The binaries choose it; a program that links
+/// these crates as libraries keeps its own allocator.
+#[macro_export]
+macro_rules! use_mimalloc {
+    () => {
+        #[global_allocator]
+        static GLOBAL: $crate::alloc::MiMalloc = $crate::alloc::MiMalloc;
+
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[link_section = ".init_array"]
+        static TUNE_ALLOCATOR: extern "C" fn() = $crate::alloc::tune;
+    };
+}
 
 pub use contract::Contract;
 pub use envelope::Envelope;

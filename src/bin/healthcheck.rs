@@ -7,6 +7,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
+platform::use_mimalloc!();
+
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {

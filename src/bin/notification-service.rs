@@ -6,6 +6,8 @@ use clap::Parser;
 use platform::kafka::KafkaArgs;
 use services::notification::{self, NotificationConfig};
 
+platform::use_mimalloc!();
+
 #[derive(Parser)]
 #[command(
     name = "notification-service",

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 use platform::kafka::KafkaArgs;
 
+platform::use_mimalloc!();
+
 #[derive(Debug, Parser)]
 #[command(
     name = "orchestrator",

@@ -2,6 +2,8 @@
 
 use clap::Parser;
 
+platform::use_mimalloc!();
+
 #[derive(Parser)]
 #[command(
     name = "user-service",

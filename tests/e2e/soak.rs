@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use saga_system::bench::{self, BenchConfig, Load};
+use saga_bench::{self as bench, BenchConfig, Load};
 
 use crate::helpers::*;
 use crate::procs::{spawn_processes, COMPONENTS};

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use platform::db::SqliteSync;
-use saga_system::bench::{self, BenchConfig, Load, Mix};
+use saga_bench::{self as bench, BenchConfig, Load, Mix};
+
+platform::use_mimalloc!();
 
 #[derive(Debug, Parser)]
 #[command(
