@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
 use crate::relay::Relay;
 use crate::saga::engine::Outgoing;
@@ -106,8 +105,7 @@ async fn run(store: SagaStore, relay: Relay, mut rx: mpsc::Receiver<Request>) {
         if sagas.is_empty() {
             continue;
         }
-        let span = tracing::debug_span!("intake", sagas = sagas.len());
-        let results = match store.create_many(&sagas).instrument(span).await {
+        let results = match store.create_many(&sagas).await {
             Ok(results) => results,
             Err(e) if e.is_transient() || sagas.len() == 1 => {
                 // The database is away (or busy): the same for every saga of the batch, and

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use platform::kafka::{dead_letter, Disposition, MessageHandler};
+use platform::kafka::{dead_letter, Batched, Disposition, MessageHandler};
 use platform::retry::{self, Retried};
 use platform::{Envelope, TraceContext};
 
@@ -35,7 +35,9 @@ impl MessageHandler for ReplyHandler {
         &'a self,
         messages: &'a [BorrowedMessage<'a>],
     ) -> impl std::future::Future<Output = Vec<Disposition>> + Send + 'a {
-        self.apply_batch(messages)
+        // Replies that arrived together share one transaction (one commit instead of one per
+        // reply); if that fails, each is handled on its own, with its own retries.
+        platform::kafka::together_or_alone(self, messages)
     }
 
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
@@ -45,6 +47,53 @@ impl MessageHandler for ReplyHandler {
         };
         let (span, trace) = self.span(&reply, message);
         self.apply(&reply, &trace).instrument(span).await
+    }
+}
+
+impl Batched for ReplyHandler {
+    /// The reply's span (open while the batch decides about it) and trace.
+    type Context = (tracing::Span, TraceContext);
+    type Result = ReplyOutcome;
+
+    fn context(&self, reply: &Envelope, message: &BorrowedMessage<'_>) -> Self::Context {
+        self.span(reply, message)
+    }
+
+    async fn together(&self, items: &[(&Envelope, &Self::Context)]) -> Option<Vec<ReplyOutcome>> {
+        let now = platform::time::now_ms();
+        let traced: HashMap<Uuid, &Self::Context> =
+            items.iter().map(|(r, c)| (r.message_id, *c)).collect();
+        let replies: Vec<&Envelope> = items.iter().map(|(r, _)| *r).collect();
+        self.store
+            .apply_replies(&replies, now, |state, reply| {
+                let decision = self
+                    .sagas
+                    .on_reply(state, reply.into(), reply.message_id, now);
+                match traced.get(&reply.message_id) {
+                    Some((span, trace)) => {
+                        span.record("saga_type", state.saga_type.as_str());
+                        span.record("step", state.current_step());
+                        decision.traced(trace)
+                    }
+                    None => decision,
+                }
+            })
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "batch failed; handling replies one by one"))
+            .ok()
+    }
+
+    async fn done(
+        &self,
+        reply: &Envelope,
+        (span, _): &Self::Context,
+        outcome: ReplyOutcome,
+    ) -> Disposition {
+        span.in_scope(|| self.disposition(reply, Retried::Ok(outcome)))
+    }
+
+    async fn alone(&self, reply: &Envelope, (span, trace): &Self::Context) -> Disposition {
+        self.apply(reply, trace).instrument(span.clone()).await
     }
 }
 
@@ -71,66 +120,6 @@ impl ReplyHandler {
         let trace =
             platform::trace::continue_trace(&span, &TraceContext::from_kafka(message.headers()));
         (span, trace)
-    }
-
-    /// Replies that arrived together share one transaction (one commit instead of one per
-    /// reply). If that fails, each is handled on its own, with its own retries.
-    async fn apply_batch(&self, messages: &[BorrowedMessage<'_>]) -> Vec<Disposition> {
-        let parsed: Vec<Result<Envelope, String>> = messages
-            .iter()
-            .map(|m| Envelope::from_bytes(m.payload()))
-            .collect();
-        // One span per reply, open while the batch is applied.
-        let spans: Vec<Option<(tracing::Span, TraceContext)>> = parsed
-            .iter()
-            .zip(messages)
-            .map(|(p, m)| p.as_ref().ok().map(|r| self.span(r, m)))
-            .collect();
-        let traced: HashMap<Uuid, &(tracing::Span, TraceContext)> = parsed
-            .iter()
-            .zip(&spans)
-            .filter_map(|(p, s)| Some((p.as_ref().ok()?.message_id, s.as_ref()?)))
-            .collect();
-        let replies: Vec<&Envelope> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let now = platform::time::now_ms();
-        let outcomes = if replies.len() > 1 {
-            self.store
-                .apply_replies(&replies, now, |state, reply| {
-                    let decision = self
-                        .sagas
-                        .on_reply(state, reply.into(), reply.message_id, now);
-                    match traced.get(&reply.message_id) {
-                        Some((span, trace)) => {
-                            span.record("saga_type", state.saga_type.as_str());
-                            span.record("step", state.current_step());
-                            decision.traced(trace)
-                        }
-                        None => decision,
-                    }
-                })
-                .await
-                .map_err(
-                    |e| tracing::debug!(error = %e, "batch failed; handling replies one by one"),
-                )
-                .ok()
-        } else {
-            None
-        };
-        let mut outcomes = outcomes.map(Vec::into_iter);
-        let mut out = Vec::with_capacity(messages.len());
-        for (parsed, span) in parsed.iter().zip(spans) {
-            let (Ok(reply), Some((span, trace))) = (parsed, span) else {
-                let reason = parsed.as_ref().err().cloned().unwrap_or_default();
-                out.push(Disposition::unreadable(reason));
-                continue;
-            };
-            let disposition = match outcomes.as_mut().and_then(Iterator::next) {
-                Some(outcome) => span.in_scope(|| self.disposition(reply, Retried::Ok(outcome))),
-                None => self.apply(reply, &trace).instrument(span).await,
-            };
-            out.push(disposition);
-        }
-        out
     }
 
     async fn apply(&self, reply: &Envelope, trace: &TraceContext) -> Disposition {

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use platform::retry::{self, Retried};
@@ -27,6 +26,13 @@ const BATCH: i64 = 500;
 const LEASE_MS: i64 = 10_000;
 /// Permanent failures of one saga's timer, one lease apart, before the saga is parked.
 const FAILURES_BEFORE_PARKING: u32 = 3;
+
+/// What firing one saga's timer did.
+enum Fired {
+    Changed,
+    Unchanged,
+    Stopping,
+}
 
 pub struct Timers {
     pub store: SagaStore,
@@ -72,51 +78,10 @@ impl Timers {
         };
         let mut changed = 0;
         for (handled, &saga_id) in due.iter().enumerate() {
-            let span = tracing::info_span!(
-                "timer",
-                saga_id = %saga_id,
-                saga_type = tracing::field::Empty,
-                step = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-            );
-            let outcome = retry::until_cancelled(
-                cancel,
-                "handling a saga timer",
-                |e: &crate::Error| e.is_transient(),
-                || {
-                    self.store.transition(saga_id, now, |state| {
-                        // Time passing is part of the saga's own trace.
-                        let trace = platform::trace::continue_trace(&span, &state.trace);
-                        span.record("saga_type", state.saga_type.as_str());
-                        span.record("step", state.current_step());
-                        self.sagas.on_timer(state, now).traced(&trace)
-                    })
-                },
-            )
-            .instrument(span.clone())
-            .await;
-            if !matches!(outcome, Retried::Permanent(_)) {
-                self.forget_failures(saga_id);
-            }
-            match outcome {
-                Retried::Ok(Some(Changed::Yes { status, .. })) => {
-                    changed += 1;
-                    span.in_scope(|| tracing::info!(status = status.as_str(), "saga timer fired"));
-                }
-                Retried::Ok(Some(Changed::Parked { reason, .. })) => {
-                    span.in_scope(|| tracing::error!(%reason, "saga parked for an operator"))
-                }
-                Retried::Ok(_) => {}
-                Retried::Permanent(e) => {
-                    let failures = self.count_failure(saga_id);
-                    span.in_scope(|| {
-                        tracing::error!(error = %e, failures, "saga timer failed");
-                    });
-                    if failures >= FAILURES_BEFORE_PARKING {
-                        self.park(saga_id, now, failures, &e).instrument(span).await;
-                    }
-                }
-                Retried::Cancelled => {
+            match self.fire(saga_id, now, cancel).await {
+                Fired::Changed => changed += 1,
+                Fired::Unchanged => {}
+                Fired::Stopping => {
                     // Stopping: hand back what this look claimed and did not get to, so a
                     // restart (or another instance) does not wait for the lease to end.
                     let _ = self.store.release(&due[handled..], now, LEASE_MS).await;
@@ -128,6 +93,54 @@ impl Timers {
             self.relay.notify();
         }
         Some(changed)
+    }
+
+    /// Hands one due saga to the engine: its span continues the saga's own trace (time passing
+    /// is part of it).
+    #[tracing::instrument(
+        name = "timer",
+        skip(self, now, cancel),
+        fields(saga_type = tracing::field::Empty, step = tracing::field::Empty, trace_id = tracing::field::Empty)
+    )]
+    async fn fire(&self, saga_id: Uuid, now: i64, cancel: &CancellationToken) -> Fired {
+        let span = tracing::Span::current();
+        let outcome = retry::until_cancelled(
+            cancel,
+            "handling a saga timer",
+            |e: &crate::Error| e.is_transient(),
+            || {
+                self.store.transition(saga_id, now, |state| {
+                    let trace = platform::trace::continue_trace(&span, &state.trace);
+                    span.record("saga_type", state.saga_type.as_str());
+                    span.record("step", state.current_step());
+                    self.sagas.on_timer(state, now).traced(&trace)
+                })
+            },
+        )
+        .await;
+        if !matches!(outcome, Retried::Permanent(_)) {
+            self.forget_failures(saga_id);
+        }
+        match outcome {
+            Retried::Ok(Some(Changed::Yes { status, .. })) => {
+                tracing::info!(status = status.as_str(), "saga timer fired");
+                Fired::Changed
+            }
+            Retried::Ok(Some(Changed::Parked { reason, .. })) => {
+                tracing::error!(%reason, "saga parked for an operator");
+                Fired::Unchanged
+            }
+            Retried::Ok(_) => Fired::Unchanged,
+            Retried::Permanent(e) => {
+                let failures = self.count_failure(saga_id);
+                tracing::error!(error = %e, failures, "saga timer failed");
+                if failures >= FAILURES_BEFORE_PARKING {
+                    self.park(saga_id, now, failures, &e).await;
+                }
+                Fired::Unchanged
+            }
+            Retried::Cancelled => Fired::Stopping,
+        }
     }
 
     fn count_failure(&self, saga_id: Uuid) -> u32 {

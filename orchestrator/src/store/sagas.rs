@@ -8,6 +8,7 @@ impl SagaStore {
     /// `POST /orders`): one multi-row insert of the sagas, one of their messages. A saga whose
     /// idempotency key was used before (by an earlier request, or earlier in this batch) is not
     /// stored; its result is the saga the key started.
+    #[tracing::instrument(level = "debug", name = "intake", skip_all, fields(sagas = sagas.len()))]
     pub async fn create_many(&self, sagas: &[NewSaga]) -> Result<Vec<Result<Created>>> {
         if sagas.is_empty() {
             return Ok(Vec::new());

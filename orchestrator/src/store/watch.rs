@@ -129,7 +129,6 @@ impl Watchers {
     }
 
     /// How many sagas have waiters (an entry exists only while someone waits).
-
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()

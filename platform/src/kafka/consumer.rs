@@ -184,6 +184,82 @@ pub trait MessageHandler: Send + Sync {
     }
 }
 
+/// A handler of messages that can handle several in one transaction (see
+/// [`together_or_alone`]).
+pub trait Batched: Sync {
+    /// What each message is handled with: its span and trace, say.
+    type Context: Send + Sync;
+    /// What the shared transaction decided for each message.
+    type Result: Send;
+    fn context(&self, envelope: &crate::Envelope, message: &BorrowedMessage<'_>) -> Self::Context;
+    /// Handles every readable message in one transaction; `None` when that failed (having
+    /// logged why), and each must be handled alone.
+    fn together(
+        &self,
+        items: &[(&crate::Envelope, &Self::Context)],
+    ) -> impl Future<Output = Option<Vec<Self::Result>>> + Send;
+    /// Finishes one message with what the shared transaction decided for it.
+    fn done(
+        &self,
+        envelope: &crate::Envelope,
+        context: &Self::Context,
+        result: Self::Result,
+    ) -> impl Future<Output = Disposition> + Send;
+    /// Handles one message on its own, with its own retries.
+    fn alone(
+        &self,
+        envelope: &crate::Envelope,
+        context: &Self::Context,
+    ) -> impl Future<Output = Disposition> + Send;
+}
+
+/// The one way a batch of messages is handled. Each message's envelope is read (one that cannot
+/// be is dead-lettered) and given its context; when several are readable, they are handled
+/// [together](Batched::together) in one transaction; when there is only one, or that
+/// transaction fails, each is handled [alone](Batched::alone), with its own retries. So one bad
+/// message costs the batch its shared commit, never the other messages.
+pub async fn together_or_alone<B: Batched>(
+    handler: &B,
+    messages: &[BorrowedMessage<'_>],
+) -> Vec<Disposition> {
+    let parsed: Vec<Result<(crate::Envelope, B::Context), String>> = messages
+        .iter()
+        .map(|m| {
+            crate::Envelope::from_bytes(m.payload()).map(|e| {
+                let c = handler.context(&e, m);
+                (e, c)
+            })
+        })
+        .collect();
+    let results = {
+        let readable: Vec<(&crate::Envelope, &B::Context)> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|(e, c)| (e, c)))
+            .collect();
+        if readable.len() > 1 {
+            handler.together(&readable).await
+        } else {
+            None
+        }
+    };
+    let mut results = results.map(Vec::into_iter);
+    let mut out = Vec::with_capacity(messages.len());
+    for p in parsed {
+        let (envelope, context) = match p {
+            Ok(ok) => ok,
+            Err(reason) => {
+                out.push(Disposition::unreadable(reason));
+                continue;
+            }
+        };
+        out.push(match results.as_mut().and_then(Iterator::next) {
+            Some(result) => handler.done(&envelope, &context, result).await,
+            None => handler.alone(&envelope, &context).await,
+        });
+    }
+    out
+}
+
 /// Messages handed to a handler at once, at most: the ones already fetched when the first
 /// arrives, so batching adds no waiting.
 pub const MAX_BATCH: usize = 256;

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use platform::db::{self, Db};
-use platform::kafka::{dead_letter, Disposition, MessageHandler};
+use platform::kafka::{dead_letter, Batched, Disposition, MessageHandler};
 use platform::retry::{self, Retried};
 use platform::{Envelope, TraceContext};
 
@@ -23,6 +23,23 @@ use crate::chaos::Chaos;
 use crate::{Error, Result};
 
 use super::*;
+
+/// What the batch transaction came to.
+enum Batch {
+    /// Every command's reply, in order: committed.
+    Replies(Vec<Envelope>),
+    /// Rolled back: a command was refused or rejected (its effects must not be kept), or a
+    /// stored reply could not be read; each command is handled on its own.
+    OneByOne,
+}
+
+/// What handling one command came to.
+enum Handled {
+    /// Its reply (new, or the one recorded when it was first handled).
+    Reply(Envelope),
+    /// Not a command this service takes, or malformed: dead-lettered with this reason.
+    Rejected(String),
+}
 
 pub(super) struct Runner<S> {
     pub(super) service: Arc<S>,
@@ -41,7 +58,11 @@ impl<S: CommandService> MessageHandler for Runner<S> {
         &'a self,
         messages: &'a [BorrowedMessage<'a>],
     ) -> impl Future<Output = Vec<Disposition>> + Send + 'a {
-        self.process_batch(messages)
+        // Commands that arrived together share one transaction: one lookup of the commands seen
+        // before, each command's effect, one insert recording them all, one commit. If that
+        // fails, or a command is refused or rejected (whose effects must not be kept), the
+        // batch is rolled back and each command is handled on its own, with its own retries.
+        platform::kafka::together_or_alone(self, messages)
     }
 
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
@@ -74,6 +95,43 @@ fn span(
     (span, trace)
 }
 
+impl<S: CommandService> Batched for Runner<S> {
+    /// The command's span and trace.
+    type Context = (tracing::Span, TraceContext);
+    type Result = Envelope;
+
+    fn context(&self, command: &Envelope, message: &BorrowedMessage<'_>) -> Self::Context {
+        span(S::NAME, command, message)
+    }
+
+    async fn together(&self, items: &[(&Envelope, &Self::Context)]) -> Option<Vec<Envelope>> {
+        let commands: Vec<&Envelope> = items.iter().map(|(c, _)| *c).collect();
+        match self.handle_many(&commands).await {
+            Ok(Batch::Replies(replies)) => Some(replies),
+            Ok(Batch::OneByOne) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "batch failed; handling commands one by one");
+                None
+            }
+        }
+    }
+
+    async fn done(
+        &self,
+        command: &Envelope,
+        (span, trace): &Self::Context,
+        reply: Envelope,
+    ) -> Disposition {
+        self.respond(command, reply, trace)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn alone(&self, command: &Envelope, (span, trace): &Self::Context) -> Disposition {
+        self.process(command, trace).instrument(span.clone()).await
+    }
+}
+
 impl<S: CommandService> Runner<S> {
     async fn process(&self, command: &Envelope, trace: &TraceContext) -> Disposition {
         let mut failures = 0;
@@ -92,8 +150,10 @@ impl<S: CommandService> Runner<S> {
         )
         .await;
         match reply {
-            Retried::Ok(Ok(reply)) => self.respond(command, reply, trace).await,
-            Retried::Ok(Err(reason)) => Disposition::dead_letter(dead_letter::REJECTED, reason),
+            Retried::Ok(Handled::Reply(reply)) => self.respond(command, reply, trace).await,
+            Retried::Ok(Handled::Rejected(reason)) => {
+                Disposition::dead_letter(dead_letter::REJECTED, reason)
+            }
             Retried::Permanent(e) => Disposition::dead_letter(
                 dead_letter::FAILED,
                 format!("failed after {failures} attempts: {e}"),
@@ -106,46 +166,9 @@ impl<S: CommandService> Runner<S> {
     /// before, each command's effect, one insert recording them all, one commit. If that fails,
     /// or a command is refused or rejected (whose effects must not be kept), the batch is rolled
     /// back and each command is handled on its own, with its own retries.
-    async fn process_batch(&self, messages: &[BorrowedMessage<'_>]) -> Vec<Disposition> {
-        let parsed: Vec<Result<Envelope, String>> = messages
-            .iter()
-            .map(|m| Envelope::from_bytes(m.payload()))
-            .collect();
-        let commands: Vec<&Envelope> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let replies = if commands.len() > 1 {
-            self.handle_many(&commands)
-                .await
-                .map_err(
-                    |e| tracing::debug!(error = %e, "batch failed; handling commands one by one"),
-                )
-                .ok()
-                .flatten()
-        } else {
-            None
-        };
-        let mut replies = replies.map(Vec::into_iter);
-        let mut out = Vec::with_capacity(messages.len());
-        for (parsed, message) in parsed.into_iter().zip(messages) {
-            let command = match parsed {
-                Ok(c) => c,
-                Err(reason) => {
-                    out.push(Disposition::unreadable(reason));
-                    continue;
-                }
-            };
-            let (span, trace) = span(S::NAME, &command, message);
-            let disposition = match replies.as_mut().and_then(Iterator::next) {
-                Some(reply) => self.respond(&command, reply, &trace).instrument(span).await,
-                None => self.process(&command, &trace).instrument(span).await,
-            };
-            out.push(disposition);
-        }
-        out
-    }
-
-    /// The batch transaction of [`Self::process_batch`]: the reply to each command, in order, or
-    /// `None` when the batch must be handled one by one.
-    async fn handle_many(&self, commands: &[&Envelope]) -> Result<Option<Vec<Envelope>>> {
+    /// The batch transaction of [`Batched::together`]: the reply to each command, in order, or
+    /// [`Batch::OneByOne`] when the batch must be handled one by one.
+    async fn handle_many(&self, commands: &[&Envelope]) -> Result<Batch> {
         let mut tx = self.db.writer.begin().await?;
         let ids: Vec<String> = commands.iter().map(|c| c.message_id.to_string()).collect();
         let select = "SELECT command_id, reply FROM processed_commands WHERE command_id";
@@ -153,7 +176,7 @@ impl<S: CommandService> Runner<S> {
         for row in db::fetch_in(&mut *tx, self.db.engine, select, &ids).await? {
             let stored: String = row.try_get("reply")?;
             let Ok(reply) = serde_json::from_str::<Envelope>(&stored) else {
-                return Ok(None);
+                return Ok(Batch::OneByOne);
             };
             known.insert(row.try_get::<String, _>("command_id")?, reply);
         }
@@ -193,7 +216,7 @@ impl<S: CommandService> Runner<S> {
                 Some(outcome @ (Outcome::Succeeded(_) | Outcome::Failed(_))) => {
                     let Ok(reply) = outcome.reply(command) else {
                         tx.rollback().await?;
-                        return Ok(None);
+                        return Ok(Batch::OneByOne);
                     };
                     known.insert(id, reply.clone());
                     fresh.push((*command, reply.clone()));
@@ -201,13 +224,13 @@ impl<S: CommandService> Runner<S> {
                 }
                 Some(_) => {
                     tx.rollback().await?;
-                    return Ok(None);
+                    return Ok(Batch::OneByOne);
                 }
                 None => match known.get(&id) {
                     Some(reply) => reply.clone(),
                     None => {
                         tx.rollback().await?;
-                        return Ok(None);
+                        return Ok(Batch::OneByOne);
                     }
                 },
             };
@@ -231,7 +254,7 @@ impl<S: CommandService> Runner<S> {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(Some(out))
+        Ok(Batch::Replies(out))
     }
 
     /// Sends the reply to `command`, through the chaos knobs (drop, duplicate, delay), with the
@@ -314,8 +337,8 @@ impl<S: CommandService> Runner<S> {
     }
 
     /// One transaction: the stored reply if the command was seen before, else the effect, the
-    /// record of the command and its reply. `Ok(Err(_))` rejects the command.
-    async fn handle_once(&self, command: &Envelope) -> Result<Result<Envelope, String>> {
+    /// record of the command and its reply, or the reason it is rejected.
+    async fn handle_once(&self, command: &Envelope) -> Result<Handled> {
         let mut tx = self.db.writer.begin().await?;
         let seen = sqlx::query("SELECT reply FROM processed_commands WHERE command_id = $1")
             .bind(command.message_id.to_string())
@@ -325,9 +348,10 @@ impl<S: CommandService> Runner<S> {
             tx.commit().await?;
             let stored: String = row.try_get("reply")?;
             tracing::info!("command seen before; sending the same reply again");
-            return Ok(
-                serde_json::from_str(&stored).map_err(|e| format!("stored reply unreadable: {e}"))
-            );
+            return Ok(serde_json::from_str(&stored).map_or_else(
+                |e| Handled::Rejected(format!("stored reply unreadable: {e}")),
+                Handled::Reply,
+            ));
         }
         let injected = if self.chaos.fail(&command.message_type) {
             self.service.failure(command)
@@ -350,12 +374,12 @@ impl<S: CommandService> Runner<S> {
         let reply = match outcome.reply(command) {
             Ok(reply) if refused => {
                 tx.rollback().await?;
-                return Ok(Ok(reply));
+                return Ok(Handled::Reply(reply));
             }
             Ok(reply) => reply,
             Err(reason) => {
                 tx.rollback().await?;
-                return Ok(Err(reason));
+                return Ok(Handled::Rejected(reason));
             }
         };
         sqlx::query(
@@ -369,7 +393,7 @@ impl<S: CommandService> Runner<S> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Ok(reply))
+        Ok(Handled::Reply(reply))
     }
 }
 
