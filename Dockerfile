@@ -26,7 +26,12 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir /data && chown saga:saga /data
 COPY --from=build /out/ /usr/local/bin/
 COPY topics.json /etc/saga/topics.json
-ENV TOPICS_FILE=/etc/saga/topics.json RUST_LOG=info,rdkafka=warn,sqlx=warn
+# The saga definitions and the message contract, as files an operator can replace (mount a folder
+# over /etc/saga/sagas to run other sagas); the binaries carry the same ones built in.
+COPY sagas /etc/saga/sagas
+COPY messages.toml /etc/saga/messages.toml
+ENV TOPICS_FILE=/etc/saga/topics.json SAGAS_DIR=/etc/saga/sagas MESSAGES_FILE=/etc/saga/messages.toml \
+    RUST_LOG=info,rdkafka=warn,sqlx=warn
 USER 10001:10001
 WORKDIR /data
 CMD ["orchestrator"]

@@ -198,6 +198,10 @@ fn the_image_runs_unprivileged_with_topics_json_and_a_probe() {
     let dockerfile = root("Dockerfile");
     assert!(dockerfile.contains("COPY topics.json /etc/saga/topics.json"));
     assert!(dockerfile.contains("TOPICS_FILE=/etc/saga/topics.json"));
+    // The definitions the orchestrator runs are files an operator can replace.
+    assert!(dockerfile.contains("COPY sagas /etc/saga/sagas"));
+    assert!(dockerfile.contains("SAGAS_DIR=/etc/saga/sagas"));
+    assert!(dockerfile.contains("MESSAGES_FILE=/etc/saga/messages.toml"));
     assert!(
         dockerfile.contains("--mount=type=cache"),
         "dependency builds are cached"
