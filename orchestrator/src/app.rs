@@ -116,6 +116,12 @@ impl Orchestrator {
             cancel.clone(),
         ));
         tasks.spawn(relay.clone().run(cancel.clone()));
+        tasks.spawn(watch_definitions(
+            store.clone(),
+            config.sagas.clone(),
+            ops.health.clone(),
+            cancel.clone(),
+        ));
         let timers = Timers {
             store: store.clone(),
             sagas: sagas.clone(),
@@ -203,6 +209,50 @@ impl Orchestrator {
     pub async fn stop(self) {
         self.cancel.cancel();
         self.wait().await;
+    }
+}
+
+/// How often the stored sagas are compared with the loaded definitions.
+const DEFINITIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Looks for sagas whose definition version is not loaded (a deploy dropped a version that
+/// sagas still run under): they are parked, never run under another version; this says so in
+/// `/readyz` (check `sagas:definitions`, a warning: the other sagas are served) and in the log,
+/// until the version is back or those sagas have ended.
+async fn watch_definitions(
+    store: SagaStore,
+    registry: Arc<Registry>,
+    health: platform::health::Health,
+    cancel: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        if let Ok(in_use) = store.versions_in_use().await {
+            let missing: Vec<String> = in_use
+                .into_iter()
+                .filter(|(t, v, _)| registry.get(t, *v).is_none())
+                .map(|(t, v, n)| {
+                    format!("{n} sagas run under {t} version {v}, which is not loaded")
+                })
+                .collect();
+            let warning = (!missing.is_empty()).then(|| {
+                format!(
+                    "{}; they are parked until it is deployed again (SAGAS_DIR), then retried",
+                    missing.join("; ")
+                )
+            });
+            if warning != last {
+                if let Some(w) = &warning {
+                    tracing::error!(warning = %w, "saga definitions missing");
+                }
+                last = warning.clone();
+            }
+            health.warn("sagas:definitions", warning);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(DEFINITIONS_EVERY) => {}
+        }
     }
 }
 

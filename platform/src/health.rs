@@ -32,6 +32,8 @@ struct Check {
     at: Instant,
     /// Past this age the result no longer counts (its checker stopped reporting).
     max_age: Option<Duration>,
+    /// Something an operator must see that does not stop the process from serving.
+    warning: bool,
 }
 
 /// The latest result of every check of the process. Cheap to clone.
@@ -55,6 +57,25 @@ impl Health {
                     detail: detail.into(),
                     at: Instant::now(),
                     max_age,
+                    warning: false,
+                },
+            );
+        }
+    }
+
+    /// Records a warning as check `name` (`None` clears it to ok): shown by `/readyz` with its
+    /// detail, without making the process unready — some sagas need an operator, the others
+    /// are served.
+    pub fn warn(&self, name: &str, warning: Option<String>) {
+        if let Ok(mut checks) = self.0.checks.lock() {
+            checks.insert(
+                name.to_string(),
+                Check {
+                    ok: warning.is_none(),
+                    warning: warning.is_some(),
+                    detail: warning.unwrap_or_default(),
+                    at: Instant::now(),
+                    max_age: None,
                 },
             );
         }
@@ -81,6 +102,8 @@ impl Health {
                         "no result for {} s (the check is stuck)", now.duration_since(c.at).as_secs())})
                 } else if c.ok {
                     json!({"status": "ok"})
+                } else if c.warning {
+                    json!({"status": "warning", "detail": c.detail})
                 } else {
                     all_ok = false;
                     json!({"status": "failing", "detail": c.detail})
@@ -196,6 +219,19 @@ mod tests {
         assert!(!h.report().0, "a result past its age does not count");
         h.set("stale", true, "", None);
         assert!(h.report().0);
+        h.warn("sagas", Some("3 sagas need create_order v1".into()));
+        let (ok, body) = h.report();
+        assert!(
+            ok,
+            "a warning is shown but does not make the process unready"
+        );
+        assert_eq!(body["checks"]["sagas"]["status"], "warning");
+        assert_eq!(
+            body["checks"]["sagas"]["detail"],
+            "3 sagas need create_order v1"
+        );
+        h.warn("sagas", None);
+        assert_eq!(h.report().1["checks"]["sagas"]["status"], "ok");
         pending(&h, "broker");
         let (ok, body) = h.report();
         assert!(!ok, "a registered check without a result yet is not ready");

@@ -341,3 +341,132 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     assert_eq!(found.map(|s| s.saga_id), Some(saga_id));
     app.stop().await;
 }
+
+/// Loads `sagas/` with create_order's file given `version` (and, with `keep_v1`, the shipped
+/// version 1 beside it).
+fn registry_with_create_order(
+    version: u32,
+    keep_v1: bool,
+) -> (tempfile::TempDir, Arc<orchestrator::saga::Registry>) {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sagas/create_order.toml"
+    ))
+    .unwrap();
+    let v = shipped.replace("version = 1", &format!("version = {version}"));
+    std::fs::write(dir.path().join(format!("create_order_v{version}.toml")), v).unwrap();
+    if keep_v1 {
+        std::fs::write(dir.path().join("create_order_v1.toml"), shipped).unwrap();
+    }
+    let registry = orchestrator::app::SagaArgs {
+        sagas_dir: Some(dir.path().into()),
+        messages_file: None,
+    }
+    .load(&platform::Topics::load(None).unwrap())
+    .unwrap();
+    (dir, registry)
+}
+
+/// A saga keeps the definition version it started with; when a deploy drops that version the
+/// saga is parked (never run under version 2) and `/readyz` says so while serving the others;
+/// once the version is back, `retry` resumes it and it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it_is_back() {
+    // No user service: the saga waits on get_payment_info.
+    // Short deadlines, and attempts enough to outlast the user service's group join.
+    let policy = orchestrator::Policy {
+        max_attempts: 40,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        policy,
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga("c-versioned").await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+
+    // Deploy: create_order version 2 only.
+    app.stop_orchestrator().await;
+    let (_v2_dir, v2_only) = registry_with_create_order(2, false);
+    app.config.sagas = v2_only;
+    // A new process's readiness (the stopped one's says "shutting down").
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator().await;
+    let parked = app
+        .wait_for(&id, std::time::Duration::from_secs(10), |s| {
+            !s["parked"].is_null()
+        })
+        .await;
+    assert!(
+        parked["parked"]
+            .as_str()
+            .unwrap()
+            .contains("version 1 is not loaded"),
+        "{parked}"
+    );
+    assert_eq!(parked["status"], "STARTED");
+    assert_eq!(parked["definition_version"], 1);
+    // Ready once its consumer group has joined: the warning does not keep it out of service.
+    let mut ready = Value::Null;
+    for _ in 0..60 {
+        let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let ok = r.status() == StatusCode::OK;
+        ready = r.json().await.unwrap();
+        if ok {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        ready["status"], "ready",
+        "the other sagas are served: {ready}"
+    );
+    let check = &ready["checks"]["sagas:definitions"];
+    assert_eq!(check["status"], "warning", "{ready}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("create_order version 1"),
+        "{ready}"
+    );
+    // New sagas start under version 2.
+    let (_, body, _) = start(&app, "create_order", &create_order_input("c-v2"), None).await;
+    assert_eq!(body["definition_version"], 2);
+    // A retry cannot resume it while its version is missing.
+    let (status, _) = app.post(&format!("/sagas/{id}/retry")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Deploy both versions, and the missing participant: retry resumes it under version 1.
+    app.stop_orchestrator().await;
+    let (_both_dir, both) = registry_with_create_order(2, true);
+    app.config.sagas = both;
+    app.config.ops = platform::Ops::default();
+    app.start_service("users").await;
+    app.start_orchestrator().await;
+    let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["definition_version"], 1);
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"]["sagas:definitions"]["status"], "ok",
+        "{ready}"
+    );
+    app.stop().await;
+}

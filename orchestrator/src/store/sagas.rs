@@ -4,6 +4,28 @@
 use super::*;
 
 impl SagaStore {
+    /// How many sagas that still need their definition (running, or FAILED and retryable) each
+    /// (type, version) has.
+    pub async fn versions_in_use(&self) -> Result<Vec<(String, u32, i64)>> {
+        let rows = sqlx::query(
+            "SELECT saga_type, CAST(definition_version AS BIGINT) AS definition_version, COUNT(*) AS n FROM sagas \
+             WHERE status IN ('STARTED', 'COMPENSATING', 'CANCELLING', 'FAILED') \
+             GROUP BY saga_type, definition_version",
+        )
+        .fetch_all(&self.db.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get("definition_version")?;
+                Ok((
+                    r.try_get("saga_type")?,
+                    u32::try_from(version).unwrap_or(0),
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Stores new sagas and their first messages in ONE transaction (group commit for
     /// `POST /orders`): one multi-row insert of the sagas, one of their messages. A saga whose
     /// idempotency key was used before (by an earlier request, or earlier in this batch) is not
