@@ -58,6 +58,21 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
         "CampusG's fields stay"
     );
     assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+
+    // The AsyncAPI document of what runs: both shipped sagas' commands and replies.
+    let (status, doc) = app.get_json("/asyncapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(doc["channels"]["payment_commands"]["address"], "payment_commands");
+    for (channel, message) in [
+        ("payment_commands", "refund_payment"),
+        ("payment_events", "payment.refund_failed"),
+        ("order_commands", "create_order"),
+        ("user_events", "user.refund_ineligible"),
+        ("notification_events", "saga.compensated"),
+    ] {
+        assert!(doc["channels"][channel]["messages"][message].is_object(), "{channel}: {message}");
+    }
     app.stop().await;
 }
 
