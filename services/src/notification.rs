@@ -4,7 +4,6 @@
 //! It has its own consumer group, so it sees every message without taking any from the
 //! orchestrator or the services.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -179,15 +178,10 @@ impl MessageHandler for Notifier {
 
     /// One write for every message fetched together: a file write is a trip to tokio's
     /// blocking pool (measured: one per message cost 2 % of the CPU of a benchmark).
-    fn handle_batch<'a>(
-        &'a self,
-        messages: &'a [BorrowedMessage<'a>],
-    ) -> impl Future<Output = Vec<Disposition>> + Send + 'a {
-        async move {
-            match self.log(messages).await {
-                Disposition::Done => messages.iter().map(|_| Disposition::Done).collect(),
-                _ => messages.iter().map(|_| Disposition::Abandoned).collect(),
-            }
+    async fn handle_batch<'a>(&'a self, messages: &'a [BorrowedMessage<'a>]) -> Vec<Disposition> {
+        match self.log(messages).await {
+            Disposition::Done => messages.iter().map(|_| Disposition::Done).collect(),
+            _ => messages.iter().map(|_| Disposition::Abandoned).collect(),
         }
     }
 }

@@ -63,7 +63,10 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
     let (status, doc) = app.get_json("/asyncapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["asyncapi"], "3.0.0");
-    assert_eq!(doc["channels"]["payment_commands"]["address"], "payment_commands");
+    assert_eq!(
+        doc["channels"]["payment_commands"]["address"],
+        "payment_commands"
+    );
     for (channel, message) in [
         ("payment_commands", "refund_payment"),
         ("payment_events", "payment.refund_failed"),
@@ -71,7 +74,10 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
         ("user_events", "user.refund_ineligible"),
         ("notification_events", "saga.compensated"),
     ] {
-        assert!(doc["channels"][channel]["messages"][message].is_object(), "{channel}: {message}");
+        assert!(
+            doc["channels"][channel]["messages"][message].is_object(),
+            "{channel}: {message}"
+        );
     }
     app.stop().await;
 }
