@@ -29,27 +29,19 @@ fn envelope(message_type: &str, payload: &Value) -> Value {
     })
 }
 
-/// Which saga steps send each command, and which replies they wait for.
-#[derive(Default)]
-struct Usage {
-    /// command -> "saga vN: step" entries.
-    commands: BTreeMap<String, Vec<String>>,
-}
-
 pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Value {
-    let mut usage = Usage::default();
+    // Which saga steps send each command: command -> "saga vN: step".
+    let mut senders: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut lifecycle_topics = Vec::new();
     for def in registry.all() {
         let who = |step: &str| format!("{} v{}: {step}", def.saga_type, def.version);
         for step in &def.steps {
-            usage
-                .commands
+            senders
                 .entry(step.command.command_type.clone())
                 .or_default()
                 .push(who(&step.name));
             if let Some(c) = &step.compensation {
-                usage
-                    .commands
+                senders
                     .entry(c.command.command_type.clone())
                     .or_default()
                     .push(who(&format!("{} (compensation of {})", c.name, step.name)));
@@ -85,7 +77,7 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                 json!({"$ref": format!("#/components/messages/{name}")}),
             );
     };
-    for (command, used_by) in &usage.commands {
+    for (command, used_by) in &senders {
         let Some(c) = contract.command(command) else {
             continue;
         };

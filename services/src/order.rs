@@ -16,7 +16,7 @@ use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
 use crate::runtime::{
-    column, field, move_status, pairs, reject_on_err, CommandService, Outcome, Outcomes, StatusMove,
+    column, field, pairs, reject_on_err, CommandService, Outcome, Outcomes, StatusStep,
 };
 use crate::Result;
 
@@ -138,27 +138,18 @@ async fn refund_step(
         "abort_refund" => ("REFUNDING", "CREATED"),
         _ => ("REFUNDING", "REFUNDED"),
     };
-    let customer = if command == "begin_refund" {
-        customer
-    } else {
-        None
-    };
-    let moved = move_status(tx, "orders", "order_id", order_id, customer, from, to, now).await?;
-    Ok(match (command, moved) {
-        (_, StatusMove::Moved | StatusMove::Already) => {
-            Outcome::Succeeded(json!({"order_id": order_id, "status": to}))
-        }
-        // Nothing to undo: the refund never began (or was undone already).
-        ("abort_refund", _) => Outcome::Succeeded(json!({"order_id": order_id, "status": null})),
-        (_, StatusMove::Missing) => Outcome::Failed(json!({
-            "order_id": order_id,
-            "reason": "no such order for this customer",
-        })),
-        (_, StatusMove::Was(status)) => Outcome::Failed(json!({
-            "order_id": order_id,
-            "reason": format!("the order is {status}, not {from}"),
-        })),
-    })
+    StatusStep {
+        table: "orders",
+        key_column: "order_id",
+        thing: "order",
+        key: order_id,
+        customer_id: customer.filter(|_| command == "begin_refund"),
+        from,
+        to,
+        undo: command == "abort_refund",
+    }
+    .apply(tx, now)
+    .await
 }
 
 /// Looks up the order of each of a list of sagas (see [`db::fetch_in`]).

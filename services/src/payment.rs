@@ -17,9 +17,7 @@ use uuid::Uuid;
 use platform::db::{self, Engine, Migrations};
 use platform::{Envelope, TopicSpec, Topics};
 
-use crate::runtime::{
-    column, field, move_status, reject_on_err, CommandService, Outcome, Outcomes, StatusMove,
-};
+use crate::runtime::{column, field, reject_on_err, CommandService, Outcome, Outcomes, StatusStep};
 use crate::Result;
 
 /// The same SQL runs on SQLite and PostgreSQL.
@@ -292,24 +290,21 @@ async fn refund_step(
             "reason": "the provider refused the refund (test customer refundfail-)",
         })));
     }
-    let customer = if command == "hold_refund" {
-        customer
-    } else {
-        None
-    };
-    let moved = move_status(
-        tx,
-        "payments",
-        "payment_id",
-        payment_id,
-        customer,
+    let mut outcome = StatusStep {
+        table: "payments",
+        key_column: "payment_id",
+        thing: "payment",
+        key: payment_id,
+        customer_id: customer.filter(|_| command == "hold_refund"),
         from,
         to,
-        now,
-    )
+        undo: command == "release_refund_hold",
+    }
+    .apply(tx, now)
     .await?;
-    Ok(match (command, moved) {
-        (_, StatusMove::Moved | StatusMove::Already) => {
+    // A payment that moved says its amount (the refund saga keeps it).
+    if let Outcome::Succeeded(Value::Object(reply)) = &mut outcome {
+        if reply["status"].is_string() {
             let amount: Option<i64> =
                 sqlx::query("SELECT amount_cents FROM payments WHERE payment_id = $1")
                     .bind(payment_id)
@@ -317,23 +312,8 @@ async fn refund_step(
                     .await?
                     .map(|r| r.try_get("amount_cents"))
                     .transpose()?;
-            Outcome::Succeeded(json!({
-                "payment_id": payment_id,
-                "status": to,
-                "amount_cents": amount,
-            }))
+            reply.insert("amount_cents".into(), json!(amount));
         }
-        // Nothing held: nothing to release.
-        ("release_refund_hold", _) => {
-            Outcome::Succeeded(json!({"payment_id": payment_id, "status": null}))
-        }
-        (_, StatusMove::Missing) => Outcome::Failed(json!({
-            "payment_id": payment_id,
-            "reason": "no such payment for this customer",
-        })),
-        (_, StatusMove::Was(status)) => Outcome::Failed(json!({
-            "payment_id": payment_id,
-            "reason": format!("the payment is {status}, not {from}"),
-        })),
-    })
+    }
+    Ok(outcome)
 }

@@ -253,7 +253,9 @@ async fn list_sagas(
     if let (true, Some(last)) = (more, sagas.last()) {
         let mut query = vec![format!("limit={limit}")];
         if let Some(t) = &saga_type {
-            query.push(format!("type={}", encode(t)));
+            // A saga type is a-z, 0-9 and _, but a client may have sent anything.
+            let t = percent_encoding::utf8_percent_encode(t, QUERY_VALUE);
+            query.push(format!("type={t}"));
         }
         if let Some(s) = status {
             query.push(format!("status={}", s.as_str()));
@@ -273,18 +275,12 @@ fn parse_cursor(cursor: &str) -> Option<(i64, Uuid)> {
     Some((at.parse().ok()?, Uuid::parse_str(id).ok()?))
 }
 
-/// Percent-encodes a query value (a saga type is a-z, 0-9 and _, but a client may send more).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// What a query value keeps unencoded: RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'~');
 
 /// An operator command taken: `message` as CampusG answers a cancel, the saga and its status.
 #[derive(Debug, Serialize)]

@@ -3,12 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use platform::db::{self};
+use platform::db;
 use platform::Envelope;
+
+use super::Outcome;
 
 use crate::Result;
 
@@ -42,67 +44,76 @@ pub fn pairs(rows: Vec<AnyRow>, key: &str, value: &str) -> Result<HashMap<String
         .collect::<std::result::Result<_, sqlx::Error>>()?)
 }
 
-/// Where a row stood when asked to move from one status to another.
-#[derive(Debug, PartialEq)]
-pub enum StatusMove {
-    /// It was in the expected status and now is in the new one.
-    Moved,
-    /// It is in the new status already (a command handled under another id, say).
-    Already,
-    /// It is in another status; nothing changed.
-    Was(String),
-    /// No such row (for this customer).
-    Missing,
+/// One row's move from one status to another: what each refund command does. `table`,
+/// `key_column` and `thing` are the service's own names, never input.
+pub struct StatusStep<'a> {
+    pub table: &'static str,
+    pub key_column: &'static str,
+    /// What the row is, in a failure's reason (`order`, `payment`).
+    pub thing: &'static str,
+    pub key: &'a str,
+    /// Only this customer's row moves (the step that starts a refund checks ownership).
+    pub customer_id: Option<&'a str>,
+    pub from: &'static str,
+    pub to: &'static str,
+    /// A compensation: a row that is not in `from` has nothing to undo, which is a success.
+    pub undo: bool,
 }
 
-/// Moves one row of `table` (found by `key_column = key`, and `customer_id` when given) from
-/// status `from` to `to`: the refund commands' one state change each. `table` and `key_column`
-/// are the service's own names, never input.
-#[allow(clippy::too_many_arguments)]
-pub async fn move_status(
-    tx: &mut Transaction<'_, Any>,
-    table: &str,
-    key_column: &str,
-    key: &str,
-    customer_id: Option<&str>,
-    from: &str,
-    to: &str,
-    now: i64,
-) -> Result<StatusMove> {
-    let customer = if customer_id.is_some() {
-        " AND customer_id = $5"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE {table} SET status = $1, updated_at = $2 WHERE {key_column} = $3 AND status = $4{customer}"
-    );
-    let mut q = db::dynamic(&sql).bind(to).bind(now).bind(key).bind(from);
-    if let Some(c) = customer_id {
-        q = q.bind(c);
-    }
-    if q.execute(&mut **tx).await?.rows_affected() > 0 {
-        return Ok(StatusMove::Moved);
-    }
-    let customer = if customer_id.is_some() {
-        " AND customer_id = $2"
-    } else {
-        ""
-    };
-    let sql = format!("SELECT status FROM {table} WHERE {key_column} = $1{customer}");
-    let mut q = db::dynamic(&sql).bind(key);
-    if let Some(c) = customer_id {
-        q = q.bind(c);
-    }
-    Ok(match q.fetch_optional(&mut **tx).await? {
-        None => StatusMove::Missing,
-        Some(row) => {
-            let status: String = row.try_get("status")?;
-            if status == to {
-                StatusMove::Already
-            } else {
-                StatusMove::Was(status)
-            }
+impl StatusStep<'_> {
+    /// Moves the row and says what to reply: success (also when the row is in `to` already, a
+    /// command handled under another id), or failure naming the status it is in.
+    pub async fn apply(&self, tx: &mut Transaction<'_, Any>, now: i64) -> Result<Outcome> {
+        let (table, key_column) = (self.table, self.key_column);
+        let customer = if self.customer_id.is_some() {
+            " AND customer_id = $5"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE {table} SET status = $1, updated_at = $2 WHERE {key_column} = $3 AND status = $4{customer}"
+        );
+        let mut q = db::dynamic(&sql)
+            .bind(self.to)
+            .bind(now)
+            .bind(self.key)
+            .bind(self.from);
+        if let Some(c) = self.customer_id {
+            q = q.bind(c);
         }
-    })
+        let moved = q.execute(&mut **tx).await?.rows_affected() > 0;
+        let status: Option<String> = if moved {
+            Some(self.to.to_string())
+        } else {
+            let customer = if self.customer_id.is_some() {
+                " AND customer_id = $2"
+            } else {
+                ""
+            };
+            let sql = format!("SELECT status FROM {table} WHERE {key_column} = $1{customer}");
+            let mut q = db::dynamic(&sql).bind(self.key);
+            if let Some(c) = self.customer_id {
+                q = q.bind(c);
+            }
+            q.fetch_optional(&mut **tx)
+                .await?
+                .map(|row| row.try_get("status"))
+                .transpose()?
+        };
+        Ok(match status {
+            Some(status) if status == self.to => {
+                Outcome::Succeeded(json!({ key_column: self.key, "status": self.to }))
+            }
+            // Nothing to undo: the step it undoes never happened (or was undone already).
+            _ if self.undo => Outcome::Succeeded(json!({ key_column: self.key, "status": null })),
+            None => Outcome::Failed(json!({
+                key_column: self.key,
+                "reason": format!("no such {} for this customer", self.thing),
+            })),
+            Some(status) => Outcome::Failed(json!({
+                key_column: self.key,
+                "reason": format!("the {} is {status}, not {}", self.thing, self.from),
+            })),
+        })
+    }
 }
