@@ -645,11 +645,18 @@ async fn a_create_past_its_deadline_is_answered_with_its_outcome_never_a_503_for
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_database() {
     use rdkafka::bindings::rd_kafka_resp_err_t as E;
-    let app = spawn_app().await;
+    // The topic refuses writes before any component starts: a producer that had already read
+    // the topic's metadata (the readiness check asks for every topic's) would publish to it
+    // anyway, and the letter would never need the table.
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
     let dlq = app.config.topics.dead_letter.name.clone();
     app.kafka
         .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
         .unwrap();
+    for s in ["notification", "orders", "users", "payments"] {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await;
     let topic = app.config.topics.user_events.name.clone();
     let key = uuid::Uuid::new_v4().to_string();
     app.produce(&topic, &key, b"{unreadable while the DLQ is denied")

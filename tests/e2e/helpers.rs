@@ -28,7 +28,11 @@ pub const ALL_SERVICES: [&str; 4] = ["notification", "orders", "users", "payment
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub client: reqwest::Client,
-    pub kafka: EmbeddedKafka,
+    /// Dropped by [`TestApp::stop`] only, after every client of it has stopped. A test that fails
+    /// before `stop` leaves it alive (leaked): the runtime then drops the components' consumers,
+    /// whose close waits for their group coordinator, and with the cluster gone that wait never
+    /// ends, turning one failed assertion into a hung test run.
+    pub kafka: std::mem::ManuallyDrop<EmbeddedKafka>,
     pub config: SystemConfig,
     pub orchestrator: Option<orchestrator::Orchestrator>,
     pub services: HashMap<&'static str, ServiceHandle>,
@@ -180,7 +184,7 @@ pub async fn spawn_app_on(
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap(),
-        kafka,
+        kafka: std::mem::ManuallyDrop::new(kafka),
         config,
         orchestrator: None,
         services: HashMap::new(),
@@ -273,6 +277,9 @@ impl TestApp {
         for (_, s) in self.services.drain() {
             s.stop().await;
         }
+        // SAFETY: dropped once, here, and `self` (whose drop leaves this field alone) is not
+        // used afterwards.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.kafka) };
     }
 
     /// A connection to one component's database, to check its effects directly.
