@@ -69,7 +69,9 @@ pub async fn start(app: &AppState, request: StartRequest<'_>) -> Result<Started,
     let Value::Object(input) = input else {
         unreachable!("built from a map above")
     };
-    let saga_id = Uuid::new_v4();
+    // Time-ordered (UUID v7, monotonic within the process): sagas one instance starts in the
+    // same millisecond still list newest first, since `GET /sagas` breaks `created_at` ties by id.
+    let saga_id = Uuid::now_v7();
     let span = tracing::info_span!(
         "start_saga",
         saga_id = %saga_id,
