@@ -37,6 +37,8 @@ struct Args {
     #[command(flatten)]
     sagas: orchestrator::app::SagaArgs,
     #[command(flatten)]
+    offline: orchestrator::app::OfflineArgs,
+    #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
     #[command(flatten)]
     chaos: services::chaos::Chaos,
@@ -57,6 +59,13 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
         .sagas
         .load(&topics)
         .map_err(saga_system::Error::Orchestrator)?;
+    if args
+        .offline
+        .answer(&sagas, &topics)
+        .map_err(saga_system::Error::Orchestrator)?
+    {
+        return Ok(());
+    }
     let config = saga_system::SystemConfig {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -278,6 +278,51 @@ impl SagaArgs {
     }
 }
 
+/// Answers about the saga files that need no Kafka and no database: a deployment's CI checks
+/// its definitions, or publishes their AsyncAPI document, with the binary it will run.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OfflineArgs {
+    /// Check the saga definitions against the message contract and topics.json, print each
+    /// saga in one line, and exit: 0 when every file is right, else 1 with the problem.
+    #[arg(long)]
+    pub check_sagas: bool,
+    /// Print the AsyncAPI document of the loaded definitions (what `/asyncapi.json` serves) and
+    /// exit.
+    #[arg(long, conflicts_with = "check_sagas")]
+    pub print_asyncapi: bool,
+}
+
+impl OfflineArgs {
+    /// Prints what a flag asks for: `true` when it did, and the process exits instead of
+    /// starting. A reader that stops early (`| head`) ends the output quietly.
+    pub fn answer(&self, registry: &Registry, topics: &platform::Topics) -> Result<bool> {
+        use std::io::Write;
+        let Some(output) = self.output(registry, topics) else {
+            return Ok(false);
+        };
+        let mut stdout = std::io::stdout().lock();
+        match writeln!(stdout, "{output}").and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(e)),
+            _ => Ok(true),
+        }
+    }
+
+    /// What to print instead of starting, when one of the flags is given.
+    pub fn output(&self, registry: &Registry, topics: &platform::Topics) -> Option<String> {
+        if self.print_asyncapi {
+            let document = crate::asyncapi::document(registry, &registry.contract, topics);
+            return Some(serde_json::to_string_pretty(&document).expect("JSON values serialize"));
+        }
+        self.check_sagas.then(|| {
+            registry
+                .all()
+                .map(|d| d.outline())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+}
+
 /// Deadlines and retries, from flags or the environment (defaults: [`Policy::default`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PolicyArgs {

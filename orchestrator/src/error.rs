@@ -29,6 +29,8 @@ pub enum Error {
     Definition { file: String, problem: String },
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error("writing to stdout: {0}")]
+    Output(std::io::Error),
 }
 
 impl Error {

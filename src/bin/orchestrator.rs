@@ -26,24 +26,54 @@ struct Args {
     #[command(flatten)]
     sagas: orchestrator::app::SagaArgs,
     #[command(flatten)]
+    offline: orchestrator::app::OfflineArgs,
+    #[command(flatten)]
     policy: orchestrator::app::PolicyArgs,
     #[command(flatten)]
     api: orchestrator::http::ApiArgs,
 }
 
+/// `--check-sagas` and `--print-asyncapi` need to know where the files are, not where Kafka and
+/// the database are: tried first on their own, so that they work without `DATABASE_URL` or
+/// `KAFKA_BROKERS` (with any other flag, the full parse below handles them).
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator")]
+struct OfflineCli {
+    #[command(flatten)]
+    offline: orchestrator::app::OfflineArgs,
+    #[command(flatten)]
+    sagas: orchestrator::app::SagaArgs,
+    #[arg(long, env = "TOPICS_FILE")]
+    topics_file: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if let Ok(cli) = OfflineCli::try_parse() {
+        if cli.offline.check_sagas || cli.offline.print_asyncapi {
+            return platform::shutdown::exit(offline(&cli));
+        }
+    }
     let args = Args::parse();
     platform::shutdown::exit(run(args).await)
 }
 
+fn offline(cli: &OfflineCli) -> Result<(), Box<dyn std::error::Error>> {
+    let topics = platform::Topics::load(cli.topics_file.as_deref())?;
+    let sagas = cli.sagas.load(&topics)?;
+    cli.offline.answer(&sagas, &topics)?;
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _telemetry = platform::telemetry::init("orchestrator")?;
+    let topics = platform::Topics::load(args.kafka.topics_file.as_deref())?;
+    let sagas = args.sagas.load(&topics)?;
+    if args.offline.answer(&sagas, &topics)? {
+        return Ok(());
+    }
     // Settings first: a missing token must stop the start before anything connects.
     let api = args.api.config(args.listen)?;
-    let sagas = args
-        .sagas
-        .load(&platform::Topics::load(args.kafka.topics_file.as_deref())?)?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = orchestrator::Config {

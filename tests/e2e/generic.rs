@@ -2,7 +2,10 @@
 //! of a temporary folder run end to end against the stub participants.
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -34,6 +37,43 @@ async fn start(
     let r = request.send().await.unwrap();
     let (status, headers) = (r.status(), r.headers().clone());
     (status, r.json().await.unwrap_or(Value::Null), headers)
+}
+
+/// Runs the orchestrator binary with `args`, pointed at a Kafka and a PostgreSQL that are not
+/// there: (exit code, stdout, stderr). Panics if it does not exit by itself.
+fn run_offline(args: &[&str], sagas_dir: Option<&Path>) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("RUST_LOG", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args);
+    if let Some(dir) = sagas_dir {
+        command.env("SAGAS_DIR", dir);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let Ok(output) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        panic!("orchestrator {args:?} did not exit: it tried to start instead of answering");
+    };
+    let output = output.unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +119,67 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
             "{channel}: {message}"
         );
     }
+    // The binary prints the same document offline, for a deployment to publish.
+    let (code, printed, stderr) = run_offline(&["--print-asyncapi"], None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed: Value = serde_json::from_str(&printed).expect("stdout is the JSON document");
+    assert_eq!(printed, doc, "the printed document is the served one");
     app.stop().await;
+}
+
+/// A deployment's CI checks its saga files with the binary it will run, and publishes their
+/// AsyncAPI document, with no Kafka or database to reach.
+#[test]
+fn the_binary_checks_saga_files_and_prints_their_asyncapi_without_kafka_or_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("quick_order.toml"), PAY_IN_PARALLEL).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sagas/create_order.toml"),
+        dir.path().join("create_order.toml"),
+    )
+    .unwrap();
+    let (code, out, stderr) = run_offline(&["--check-sagas"], Some(dir.path()));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "create_order v1: create_order -> get_payment_info -> authorize_payment -> \
+             update_order_status; undone by cancel_order, revert_payment",
+            "quick_order v1: create_order -> pay(get_payment_info + authorize_payment) -> \
+             update_order_status; undone by cancel_order, revert_payment",
+        ]
+    );
+
+    let (code, out, stderr) = run_offline(&["--print-asyncapi"], Some(dir.path()));
+    assert_eq!(code, Some(0), "{stderr}");
+    let doc: Value = serde_json::from_str(&out).expect("stdout is the JSON document");
+    let about = doc["info"]["description"].as_str().unwrap();
+    assert!(
+        about.ends_with("create_order v1, quick_order v1"),
+        "{about}"
+    );
+    assert!(doc["operations"]["send_update_order_status"].is_object());
+    assert!(
+        doc["operations"]["send_begin_refund"].is_null(),
+        "only what the folder declares"
+    );
+
+    // A mistake: exit 1, nothing on stdout, one line naming the file, the step and the problem.
+    std::fs::write(
+        dir.path().join("ship.toml"),
+        "saga = \"ship\"\nversion = 1\n[[steps]]\ncommand = \"get_payment_info\"\nsend = [\"customer_id\"]\n",
+    )
+    .unwrap();
+    let (code, out, stderr) = run_offline(&["--check-sagas"], Some(dir.path()));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(out, "");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"));
+    for named in ["ship.toml", "step get_payment_info", "`customer_id`"] {
+        assert!(line.contains(named), "{line:?} does not name {named}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

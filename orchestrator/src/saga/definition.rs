@@ -146,6 +146,42 @@ impl SagaDefinition {
         self.steps.get(index)
     }
 
+    /// The saga in one line, for people checking what a file declares:
+    /// `refund_order v1: begin_refund -> verify(check_refund_eligibility + hold_refund) -> …;
+    /// undone by abort_refund, release_refund_hold`.
+    pub fn outline(&self) -> String {
+        let mut stages = Vec::new();
+        let mut index = 0;
+        while index < self.steps.len() {
+            let stage = self.stage(index);
+            let names: Vec<&str> = self.steps[stage.clone()]
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            stages.push(match &self.steps[index].group {
+                Some(group) => format!("{group}({})", names.join(" + ")),
+                None => names.join(""),
+            });
+            index = stage.end;
+        }
+        let undo: Vec<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| s.compensation.as_ref().map(|c| c.name.as_str()))
+            .collect();
+        let undo = if undo.is_empty() {
+            "nothing to undo".to_string()
+        } else {
+            format!("undone by {}", undo.join(", "))
+        };
+        format!(
+            "{} v{}: {}; {undo}",
+            self.saga_type,
+            self.version,
+            stages.join(" -> ")
+        )
+    }
+
     /// The steps sent together with step `index`: its parallel group, or the step alone.
     pub fn stage(&self, index: usize) -> Range<usize> {
         let Some(group) = self.steps.get(index).and_then(|s| s.group.as_ref()) else {

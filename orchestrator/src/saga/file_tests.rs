@@ -75,6 +75,26 @@ fn the_repository_definitions_load() {
 }
 
 #[test]
+fn an_outline_shows_the_order_the_groups_and_what_undoes_them() {
+    let registry = SagasSource::BuiltIn
+        .load(&topics(), Contract::built_in())
+        .unwrap();
+    assert_eq!(
+        registry.latest("refund_order").unwrap().outline(),
+        "refund_order v1: begin_refund -> verify(check_refund_eligibility + hold_refund) \
+         -> refund_payment -> complete_refund; undone by abort_refund, release_refund_hold"
+    );
+    let alone = load(&with_steps(
+        "[[steps]]\ncommand = \"get_payment_info\"\nsend = [\"customer_id\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        alone.outline(),
+        "ship v1: get_payment_info; nothing to undo"
+    );
+}
+
+#[test]
 fn a_minimal_definition_loads_with_names_from_the_contract() {
     let def = load(&with_steps(CREATE)).unwrap();
     assert_eq!(def.saga_type, "ship");
