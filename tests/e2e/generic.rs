@@ -131,13 +131,7 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
 /// AsyncAPI document, with no Kafka or database to reach.
 #[test]
 fn the_binary_checks_saga_files_and_prints_their_asyncapi_without_kafka_or_a_database() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("quick_order.toml"), PAY_IN_PARALLEL).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/sagas/create_order.toml"),
-        dir.path().join("create_order.toml"),
-    )
-    .unwrap();
+    let dir = quick_order_folder();
     let (code, out, stderr) = run_offline(&["--check-sagas"], Some(dir.path()));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
@@ -284,8 +278,8 @@ send = ["order_id", "customer_id"]
 args = { status = "CREATED" }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
+/// A temporary folder with `quick_order` (above) and the shipped `create_order`.
+fn quick_order_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("quick_order.toml"), PAY_IN_PARALLEL).unwrap();
     std::fs::copy(
@@ -293,6 +287,12 @@ async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
         dir.path().join("create_order.toml"),
     )
     .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
+    let dir = quick_order_folder();
     let topics = platform::Topics::load(None).unwrap();
     let registry = orchestrator::app::SagaArgs {
         sagas_dir: Some(dir.path().into()),
