@@ -45,6 +45,9 @@ impl MessageHandler for ReplyHandler {
             Ok(e) => e,
             Err(reason) => return Disposition::unreadable(reason),
         };
+        if let Some(refused) = self.refuse(&reply) {
+            return refused;
+        }
         let (span, trace) = self.span(&reply, message);
         self.apply(&reply, &trace).instrument(span).await
     }
@@ -57,6 +60,25 @@ impl Batched for ReplyHandler {
 
     fn context(&self, reply: &Envelope, message: &BorrowedMessage<'_>) -> Self::Context {
         self.span(reply, message)
+    }
+
+    /// A reply whose payload breaks its schema in the message contract never reaches its saga:
+    /// a participant answering `payment.authorized` without `payment_id` would otherwise move
+    /// the saga on without what later steps need. The step's deadline re-sends the command.
+    fn refuse(&self, reply: &Envelope) -> Option<Disposition> {
+        let problems = self
+            .sagas
+            .registry
+            .check_reply(&reply.message_type, &reply.payload)
+            .err()?;
+        Some(Disposition::dead_letter(
+            dead_letter::REJECTED,
+            format!(
+                "{} breaks its schema in the message contract: {}",
+                reply.message_type,
+                problems.join("; ")
+            ),
+        ))
     }
 
     async fn together(&self, items: &[(&Envelope, &Self::Context)]) -> Option<Vec<ReplyOutcome>> {

@@ -244,18 +244,33 @@ async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves
     assert!(headers["dlq.source.partition"].parse::<i32>().is_ok());
 
     // A well-formed reply for a saga nobody started, on the same partition, after the garbage.
-    let orphan = serde_json::json!({
-        "message_id": uuid::Uuid::new_v4(),
-        "type": "user.payment_info_retrieved",
-        "correlation_id": key,
-        "causation_id": uuid::Uuid::new_v4(),
-        "timestamp": "2026-01-01T00:00:00Z",
-        "payload": {}
-    })
-    .to_string();
+    let reply = |payload: Value| {
+        serde_json::json!({
+            "message_id": uuid::Uuid::new_v4(),
+            "type": "user.payment_info_retrieved",
+            "correlation_id": key,
+            "causation_id": uuid::Uuid::new_v4(),
+            "timestamp": "2026-01-01T00:00:00Z",
+            "payload": payload
+        })
+        .to_string()
+    };
+    let orphan = reply(serde_json::json!({"customer_id": "c-1", "payment_method_id": "pm_1"}));
     app.produce(&topic, &key, orphan.as_bytes()).await;
     let headers = app.wait_dead_letter(orphan.as_bytes()).await;
     assert!(headers["dlq.error"].contains("no saga"), "{headers:?}");
+
+    // A reply whose payload breaks its schema in messages.toml: refused before any saga sees it,
+    // naming the reply and the path.
+    let broken = reply(serde_json::json!({"customer_id": "c-1", "payment_method_id": 42}));
+    app.produce(&topic, &key, broken.as_bytes()).await;
+    let headers = app.wait_dead_letter(broken.as_bytes()).await;
+    assert_eq!(headers["dlq.reason"], "rejected", "{headers:?}");
+    let error = &headers["dlq.error"];
+    assert!(
+        error.contains("user.payment_info_retrieved") && error.contains("/payment_method_id: "),
+        "{error}"
+    );
 
     // Services dead-letter what they cannot read too, and keep serving.
     let commands = app.config.topics.order_commands.name.clone();
@@ -409,7 +424,8 @@ async fn a_reply_failing_for_good_is_tried_max_delivery_attempts_times_then_dead
         .unwrap();
     let reply = serde_json::json!({"message_id": uuid::Uuid::new_v4(), "type": "user.payment_info_retrieved",
         "correlation_id": id, "causation_id": uuid::Uuid::new_v4(),
-        "timestamp": "2026-01-01T00:00:00.000Z", "payload": {}})
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "payload": {"customer_id": "c-1", "payment_method_id": "pm_1"}})
     .to_string();
     let events = app.config.topics.user_events.name.clone();
     app.produce(&events, &id, reply.as_bytes()).await;
@@ -420,6 +436,61 @@ async fn a_reply_failing_for_good_is_tried_max_delivery_attempts_times_then_dead
     );
     let error = &headers["dlq.error"];
     assert!(error.contains("after 3 attempts"), "{error}");
+    app.stop().await;
+}
+
+/// A participant's reply that matches the command the saga waits on but breaks its schema in
+/// messages.toml (`user.payment_info_retrieved` without `payment_method_id`) is dead-lettered
+/// and changes nothing: before replies were checked, the saga took it and moved on without the
+/// field later steps read. The participant's real reply then completes the saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_breaking_its_contract_is_dead_lettered_and_the_saga_waits_for_a_good_one() {
+    // No user service yet, and no re-send for a minute: the saga waits on get_payment_info.
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 60_000,
+        max_step_timeout_ms: 60_000,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        policy,
+        services::chaos::Chaos::default(),
+    )
+    .await;
+    let id = app.start_saga("c-contract").await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    let before = snapshot(&app, &id).await;
+    let command = orchestrator::saga::engine::command_id(
+        uuid::Uuid::parse_str(&id).unwrap(),
+        "get_payment_info",
+        orchestrator::saga::StepKind::Forward,
+    );
+    let forged = serde_json::json!({"message_id": uuid::Uuid::new_v4(),
+        "type": "user.payment_info_retrieved", "correlation_id": id, "causation_id": command,
+        "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"customer_id": "c-contract"}})
+    .to_string();
+    let events = app.config.topics.user_events.name.clone();
+    app.produce(&events, &id, forged.as_bytes()).await;
+    let headers = app.wait_dead_letter(forged.as_bytes()).await;
+    assert_eq!(headers["dlq.reason"], "rejected", "{headers:?}");
+    assert!(
+        headers["dlq.error"].contains("payment_method_id"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        snapshot(&app, &id).await,
+        before,
+        "the saga took a reply that breaks its contract"
+    );
+
+    // The user service, started now, takes the command waiting in its topic.
+    app.start_service("users").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert!(saga["context"]["payment_method_id"].is_string(), "{saga}");
     app.stop().await;
 }
 

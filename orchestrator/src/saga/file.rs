@@ -108,9 +108,7 @@ impl SagasSource {
         for (file, text) in &files {
             definitions.push((file.clone(), parse(file, text, topics, contract)?));
         }
-        let mut registry = Registry::new(definitions)?;
-        registry.contract = contract.clone();
-        Ok(registry)
+        Registry::new(definitions)?.with_contract(contract)
     }
 }
 

@@ -22,6 +22,9 @@ pub struct Registry {
     inputs: BTreeMap<(String, u32), jsonschema::Validator>,
     /// The message contract the definitions were checked against (for `/asyncapi.json`).
     pub contract: platform::Contract,
+    /// Each reply's payload schema from the contract, compiled once: a reply that breaks it is
+    /// dead-lettered before it reaches a saga.
+    replies: BTreeMap<String, jsonschema::Validator>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -30,7 +33,7 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// At most this many problems are named when an input is refused.
+/// At most this many problems are named when an input or a reply is refused.
 const MAX_INPUT_PROBLEMS: usize = 10;
 
 impl Registry {
@@ -58,6 +61,21 @@ impl Registry {
             registry.definitions.insert(key, Arc::new(def));
         }
         Ok(registry)
+    }
+
+    /// The registry checking replies against `contract`, whose reply schemas are compiled here
+    /// (one that is not a valid JSON Schema stops the start).
+    pub fn with_contract(mut self, contract: &platform::Contract) -> Result<Self> {
+        for (name, reply) in &contract.replies {
+            let validator =
+                jsonschema::validator_for(&reply.payload).map_err(|e| Error::Definition {
+                    file: "the message contract (MESSAGES_FILE)".into(),
+                    problem: format!("reply {name}: payload: not a valid JSON Schema: {e}"),
+                })?;
+            self.replies.insert(name.clone(), validator);
+        }
+        self.contract = contract.clone();
+        Ok(self)
     }
 
     /// One definition alone (tests, embedding).
@@ -113,23 +131,19 @@ impl Registry {
         let Some(validator) = self.inputs.get(&(def.saga_type.clone(), def.version)) else {
             return Err(vec![format!("{} is not loaded", def.saga_type)]);
         };
-        let problems: Vec<String> = validator
-            .iter_errors(input)
-            .take(MAX_INPUT_PROBLEMS)
-            .map(|e| {
-                let path = e.instance_path().to_string();
-                let path = if path.is_empty() {
-                    "/".to_string()
-                } else {
-                    path
-                };
-                format!("{path}: {e}")
-            })
-            .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
+        problems(validator, input)
+    }
+
+    /// Checks a reply's payload against its schema in the message contract. A reply the contract
+    /// does not name passes: whether a saga awaits it is the engine's question.
+    pub fn check_reply(
+        &self,
+        reply_type: &str,
+        payload: &serde_json::Value,
+    ) -> std::result::Result<(), Vec<String>> {
+        match self.replies.get(reply_type) {
+            Some(validator) => problems(validator, payload),
+            None => Ok(()),
         }
     }
 
@@ -143,6 +157,32 @@ impl Registry {
                     state.saga_type, state.definition_version
                 )
             })
+    }
+}
+
+/// What `validator` finds wrong with `value`, each naming its path
+/// (`/order_details/foodItems: [] has less than 1 item`).
+fn problems(
+    validator: &jsonschema::Validator,
+    value: &serde_json::Value,
+) -> std::result::Result<(), Vec<String>> {
+    let problems: Vec<String> = validator
+        .iter_errors(value)
+        .take(MAX_INPUT_PROBLEMS)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
+            format!("{path}: {e}")
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }
 
@@ -258,6 +298,37 @@ mod tests {
             missing[0].starts_with("/: ") && missing[0].contains("qty"),
             "{missing:?}"
         );
+    }
+
+    #[test]
+    fn a_reply_is_checked_against_its_contract_schema_and_an_unnamed_one_passes() {
+        let contract = platform::Contract::built_in();
+        let r = Registry::of(def(1, "x")).with_contract(contract).unwrap();
+        let ok = json!({"payment_id": "pay_1", "extra": true});
+        assert!(r.check_reply("payment.authorized", &ok).is_ok());
+        let problems = r
+            .check_reply("payment.authorized", &json!({"payment_id": 7}))
+            .unwrap_err();
+        assert!(problems[0].starts_with("/payment_id: "), "{problems:?}");
+        let missing = r.check_reply("payment.authorized", &json!({})).unwrap_err();
+        assert!(missing[0].contains("payment_id"), "{missing:?}");
+        assert!(r.check_reply("no.such_reply", &json!(null)).is_ok());
+        // Without a contract nothing is refused.
+        assert!(Registry::of(def(1, "x"))
+            .check_reply("payment.authorized", &json!({}))
+            .is_ok());
+        // A reply schema that is not JSON Schema stops the start, naming the reply.
+        let mut broken = contract.clone();
+        broken
+            .replies
+            .get_mut("payment.authorized")
+            .unwrap()
+            .payload = json!({"type": 5});
+        let err = Registry::of(def(1, "x"))
+            .with_contract(&broken)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reply payment.authorized"), "{err}");
     }
 
     #[test]

@@ -142,7 +142,8 @@ pub mod dead_letter {
     pub const UNREADABLE: &str = "unreadable";
     /// A reply naming a saga nobody has.
     pub const UNKNOWN_SAGA: &str = "unknown_saga";
-    /// A command the service does not handle, or whose fields are wrong.
+    /// A message whose type is not handled, or whose fields break its contract: a command to
+    /// a service, a reply to the orchestrator.
     pub const REJECTED: &str = "rejected";
     /// Handling failed with a non-transient error, `MAX_DELIVERY_ATTEMPTS` times.
     pub const FAILED: &str = "failed";
@@ -192,6 +193,11 @@ pub trait Batched: Sync {
     /// What the shared transaction decided for each message.
     type Result: Send;
     fn context(&self, envelope: &crate::Envelope, message: &BorrowedMessage<'_>) -> Self::Context;
+    /// Refuses a message before any transaction (a reply whose payload breaks its contract),
+    /// with what becomes of it; `None` lets it be handled.
+    fn refuse(&self, _envelope: &crate::Envelope) -> Option<Disposition> {
+        None
+    }
     /// Handles every readable message in one transaction; `None` when that failed (having
     /// logged why), and each must be handled alone.
     fn together(
@@ -214,7 +220,7 @@ pub trait Batched: Sync {
 }
 
 /// The one way a batch of messages is handled. Each message's envelope is read (one that cannot
-/// be is dead-lettered) and given its context; when several are readable, they are handled
+/// be, or that the handler [refuses](Batched::refuse), is dead-lettered) and given its context; when several are readable, they are handled
 /// [together](Batched::together) in one transaction; when there is only one, or that
 /// transaction fails, each is handled [alone](Batched::alone), with its own retries. So one bad
 /// message costs the batch its shared commit, never the other messages.
@@ -222,13 +228,18 @@ pub async fn together_or_alone<B: Batched>(
     handler: &B,
     messages: &[BorrowedMessage<'_>],
 ) -> Vec<Disposition> {
-    let parsed: Vec<Result<(crate::Envelope, B::Context), String>> = messages
+    let parsed: Vec<Result<(crate::Envelope, B::Context), Disposition>> = messages
         .iter()
         .map(|m| {
-            crate::Envelope::from_bytes(m.payload()).map(|e| {
-                let c = handler.context(&e, m);
-                (e, c)
-            })
+            let envelope =
+                crate::Envelope::from_bytes(m.payload()).map_err(Disposition::unreadable)?;
+            match handler.refuse(&envelope) {
+                Some(refused) => Err(refused),
+                None => {
+                    let context = handler.context(&envelope, m);
+                    Ok((envelope, context))
+                }
+            }
         })
         .collect();
     let results = {
@@ -247,8 +258,8 @@ pub async fn together_or_alone<B: Batched>(
     for p in parsed {
         let (envelope, context) = match p {
             Ok(ok) => ok,
-            Err(reason) => {
-                out.push(Disposition::unreadable(reason));
+            Err(refused) => {
+                out.push(refused);
                 continue;
             }
         };
