@@ -206,8 +206,11 @@ fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_heads_idle_connections_and_long_polls_are_bounded_and_sagas_go_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A saga that stays COMPENSATING for 20 s: its cancel_order is answered late.
+    // A saga that stays COMPENSATING for 20 s: its cancel_order is answered late. Steps wait
+    // 3 s for a reply: the restarted orchestrator's group join on the embedded Kafka can outlast
+    // `fast_policy`'s three 300 ms attempts, which would fail the first baseline saga.
     let policy = orchestrator::Policy {
+        step_timeout_ms: 3_000,
         compensation_limit_ms: 60_000,
         max_step_timeout_ms: 30_000,
         ..fast_policy()

@@ -115,7 +115,14 @@ async fn with_saga_retention_sagas_that_ended_well_go_with_their_rows_and_failed
         commands: vec!["cancel_order".into()],
         ..Default::default()
     };
-    let mut app = spawn_app_custom(&ALL_SERVICES, fast_policy(), refuse_cancel).await;
+    // Steps wait 3 s for a reply: the restarted orchestrator's group join on the embedded Kafka
+    // can outlast `fast_policy`'s three 300 ms attempts, which would fail the first saga.
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 3_000,
+        max_step_timeout_ms: 3_000,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(&ALL_SERVICES, policy, refuse_cancel).await;
     app.stop_orchestrator().await;
     app.config.saga_retention = Some(Duration::from_secs(2));
     app.start_orchestrator().await;
