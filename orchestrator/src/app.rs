@@ -308,7 +308,7 @@ impl OfflineArgs {
     }
 
     /// What to print instead of starting, when one of the flags is given.
-    pub fn output(&self, registry: &Registry, topics: &platform::Topics) -> Option<String> {
+    fn output(&self, registry: &Registry, topics: &platform::Topics) -> Option<String> {
         if self.print_asyncapi {
             let document = crate::asyncapi::document(registry, &registry.contract, topics);
             return Some(serde_json::to_string_pretty(&document).expect("JSON values serialize"));

@@ -41,15 +41,7 @@ impl MessageHandler for ReplyHandler {
     }
 
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
-        let reply = match Envelope::from_bytes(message.payload()) {
-            Ok(e) => e,
-            Err(reason) => return Disposition::unreadable(reason),
-        };
-        if let Some(refused) = self.refuse(&reply) {
-            return refused;
-        }
-        let (span, trace) = self.span(&reply, message);
-        self.apply(&reply, &trace).instrument(span).await
+        platform::kafka::alone(self, message).await
     }
 }
 

@@ -34,7 +34,7 @@ impl std::fmt::Debug for Registry {
 }
 
 /// At most this many problems are named when an input or a reply is refused.
-const MAX_INPUT_PROBLEMS: usize = 10;
+const MAX_PROBLEMS: usize = 10;
 
 impl Registry {
     /// The definitions with the file each came from (named when two declare the same version).
@@ -168,7 +168,7 @@ fn problems(
 ) -> std::result::Result<(), Vec<String>> {
     let problems: Vec<String> = validator
         .iter_errors(value)
-        .take(MAX_INPUT_PROBLEMS)
+        .take(MAX_PROBLEMS)
         .map(|e| {
             let path = e.instance_path().to_string();
             let path = if path.is_empty() {

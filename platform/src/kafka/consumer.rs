@@ -220,10 +220,11 @@ pub trait Batched: Sync {
 }
 
 /// The one way a batch of messages is handled. Each message's envelope is read (one that cannot
-/// be, or that the handler [refuses](Batched::refuse), is dead-lettered) and given its context; when several are readable, they are handled
-/// [together](Batched::together) in one transaction; when there is only one, or that
-/// transaction fails, each is handled [alone](Batched::alone), with its own retries. So one bad
-/// message costs the batch its shared commit, never the other messages.
+/// be, or that the handler [refuses](Batched::refuse), is dead-lettered) and given its context;
+/// when several are readable, they are handled [together](Batched::together) in one
+/// transaction; when there is only one, or that transaction fails, each is handled
+/// [alone](Batched::alone), with its own retries. So one bad message costs the batch its shared
+/// commit, never the other messages.
 pub async fn together_or_alone<B: Batched>(
     handler: &B,
     messages: &[BorrowedMessage<'_>],
@@ -269,6 +270,15 @@ pub async fn together_or_alone<B: Batched>(
         });
     }
     out
+}
+
+/// [`MessageHandler::handle`] for a [`Batched`] handler: the same path as a batch, for a batch of
+/// one.
+pub async fn alone<B: Batched>(handler: &B, message: &BorrowedMessage<'_>) -> Disposition {
+    together_or_alone(handler, std::slice::from_ref(message))
+        .await
+        .pop()
+        .unwrap_or(Disposition::Abandoned)
 }
 
 /// Messages handed to a handler at once, at most: the ones already fetched when the first

@@ -66,12 +66,7 @@ impl<S: CommandService> MessageHandler for Runner<S> {
     }
 
     async fn handle(&self, message: &BorrowedMessage<'_>) -> Disposition {
-        let command = match Envelope::from_bytes(message.payload()) {
-            Ok(c) => c,
-            Err(reason) => return Disposition::unreadable(reason),
-        };
-        let (span, trace) = span(S::NAME, &command, message);
-        self.process(&command, &trace).instrument(span).await
+        platform::kafka::alone(self, message).await
     }
 }
 
