@@ -16,6 +16,28 @@ async fn snapshot(app: &TestApp, id: &str) -> (Value, i64) {
     (saga, version)
 }
 
+/// The system with only the `running` services, and a saga of `customer` waiting at `step`
+/// (whose participant is missing), with no re-send for a minute: a test has the waiting saga to
+/// itself.
+async fn saga_waiting_at(
+    running: &[&'static str],
+    customer: &str,
+    step: &str,
+) -> (TestApp, String) {
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 60_000,
+        max_step_timeout_ms: 60_000,
+        ..fast_policy()
+    };
+    let app = spawn_app_custom(running, policy, services::chaos::Chaos::default()).await;
+    let id = app.start_saga(customer).await;
+    app.wait_for(&id, std::time::Duration::from_secs(30), |s| {
+        s["current_step"] == step
+    })
+    .await;
+    (app, id)
+}
+
 /// Replies of steps already passed, delivered again while the saga still waits on a later step:
 /// the exact stored replies (same message ids: the inbox drops them) and one re-sent under a new
 /// message id with a forged payload (the inbox lets it through; the engine ignores it because
@@ -24,22 +46,12 @@ async fn snapshot(app: &TestApp, id: &str) -> (Value, i64) {
 /// `a_refusal_delivered_twice_while_its_compensation_waits_counts_once`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_of_passed_steps_delivered_again_while_the_saga_waits_change_nothing() {
-    // No payment service, and no re-send for a minute: the saga sits at authorize_payment.
-    let policy = orchestrator::Policy {
-        step_timeout_ms: 60_000,
-        max_step_timeout_ms: 60_000,
-        ..fast_policy()
-    };
-    let mut app = spawn_app_custom(
+    // No payment service: the saga sits at authorize_payment.
+    let (mut app, id) = saga_waiting_at(
         &["notification", "orders", "users"],
-        policy,
-        services::chaos::Chaos::default(),
+        "c-dup",
+        "authorize_payment",
     )
-    .await;
-    let id = app.start_saga("c-dup").await;
-    app.wait_for(&id, std::time::Duration::from_secs(30), |s| {
-        s["current_step"] == "authorize_payment"
-    })
     .await;
     let before = snapshot(&app, &id).await;
     let orchestrator_db = app.db("orchestrator").await;
@@ -445,22 +457,12 @@ async fn a_reply_failing_for_good_is_tried_max_delivery_attempts_times_then_dead
 /// field later steps read. The participant's real reply then completes the saga.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_breaking_its_contract_is_dead_lettered_and_the_saga_waits_for_a_good_one() {
-    // No user service yet, and no re-send for a minute: the saga waits on get_payment_info.
-    let policy = orchestrator::Policy {
-        step_timeout_ms: 60_000,
-        max_step_timeout_ms: 60_000,
-        ..fast_policy()
-    };
-    let mut app = spawn_app_custom(
+    // No user service yet: the saga waits on get_payment_info.
+    let (mut app, id) = saga_waiting_at(
         &["notification", "orders", "payments"],
-        policy,
-        services::chaos::Chaos::default(),
+        "c-contract",
+        "get_payment_info",
     )
-    .await;
-    let id = app.start_saga("c-contract").await;
-    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
-        s["current_step"] == "get_payment_info"
-    })
     .await;
     let before = snapshot(&app, &id).await;
     let command = orchestrator::saga::engine::command_id(
