@@ -335,13 +335,15 @@ pub struct PolicyArgs {
     /// Sendings of a forward command before its step counts as failed.
     #[arg(long, env = "MAX_STEP_ATTEMPTS", default_value_t = Policy::default().max_attempts)]
     pub max_step_attempts: u32,
-    /// First delay before re-sending a compensation that failed (doubles per attempt).
+    /// First delay before re-sending a compensation, or a step past the pivot, that failed
+    /// (doubles per attempt).
     #[arg(long, env = "RETRY_DELAY_MS", default_value_t = Policy::default().retry_delay_ms)]
     pub retry_delay_ms: i64,
-    /// How long a compensation is retried before the saga is FAILED.
+    /// How long a compensation, or a step past the saga's pivot, is retried before the saga is
+    /// FAILED.
     #[arg(long, env = "COMPENSATION_LIMIT_MS", default_value_t = Policy::default().compensation_limit_ms)]
     pub compensation_limit_ms: i64,
-    /// A saga not COMPLETED after this long is compensated.
+    /// A saga not COMPLETED after this long is compensated (unless it has sent its pivot).
     #[arg(long, env = "SAGA_TIMEOUT_MS", default_value_t = Policy::default().saga_timeout_ms)]
     pub saga_timeout_ms: i64,
     #[command(flatten)]

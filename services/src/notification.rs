@@ -270,7 +270,7 @@ fn describe(message: &BorrowedMessage<'_>, dead_letter: bool) -> Value {
 mod tests {
     use super::*;
 
-    /// Issue 10, item 14: the log grew for ever. Past its size it is rotated: the current file
+    /// The log grew for ever. Past its size it is rotated: the current file
     /// keeps its name, at most `keep` old ones remain, no batch is split across files.
     #[tokio::test]
     async fn the_log_is_rotated_by_size_and_keeps_only_the_newest_files() {

@@ -111,8 +111,10 @@ impl CommandService for OrderService {
         match command.message_type.as_str() {
             "create_order" => Some(Outcome::Failed(reason)),
             "update_order_status" => Some(Outcome::Failed(reason)),
-            "begin_refund" | "complete_refund" => Some(Outcome::Failed(reason)),
-            "abort_refund" => Some(Outcome::Refused(
+            "begin_refund" => Some(Outcome::Failed(reason)),
+            // After refund_order's pivot (the money has left) a step is retried until done: a
+            // failure there is "not now", not recorded, so the next re-send is handled afresh.
+            "complete_refund" | "abort_refund" => Some(Outcome::Refused(
                 "injected refusal (CHAOS_FAILURE_RATE)".into(),
             )),
             "cancel_order" => Some(Outcome::Refused(

@@ -109,7 +109,7 @@ async fn sagas_that_cannot_be_cancelled_or_retried_get_409_with_their_status() {
     app.stop().await;
 }
 
-/// Issue 10, item 10: a cancel whose saga update loses a version race (another instance, or the
+/// A cancel whose saga update loses a version race (another instance, or the
 /// timer, stored a version in between) is tried again on fresh state, not answered 503. The
 /// race is forced with a trigger that makes every update of the saga match no row for the next
 /// 100 ms, as a concurrent writer would (a rolled-back transaction would take any bookkeeping

@@ -107,7 +107,7 @@ async fn a_refused_compensation_fails_the_saga_at_its_limit_and_retry_finishes_i
     app.stop().await;
 }
 
-/// Issue 10, item 1: a compensation answered only after its limit (the saga already `FAILED`).
+/// A compensation answered only after its limit (the saga already `FAILED`).
 /// The late reply was ignored, as it must be, but its message id stayed in the inbox; a retry
 /// re-sends the same command id, the service answers with the same stored reply, the inbox
 /// dropped it as a duplicate, and the saga failed again although the order was cancelled.
@@ -207,7 +207,7 @@ async fn a_saga_out_of_time_is_compensated_including_the_step_in_doubt() {
     app.stop().await;
 }
 
-/// Issue 10, item 7: a stored saga whose pending step is past its definition (a definition that
+/// A stored saga whose pending step is past its definition (a definition that
 /// shrank under it, a bad manual edit) made the timer index out of bounds and panic, which
 /// stopped every deadline of every saga. Now such a saga is parked — left alone, shown with the
 /// reason — and the timer goes on.
@@ -271,7 +271,7 @@ async fn a_saga_pointing_past_its_definition_is_parked_and_the_timer_goes_on() {
     app.stop().await;
 }
 
-/// Issue 10, item 6 (claims): every instance read the same oldest due sagas. A look now claims
+/// Every instance read the same oldest due sagas. A look now claims
 /// what it takes, so a second look (another instance) finds none of them due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_sagas_are_claimed_by_one_look_not_handed_to_every_instance() {
@@ -313,7 +313,7 @@ async fn due_sagas_are_claimed_by_one_look_not_handed_to_every_instance() {
     app.stop().await;
 }
 
-/// Issue 10, item 6 (parking): a saga whose timer fails for good (here the database refuses its
+/// A saga whose timer fails for good (here the database refuses its
 /// outbox rows) stayed due at the front for ever. Now it is parked after 3 failures — `parked`
 /// in the API, no deadline — while another saga's deadlines go on; `retry` resumes it once the
 /// cause is gone.

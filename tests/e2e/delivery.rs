@@ -416,7 +416,7 @@ async fn commands_of_one_saga_fetched_together_take_effect_in_their_order() {
     app.stop().await;
 }
 
-/// Issue 10, item 3: a reply that fails with an error that is not transient (here: the saga's
+/// A reply that fails with an error that is not transient (here: the saga's
 /// stored state is unreadable) is tried `MAX_DELIVERY_ATTEMPTS` times, as the README promises,
 /// before it is dead-lettered; the dead letter says how many attempts were made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +496,7 @@ async fn a_reply_breaking_its_contract_is_dead_lettered_and_the_saga_waits_for_a
     app.stop().await;
 }
 
-/// Issue 10, item 15: a duplicate that only the inbox can stop. While a refused compensation
+/// A duplicate that only the inbox can stop. While a refused compensation
 /// waits for its retry, the refusal delivered again answers the very command the saga waits
 /// on, so the engine would count it as a second refusal (another attempt in the history, another
 /// version); the inbox drops it. (`a_duplicated_reply_changes_nothing` above duplicates replies
@@ -551,7 +551,7 @@ async fn a_refusal_delivered_twice_while_its_compensation_waits_counts_once() {
     app.stop().await;
 }
 
-/// Issue 10, item 4: on SQLite the relay read every unsent row, so after a failed *delivery* of a
+/// On SQLite the relay read every unsent row, so after a failed *delivery* of a
 /// saga's `create_order` it had already published that saga's later `cancel_order` in the same
 /// round, stamped it sent, and re-published `create_order` afterwards: the order service saw the
 /// cancel first and the order stayed `PENDING`. A round now holds at most one row per (topic,
@@ -632,7 +632,7 @@ async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
     app.stop().await;
 }
 
-/// Issue 10, item 9: a `POST /orders` whose saga was stored after the request's 10 s deadline
+/// A `POST /orders` whose saga was stored after the request's 10 s deadline
 /// was answered 503, so a client retrying without an Idempotency-Key started a second order.
 /// Here the sagas table is locked (PostgreSQL: the insert waits on the lock, then succeeds) for
 /// 12 s: the request the intake had already taken waits and answers 202 with its saga; a request
@@ -709,7 +709,7 @@ async fn a_create_past_its_deadline_is_answered_with_its_outcome_never_a_503_for
     app.stop().await;
 }
 
-/// Issue 10, item 2: publishing a dead letter was retried until shutdown while the consume loop
+/// Publishing a dead letter was retried until shutdown while the consume loop
 /// waited, so one unreadable reply with a dead-letter topic the broker refuses (here an ACL:
 /// TOPIC_AUTHORIZATION_FAILED) stopped all reply handling. Now the publish is bounded, the
 /// message is kept in the orchestrator's `dead_letters` table (bytes and headers intact, listed

@@ -138,9 +138,13 @@ fn the_binary_checks_saga_files_and_prints_their_asyncapi_without_kafka_or_a_dat
         out.lines().collect::<Vec<_>>(),
         [
             "create_order v1: create_order -> get_payment_info -> authorize_payment -> \
-             update_order_status; undone by cancel_order, revert_payment",
+             update_order_status; undone by cancel_order, revert_payment; no pivot: every step \
+             can be undone (create_order compensatable, get_payment_info nothing to undo, \
+             authorize_payment compensatable, update_order_status nothing to undo)",
             "quick_order v1: create_order -> pay(get_payment_info + authorize_payment) -> \
-             update_order_status; undone by cancel_order, revert_payment",
+             update_order_status; undone by cancel_order, revert_payment; no pivot: every step \
+             can be undone (create_order compensatable, get_payment_info nothing to undo, \
+             authorize_payment compensatable, update_order_status nothing to undo)",
         ]
     );
 
@@ -265,6 +269,7 @@ name = "pay"
 command = "get_payment_info"
 send = ["customer_id"]
 receive = ["payment_method_id"]
+nothing_to_undo = "a lookup"
 [[steps.parallel]]
 command = "authorize_payment"
 send = ["customer_id", "amount_cents", "order_id"]
@@ -276,6 +281,7 @@ compensation = { command = "revert_payment", send = ["payment_id"] }
 command = "update_order_status"
 send = ["order_id", "customer_id"]
 args = { status = "CREATED" }
+nothing_to_undo = "cancel_order undoes it"
 "#;
 
 /// A temporary folder with `quick_order` (above) and the shipped `create_order`.
@@ -589,5 +595,75 @@ async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it
         ready["checks"]["sagas:definitions"]["status"], "ok",
         "{ready}"
     );
+    app.stop().await;
+}
+
+/// The reply that finds a saga's definition version missing parks the saga without counting:
+/// once the version is back, `retry` sends the command again and the participant's stored reply
+/// (the same message id as the one that parked it) moves the saga on. It used to stay in the
+/// inbox, so every re-send's answer was dropped as a duplicate until the step ran out of
+/// attempts and the order was cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_retried() {
+    // Deadlines long enough that the user service's reply, not a timer, finds version 1 gone;
+    // two attempts, so a reply dropped after the retry would exhaust the step.
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 10_000,
+        max_step_timeout_ms: 10_000,
+        max_attempts: 2,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        policy,
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga("c-parked-by-reply").await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+
+    // Deploy version 2 only, then let the user service answer the waiting command.
+    app.stop_orchestrator().await;
+    let (_v2_dir, v2_only) = registry_with_create_order(2, false);
+    app.config.sagas = v2_only;
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator().await;
+    app.start_service("users").await;
+    let parked = app
+        .wait_for(&id, std::time::Duration::from_secs(9), |s| {
+            !s["parked"].is_null()
+        })
+        .await;
+    let attempts = |s: &Value| {
+        s["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["name"] == "get_payment_info")
+            .map(|st| st["attempts"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        attempts(&parked),
+        1,
+        "parked by the reply, not by a re-send: {parked}"
+    );
+    assert_eq!(parked["status"], "STARTED");
+
+    // Both versions again: the retry re-sends get_payment_info, and its answer counts.
+    app.stop_orchestrator().await;
+    let (_both_dir, both) = registry_with_create_order(2, true);
+    app.config.sagas = both;
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator().await;
+    let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(attempts(&done), 2, "one re-send after the retry: {done}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
     app.stop().await;
 }

@@ -199,7 +199,7 @@ fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
     v[v.len() / 2]
 }
 
-/// Issue 10, item 12: slow and partial request heads and idle keep-alive connections were held
+/// Slow and partial request heads and idle keep-alive connections were held
 /// for ever, and long polls had no cap. Now a head must arrive (and an idle connection must
 /// send its next request) within the header timeout, long polls over the cap are answered 503
 /// at once, and sagas complete at their usual latency through all of it.

@@ -105,7 +105,7 @@ async fn unsent_outbox_rows_are_never_pruned() {
     app.stop().await;
 }
 
-/// Issue 10, item 14: terminal sagas were kept for ever. With `SAGA_RETENTION` (opt-in) a saga
+/// Terminal sagas were kept for ever. With `SAGA_RETENTION` (opt-in) a saga
 /// that ended well goes after it, with its inbox and outbox rows; a `FAILED` one stays for its
 /// operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,8 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use services::chaos::Chaos;
+
 use crate::helpers::*;
 
 /// A confirmed order of `customer`: its saga id, order id and payment id.
@@ -169,5 +171,105 @@ async fn someone_elses_order_or_a_bad_input_is_refused() {
         error.contains("payment_id") && error.contains("amount"),
         "{error}"
     );
+    app.stop().await;
+}
+
+/// `refund_payment` is the saga's pivot: once the money has left, a failing `complete_refund` is
+/// retried until it is done, never compensated (it used to end `COMPENSATED` with the payment
+/// `REFUNDED` and the order back to `CREATED`), and a cancel is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_refund_is_retried_forward_never_undone() {
+    let mut app = spawn_app().await;
+    let (saga, order_id, payment_id) = confirmed_order(&app, "c-pivot").await;
+    let failing = Chaos {
+        failure_rate: 1.0,
+        commands: vec!["complete_refund".into()],
+        ..Chaos::default()
+    };
+    app.restart_service("orders", failing).await;
+    let r = app
+        .client
+        .post(app.url("/sagas/refund_order"))
+        .json(&json!({"order_id": order_id, "payment_id": payment_id, "customer_id": "c-pivot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["saga_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = |s: &Value| {
+        s["steps"].as_array().unwrap().iter().any(|st| {
+            st["name"] == "complete_refund"
+                && st["history"].as_array().is_some_and(|h| {
+                    h.iter()
+                        .filter(|a| {
+                            a["outcome"]
+                                .as_str()
+                                .is_some_and(|o| o.starts_with("failed"))
+                        })
+                        .count()
+                        >= 2
+                })
+        })
+    };
+    let retrying = app
+        .wait_for(&id, std::time::Duration::from_secs(20), refused)
+        .await;
+    assert_eq!(retrying["status"], "STARTED", "{retrying}");
+    assert!(
+        !names(&retrying)
+            .iter()
+            .any(|(n, _)| n == "release_refund_hold" || n == "abort_refund"),
+        "nothing undone: {retrying}"
+    );
+    assert_eq!(app.payment_status(&saga).await.as_deref(), Some("REFUNDED"));
+    let (status, body) = app.post(&format!("/sagas/{id}/cancel")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("point of no return (refund_payment)"),
+        "{body}"
+    );
+
+    // The order service works again: the next re-send completes the refund.
+    app.restart_service("orders", Chaos::default()).await;
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(app.order_status(&saga).await.as_deref(), Some("REFUNDED"));
+    assert_eq!(app.payment_status(&saga).await.as_deref(), Some("REFUNDED"));
+    app.stop().await;
+}
+
+/// The saga's deadline passing while `refund_payment` is in flight no longer undoes the saga:
+/// the refund's reply, however late, is waited for, and the saga completes (it used to be
+/// compensated while the provider went on to refund the payment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_passing_while_the_refund_is_in_flight_undoes_nothing() {
+    let policy = orchestrator::Policy {
+        saga_timeout_ms: 5_000,
+        ..orchestrator::Policy::default()
+    };
+    let mut app = spawn_app_custom(&ALL_SERVICES, policy, Chaos::default()).await;
+    let (saga, order_id, payment_id) = confirmed_order(&app, "c-late-refund").await;
+    let slow = Chaos {
+        reply_delay_ms: 7_000,
+        commands: vec!["refund_payment".into()],
+        ..Chaos::default()
+    };
+    app.restart_service("payments", slow).await;
+    let done = refund(&app, "c-late-refund", &order_id, &payment_id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(
+        !names(&done)
+            .iter()
+            .any(|(n, _)| n == "release_refund_hold" || n == "abort_refund"),
+        "{done}"
+    );
+    assert_eq!(app.order_status(&saga).await.as_deref(), Some("REFUNDED"));
+    assert_eq!(app.payment_status(&saga).await.as_deref(), Some("REFUNDED"));
     app.stop().await;
 }

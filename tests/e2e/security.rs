@@ -213,7 +213,7 @@ async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
     }
 }
 
-/// Issue 10, item 11: a retention past what a timestamp can hold used to wrap around and prune
+/// A retention past what a timestamp can hold used to wrap around and prune
 /// everything; now it is refused at start, like any duration that makes no sense.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_retention_is_refused_at_start() {
@@ -270,7 +270,7 @@ const READ: &str = "read-token-0123456789abcdef";
 const START: &str = "start-token-0123456789abcdef";
 const OPERATOR: &str = "operator-token-0123456789abcdef";
 
-/// Issue 10, item 13: anyone who reached the port could list every customer's sagas and cancel
+/// Anyone who reached the port could list every customer's sagas and cancel
 /// any order. With tokens, each scope can do what it names and no more; 401/403 come as JSON;
 /// probes and metrics stay open; no token ever reaches the logs (debug level, JSON).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

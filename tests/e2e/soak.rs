@@ -1,4 +1,4 @@
-//! The soak (issue 10): `saga-bench`'s load for 10 minutes against the components running as
+//! The soak: `saga-bench`'s load for 10 minutes against the components running as
 //! OS processes, with every chaos knob on (failures, dropped, duplicated and delayed replies)
 //! and a `kill -9` of a random component every 30 s (restarted a second later). At the end
 //! every saga the orchestrator accepted must be terminal and consistent with the services'

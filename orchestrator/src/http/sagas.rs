@@ -400,6 +400,18 @@ async fn respond(
                 status,
             })
         }
+        Some(Changed::No(Ignored::PastPointOfNoReturn(pivot))) => Err(ApiError::Conflict {
+            message: format!(
+                "the saga has passed its point of no return ({pivot}) and cannot be {verb}: \
+                 what is left of it is retried until done"
+            ),
+            status: app
+                .store
+                .get(saga_id)
+                .await?
+                .map(|s| s.status)
+                .unwrap_or(SagaStatus::Started),
+        }),
         Some(Changed::No(other)) => Err(ApiError::Conflict {
             message: format!("the saga cannot be {verb} now ({other:?})"),
             status: app

@@ -91,6 +91,10 @@ pub struct Step {
     /// The parallel group the step belongs to: consecutive steps with the same group are sent
     /// together, and the saga goes on once every one of them has succeeded.
     pub group: Option<String>,
+    /// Why a step before the point of no return needs no compensation (a lookup, or one another
+    /// step's compensation undoes): said in the file, so that a missing compensation is a
+    /// decision someone wrote down, not an oversight.
+    pub nothing_to_undo: Option<String>,
 }
 
 impl Step {
@@ -104,6 +108,7 @@ impl Step {
             compensation: None,
             timing: Timing::default(),
             group: None,
+            nothing_to_undo: None,
         }
     }
 }
@@ -125,6 +130,37 @@ pub struct SagaDefinition {
     pub deadline_ms: Option<i64>,
     /// The topics the participants reply on: what the orchestrator consumes for this saga.
     pub reply_topics: Vec<String>,
+    /// The step that is the saga's point of no return (Garcia-Molina and Salem's pivot): the
+    /// steps before it are compensatable, the steps after it retriable. Once it has been sent,
+    /// the saga is never compensated: a step after it that fails, or the pivot's own missing
+    /// reply, is retried forward (until the must-happen limit, then `FAILED` for an operator),
+    /// and the saga's deadline no longer applies. Only the pivot's own failure reply, which says
+    /// it did not happen, still compensates. `None`: every step can be undone.
+    pub pivot: Option<usize>,
+}
+
+/// What a step is to the saga's structure, as `--check-sagas` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Before the pivot, undone by its compensation.
+    Compensatable,
+    /// Before the pivot, with nothing to undo (`nothing_to_undo` says why).
+    NothingToUndo,
+    /// The point of no return.
+    Pivot,
+    /// After the pivot: retried until it succeeds, never undone.
+    Retriable,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Compensatable => "compensatable",
+            Role::NothingToUndo => "nothing to undo",
+            Role::Pivot => "pivot",
+            Role::Retriable => "retriable",
+        }
+    }
 }
 
 impl SagaDefinition {
@@ -139,7 +175,24 @@ impl SagaDefinition {
             lifecycle_topic: None,
             deadline_ms: None,
             reply_topics: Vec::new(),
+            pivot: None,
         }
+    }
+
+    /// Step `index`'s place in the saga's structure.
+    pub fn role(&self, index: usize) -> Role {
+        match self.pivot {
+            Some(p) if index == p => Role::Pivot,
+            Some(p) if index > p => Role::Retriable,
+            _ if self.steps[index].compensation.is_some() => Role::Compensatable,
+            _ => Role::NothingToUndo,
+        }
+    }
+
+    /// Whether step `index` must happen once sent: the pivot (its missing reply is asked again,
+    /// never taken for a failure) and every step after it.
+    pub fn must_happen(&self, index: usize) -> bool {
+        self.pivot.is_some_and(|p| index >= p)
     }
 
     pub fn step(&self, index: usize) -> Option<&Step> {
@@ -174,11 +227,19 @@ impl SagaDefinition {
         } else {
             format!("undone by {}", undo.join(", "))
         };
+        let roles: Vec<String> = (0..self.steps.len())
+            .map(|i| format!("{} {}", self.steps[i].name, self.role(i).as_str()))
+            .collect();
+        let pivot = match self.pivot {
+            Some(p) => format!("pivot {}", self.steps[p].name),
+            None => "no pivot: every step can be undone".to_string(),
+        };
         format!(
-            "{} v{}: {}; {undo}",
+            "{} v{}: {}; {undo}; {pivot} ({})",
             self.saga_type,
             self.version,
-            stages.join(" -> ")
+            stages.join(" -> "),
+            roles.join(", ")
         )
     }
 

@@ -40,7 +40,8 @@ pub struct Policy {
     /// First delay before re-sending a compensation that failed; doubles up to
     /// `max_step_timeout_ms`.
     pub retry_delay_ms: i64,
-    /// How long a compensation is retried before the saga is `FAILED`.
+    /// How long a step that must happen is retried before the saga is `FAILED` for an
+    /// operator: a compensation, or a step at or past the saga's pivot.
     pub compensation_limit_ms: i64,
     /// A saga not `COMPLETED` after this long is compensated.
     pub saga_timeout_ms: i64,
@@ -121,6 +122,8 @@ pub enum Ignored {
     NotRetryable(SagaStatus),
     /// The saga is parked (it cannot go on under its definition): left for an operator.
     Parked,
+    /// Cancel refused: the saga has sent its pivot (named), the step that cannot be undone.
+    PastPointOfNoReturn(String),
 }
 
 /// What the engine decided.
@@ -256,6 +259,17 @@ pub fn on_reply(
                 }
                 m.settle(pending.command_id, index, causation);
             }
+            (StepKind::Forward, false) if def.pivot.is_some_and(|p| index > p) => {
+                // Past the point of no return: undoing is no longer an option, so the step is
+                // asked again after a delay, as a refused compensation is.
+                let why = reason(reply);
+                m.note_attempt(
+                    pending.command_id,
+                    format!("failed: {why}"),
+                    Some(why.clone()),
+                );
+                m.retry_later(&pending, &why);
+            }
             (StepKind::Forward, false) => {
                 let why = reason(reply);
                 m.close_attempt(
@@ -285,18 +299,7 @@ pub fn on_reply(
                     format!("failed: {why}"),
                     Some(why.clone()),
                 );
-                if m.compensation_out_of_time(&pending) {
-                    m.give_up(&pending, &why);
-                } else {
-                    let timing = m.policy_for(index, StepKind::Compensation);
-                    if let Some(p) = m.pending_mut(pending.command_id) {
-                        p.deadline_at = now.saturating_add(timing.wait(
-                            timing.retry_delay_ms,
-                            p.command_id,
-                            p.attempt,
-                        ));
-                    }
-                }
+                m.retry_later(&pending, &why);
             }
         }
     })
@@ -318,9 +321,11 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
     {
         return park(current, now, why);
     }
+    // Past the pivot the deadline no longer applies: what is left must happen, not be undone.
     let saga_overdue = current.status == SagaStatus::Started
         && current.abort.is_none()
-        && current.deadline_at.is_some_and(|d| d <= now);
+        && current.deadline_at.is_some_and(|d| d <= now)
+        && passed_pivot(def, current).is_none();
     let overdue: Vec<Pending> = current
         .pending
         .iter()
@@ -358,6 +363,21 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
                     m.mark_outcome_unknown(pending.command_id);
                     m.settle(pending.command_id, pending.step_index, None);
                 }
+                StepKind::Forward if def.must_happen(pending.step_index) => {
+                    // The pivot, or a step after it: a missing reply is asked for again (the
+                    // participant answers a re-sent command as it did the first time), never
+                    // taken for a failure that would undo what cannot be undone.
+                    if m.out_of_time(&pending) {
+                        let last = m
+                            .last_error(pending.command_id)
+                            .unwrap_or_else(|| "no reply".into());
+                        m.note_attempt(pending.command_id, "timed out".into(), None);
+                        m.give_up(&pending, &last);
+                    } else {
+                        m.note_attempt(pending.command_id, "timed out".into(), None);
+                        m.resend(pending);
+                    }
+                }
                 StepKind::Forward if pending.attempt < timing.max_attempts => {
                     m.note_attempt(pending.command_id, "timed out".into(), None);
                     m.resend(pending);
@@ -375,7 +395,7 @@ pub fn on_timer(def: &SagaDefinition, policy: &Policy, current: &SagaState, now:
                     m.fail_saga(&name, &why);
                     m.settle(pending.command_id, pending.step_index, None);
                 }
-                StepKind::Compensation if m.compensation_out_of_time(&pending) => {
+                StepKind::Compensation if m.out_of_time(&pending) => {
                     m.note_attempt(pending.command_id, "timed out".into(), None);
                     let last = m
                         .last_error(pending.command_id)
@@ -414,6 +434,16 @@ fn unknown_step(def: &SagaDefinition, index: usize, kind: StepKind) -> Option<St
     }
 }
 
+/// The pivot's name once `state` has sent it: from then on the saga is never compensated.
+fn passed_pivot<'a>(def: &'a SagaDefinition, state: &SagaState) -> Option<&'a str> {
+    let p = def.pivot?;
+    state
+        .steps
+        .iter()
+        .any(|r| r.kind == StepKind::Forward && r.step_index >= p)
+        .then(|| def.steps[p].name.as_str())
+}
+
 /// Sets a saga aside because it cannot be handled (its timer failed for good again and again —
 /// an outbox insert the database keeps refusing, say —, or its definition is not loaded): left
 /// as it is, it would be due again at every look and crowd out every other saga's deadline. An
@@ -450,6 +480,9 @@ pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i
         }
         other => return Decision::Ignored(Ignored::NotCancellable(other)),
     }
+    if let Some(pivot) = passed_pivot(def, current) {
+        return Decision::Ignored(Ignored::PastPointOfNoReturn(pivot.to_string()));
+    }
     transition(def, policy, current, now, |m| {
         m.state.abort = Some(Abort::Cancel);
         m.state.status = SagaStatus::Cancelling;
@@ -466,8 +499,12 @@ pub fn cancel(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i
 /// time limit, and carries on with the rest.
 pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i64) -> Decision {
     if current.parked.is_some() {
-        // Resumed where it stood, its deadlines due at once, if its steps are ones the
-        // definition knows; a saga pointing past its definition stays parked.
+        // Resumed where it stood, if its steps are ones the definition knows (a saga pointing
+        // past its definition stays parked). Each command it waits for is sent again at once,
+        // one sending more than its attempts allow if need be: the reply to the last sending may
+        // have been the one that found the definition missing, and the participant answers the
+        // re-send with that same reply, which now counts. A compensation gets a fresh time limit,
+        // as a retry of a `FAILED` saga does: the time parked was nobody's to spend.
         if current.pending.is_empty()
             || current
                 .pending
@@ -476,19 +513,61 @@ pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i6
         {
             return Decision::Ignored(Ignored::Parked);
         }
-        let mut state = current.clone();
-        state.parked = None;
-        state.updated_at = now;
-        for p in &mut state.pending {
-            p.deadline_at = now;
-        }
-        return Decision::Applied {
-            state,
-            messages: Vec::new(),
-        };
+        return transition(def, policy, current, now, |m| {
+            m.state.parked = None;
+            let running = m.state.abort.is_none() && m.state.status == SagaStatus::Started;
+            for mut p in current.pending.clone() {
+                match p.kind {
+                    // A step about to be undone is not sent again: its deadline, due now, lets
+                    // the timer settle it.
+                    StepKind::Forward if !running => {
+                        if let Some(q) = m.pending_mut(p.command_id) {
+                            q.deadline_at = now;
+                        }
+                    }
+                    StepKind::Forward => m.resend(p),
+                    StepKind::Compensation => {
+                        p.first_sent_at = now;
+                        m.resend(p);
+                    }
+                }
+            }
+        });
     }
     if current.status != SagaStatus::Failed {
         return Decision::Ignored(Ignored::NotRetryable(current.status));
+    }
+    // A step that must happen and gave up (the pivot's reply never came, a step after it kept
+    // failing): tried again with a fresh time limit, and the saga goes on forward.
+    if let Some(failed) = current
+        .steps
+        .iter()
+        .rev()
+        .find(|r| r.status == StepStatus::Failed)
+        .filter(|r| r.kind == StepKind::Forward && def.must_happen(r.step_index))
+        .filter(|r| current.compensation_error.is_none() && r.step_index < def.steps.len())
+        .cloned()
+    {
+        return transition(def, policy, current, now, |m| {
+            m.state.completed_at = None;
+            m.state.error = None;
+            m.state.status = SagaStatus::Started;
+            m.lifecycle("saga.retrying");
+            if let Some(r) = m.record_mut(failed.command_id) {
+                r.status = StepStatus::Running;
+                r.finished_at = None;
+                r.error = None;
+            }
+            m.resend(Pending {
+                command_id: failed.command_id,
+                step_index: failed.step_index,
+                kind: StepKind::Forward,
+                causation_id: None,
+                attempt: failed.attempts,
+                first_sent_at: now,
+                deadline_at: now,
+            });
+        });
     }
     let Some(failed) = current
         .steps
@@ -806,18 +885,34 @@ impl Machine<'_> {
         self.record(command).and_then(|r| r.error.clone())
     }
 
-    fn compensation_out_of_time(&self, pending: &Pending) -> bool {
+    /// Whether a step that must happen (a compensation, a step at or past the pivot) has been
+    /// tried for longer than the must-happen limit.
+    fn out_of_time(&self, pending: &Pending) -> bool {
         self.now.saturating_sub(pending.first_sent_at) >= self.policy.compensation_limit_ms
     }
 
-    /// A compensation could not be done within its limit: the saga is `FAILED`, and says which.
+    /// A step that must happen was refused: asked again after a growing delay, or given up on
+    /// once its limit has passed.
+    fn retry_later(&mut self, pending: &Pending, why: &str) {
+        if self.out_of_time(pending) {
+            self.give_up(pending, why);
+            return;
+        }
+        let timing = self.policy_for(pending.step_index, pending.kind);
+        let now = self.now;
+        if let Some(p) = self.pending_mut(pending.command_id) {
+            p.deadline_at =
+                now.saturating_add(timing.wait(timing.retry_delay_ms, p.command_id, p.attempt));
+        }
+    }
+
+    /// A step that must happen could not be done within its limit: the saga is `FAILED` for an
+    /// operator (a `saga.failed` event and the failed-sagas metric alert), and says which step.
+    /// Past the pivot nothing is undone: `retry` tries the step again.
     fn give_up(&mut self, pending: &Pending, why: &str) {
-        let name = self
-            .spec(pending.step_index, StepKind::Compensation)
-            .0
-            .to_string();
+        let name = self.spec(pending.step_index, pending.kind).0.to_string();
         let seconds = self.policy.compensation_limit_ms / 1000;
-        let message = format!(
+        let mut message = format!(
             "{name} failed after {} attempts over {seconds} s: {why}",
             pending.attempt
         );
@@ -827,7 +922,18 @@ impl Machine<'_> {
             "gave up".into(),
             Some(message.clone()),
         );
-        self.state.compensation_error = Some(message);
+        match pending.kind {
+            StepKind::Compensation => self.state.compensation_error = Some(message),
+            StepKind::Forward => {
+                if let Some(p) = self.def.pivot {
+                    message.push_str(&format!(
+                        "; past the point of no return ({}), nothing was undone",
+                        self.def.steps[p].name
+                    ));
+                }
+                self.state.error = Some(message);
+            }
+        }
         self.finish(SagaStatus::Failed);
     }
 

@@ -744,7 +744,7 @@ fn lifecycle_ids(messages: &[Outgoing]) -> Vec<(String, Uuid)> {
         .collect()
 }
 
-/// Issue 10, item 8: each lifecycle event is a message of its own. A second `saga.failed` (after
+/// Each lifecycle event is a message of its own. A second `saga.failed` (after
 /// a retry that failed again) or `saga.retrying` with the id of the first is dropped by any
 /// receiver that de-duplicates on message ids.
 #[test]
@@ -784,8 +784,8 @@ fn lifecycle_events_repeated_after_a_retry_get_ids_of_their_own() {
     assert_eq!(distinct.len(), ids.len(), "repeated ids: {ids:?}");
 }
 
-/// Issue 10, item 7: stored data pointing past the definition parks the saga instead of
-/// indexing out of bounds; a parked saga is left alone.
+/// Stored data pointing past the definition parks the saga instead of indexing out of bounds; a
+/// parked saga is left alone.
 #[test]
 fn a_saga_waiting_on_a_step_its_definition_lacks_is_parked_not_panicked_on() {
     let p = policy();
@@ -819,8 +819,9 @@ fn a_saga_waiting_on_a_step_its_definition_lacks_is_parked_not_panicked_on() {
     ));
 }
 
-/// Issue 10, item 6: a saga whose timer fails for good is parked (no deadline) and an operator's
-/// `retry` resumes it with its deadline due at once; a saga past its definition stays parked.
+/// A saga whose timer fails for good is parked (no deadline) and an operator's `retry` resumes
+/// it by sending the command it waits for again, even when that was its last attempt; a saga
+/// past its definition stays parked.
 #[test]
 fn a_saga_parked_after_timer_failures_is_resumed_by_retry() {
     let p = policy();
@@ -837,11 +838,34 @@ fn a_saga_parked_after_timer_failures_is_resumed_by_retry() {
         park_after_failures(&parked, 11, "again".into()),
         Decision::Ignored(Ignored::Parked)
     );
-    let (resumed, m) = applied(retry(&def(), &p, &parked, 20));
-    assert!(m.is_empty());
+    let mut last_attempt = parked.clone();
+    last_attempt.pending[0].attempt = p.max_attempts;
+    let (resumed, m) = applied(retry(&def(), &p, &last_attempt, 20));
+    assert_eq!(
+        m.len(),
+        1,
+        "the awaited command is sent again at once: {m:?}"
+    );
+    assert_eq!(m[0].envelope.message_id, s.pending[0].command_id);
     assert_eq!(resumed.parked, None);
-    assert_eq!(resumed.next_wake(), Some(20), "due at once");
+    assert_eq!(resumed.pending[0].attempt, p.max_attempts + 1);
+    assert!(resumed.next_wake().unwrap() > 20, "waits for the reply");
     assert_eq!(resumed.status, s.status);
+    // Its reply now moves it on.
+    let reply = serde_json::json!({});
+    let (moved, _) = applied(on_reply(
+        &def(),
+        &p,
+        &resumed,
+        Reply {
+            message_type: &def().steps[0].on_success,
+            causation_id: Some(s.pending[0].command_id),
+            payload: &reply,
+        },
+        Uuid::new_v4(),
+        21,
+    ));
+    assert_eq!(moved.steps[0].status, StepStatus::Completed);
 
     let mut lost = parked.clone();
     if let Some(pending) = lost.pending.first_mut() {
@@ -1117,4 +1141,153 @@ fn every_event_published_is_a_declared_lifecycle_event() {
             );
         }
     }
+}
+
+// --- The point of no return ------------------------------------------------------------------
+
+/// `reserve` (undone by `undo_reserve`), then `charge`, the pivot, then `ship`, retriable.
+fn pivoted() -> SagaDefinition {
+    let mut def = grouped();
+    let charge = Step::new(
+        "charge",
+        CommandSpec::new("charge", "charge_commands"),
+        "charge.done",
+        "charge.failed",
+    );
+    let ship = def.steps.pop().unwrap();
+    def.steps.truncate(1);
+    def.steps.push(charge);
+    def.steps.push(ship);
+    def.pivot = Some(1);
+    def
+}
+
+/// A `pivoted` saga with `reserve` done and `charge` sent, at t=10.
+fn charging() -> (SagaDefinition, SagaState) {
+    let def = pivoted();
+    let (s, _) = start(&def, &policy(), Uuid::new_v4(), Map::new(), 0);
+    let (s, m) = applied(answer_step(&def, &s, "reserve", "reserve.done", 10));
+    assert_eq!(commands(&m), vec!["charge"]);
+    (def, s)
+}
+
+#[test]
+fn a_step_after_the_pivot_that_fails_is_retried_forward_never_compensated() {
+    let (def, s) = charging();
+    let (s, m) = applied(answer_step(&def, &s, "charge", "charge.done", 20));
+    assert_eq!(commands(&m), vec!["ship"]);
+    let (s, m) = applied(answer_step(&def, &s, "ship", "ship.failed", 30));
+    assert!(m.is_empty(), "nothing undone, nothing sent yet: {m:?}");
+    assert_eq!(s.status, SagaStatus::Started);
+    let due = s.next_wake().unwrap();
+    assert!(due > 30 && due <= 30 + 2 * policy().retry_delay_ms, "{due}");
+    let (s, m) = group_timer(&def, &s, due);
+    assert_eq!(commands(&m), vec!["ship"], "asked again after the delay");
+    let (s, m) = applied(answer_step(&def, &s, "ship", "ship.done", due + 1));
+    assert_eq!(s.status, SagaStatus::Completed);
+    assert_eq!(events(&m), vec!["saga.completed"]);
+    assert!(!history(&s).iter().any(|(_, k, _)| *k == C));
+}
+
+#[test]
+fn the_deadline_passing_while_the_pivot_is_in_flight_compensates_nothing() {
+    let (def, s) = charging();
+    let p = Policy {
+        saga_timeout_ms: 1_000,
+        compensation_limit_ms: 100_000,
+        ..policy()
+    };
+    // Far past the saga's deadline and the pivot's attempts: it is asked again, not given up.
+    let mut s = s;
+    let mut now = 10;
+    for _ in 0..(p.max_attempts + 2) {
+        now = s.next_wake().unwrap();
+        let (next, m) = applied(on_timer(&def, &p, &s, now));
+        assert_eq!(commands(&m), vec!["charge"], "re-sent at {now}");
+        assert_eq!(next.status, SagaStatus::Started);
+        assert_eq!(next.abort, None);
+        s = next;
+    }
+    assert!(now > 1_000, "the deadline has passed");
+    let (s, m) = applied(answer_step(&def, &s, "charge", "charge.done", now + 1));
+    assert_eq!(commands(&m), vec!["ship"]);
+    // And after the pivot the deadline does not apply either.
+    let (s, m) = applied(on_timer(&def, &p, &s, s.next_wake().unwrap()));
+    assert_eq!(commands(&m), vec!["ship"]);
+    assert_eq!(s.status, SagaStatus::Started);
+}
+
+#[test]
+fn a_refused_pivot_still_undoes_the_steps_before_it() {
+    let (def, s) = charging();
+    let (s, m) = applied(answer_step(&def, &s, "charge", "charge.failed", 20));
+    assert_eq!(commands(&m), vec!["undo_reserve"]);
+    assert_eq!(s.status, SagaStatus::Compensating);
+    let (s, _) = applied(answer_step(&def, &s, "undo_reserve", "reserve.undone", 30));
+    assert_eq!(s.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn a_step_after_the_pivot_failing_past_the_limit_fails_the_saga_for_an_operator_and_retry_goes_on()
+{
+    let (def, s) = charging();
+    let (mut s, _) = applied(answer_step(&def, &s, "charge", "charge.done", 20));
+    let mut now = 20;
+    while s.status == SagaStatus::Started {
+        now += 1;
+        let (next, m) = applied(answer_step(&def, &s, "ship", "ship.failed", now));
+        assert!(
+            !commands(&m).iter().any(|c| c.starts_with("undo_")),
+            "{m:?}"
+        );
+        s = next;
+        if s.status != SagaStatus::Started {
+            assert_eq!(events(&m), vec!["saga.failed"], "the operator's alert");
+            break;
+        }
+        now = s.next_wake().unwrap();
+        let (next, _) = group_timer(&def, &s, now);
+        s = next;
+    }
+    assert!(now >= 20 + policy().compensation_limit_ms, "{now}");
+    assert_eq!(s.status, SagaStatus::Failed);
+    let error = s.error.as_deref().unwrap();
+    assert!(
+        error.starts_with("ship failed after") && error.contains("point of no return (charge)"),
+        "{error}"
+    );
+    assert_eq!(s.compensation_error, None);
+    assert!(
+        !history(&s).iter().any(|(_, k, _)| *k == C),
+        "nothing undone"
+    );
+    // An operator's retry sends ship again, with a fresh limit, and the saga goes on.
+    let (s, m) = applied(retry(&def, &policy(), &s, now + 5));
+    assert_eq!(commands(&m), vec!["ship"]);
+    assert_eq!(s.status, SagaStatus::Started);
+    assert_eq!(s.error, None);
+    let (s, _) = applied(answer_step(&def, &s, "ship", "ship.done", now + 6));
+    assert_eq!(s.status, SagaStatus::Completed);
+}
+
+#[test]
+fn a_cancel_is_refused_once_the_pivot_is_sent() {
+    let def = pivoted();
+    let (s, _) = start(&def, &policy(), Uuid::new_v4(), Map::new(), 0);
+    assert!(matches!(
+        cancel(&def, &policy(), &s, 1),
+        Decision::Applied { .. }
+    ));
+    let (_, s) = charging();
+    assert_eq!(
+        cancel(&def, &policy(), &s, 20),
+        Decision::Ignored(Ignored::PastPointOfNoReturn("charge".into()))
+    );
+    let (done, _) = applied(answer_step(&def, &s, "charge", "charge.done", 20));
+    let (done, _) = applied(answer_step(&def, &done, "ship", "ship.done", 21));
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(
+        cancel(&def, &policy(), &done, 22),
+        Decision::Ignored(Ignored::PastPointOfNoReturn("charge".into()))
+    );
 }

@@ -58,6 +58,11 @@ struct StepFile {
     max_timeout: Option<String>,
     attempts: Option<u32>,
     compensation: Option<CompensationFile>,
+    /// Why the step needs no compensation though it comes before the pivot.
+    nothing_to_undo: Option<String>,
+    /// The saga's point of no return.
+    #[serde(default)]
+    pivot: bool,
     /// Members sent together; the entry is then a group with only a `name`.
     parallel: Option<Vec<StepFile>>,
 }
@@ -219,9 +224,21 @@ impl<'a> Checker<'a> {
         if doc.steps.is_empty() {
             return Err("a saga needs at least one step".into());
         }
-        let mut steps = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut pivot: Option<usize> = None;
         for entry in doc.steps {
             let Some(members) = entry.parallel else {
+                if entry.pivot {
+                    if let Some(p) = pivot {
+                        let name = entry.name.clone().or(entry.command.clone());
+                        return Err(format!(
+                            "step {}: a saga has one pivot, and {} is already it",
+                            name.unwrap_or_default(),
+                            steps[p].name
+                        ));
+                    }
+                    pivot = Some(steps.len());
+                }
                 let step = self.step(entry, &known, None)?;
                 known.extend(step.receive.iter().cloned());
                 steps.push(step);
@@ -231,7 +248,18 @@ impl<'a> Checker<'a> {
                 .name
                 .clone()
                 .ok_or("a parallel group needs a name".to_string())?;
-            if entry.command.is_some() || entry.compensation.is_some() || !entry.send.is_empty() {
+            if entry.pivot || members.iter().any(|m| m.pivot) {
+                return Err(format!(
+                    "group {group}: the pivot is one step, not part of a parallel group (if one \
+                     member failed while another had passed the point of no return, the saga \
+                     could neither be undone nor go on)"
+                ));
+            }
+            if entry.command.is_some()
+                || entry.compensation.is_some()
+                || entry.nothing_to_undo.is_some()
+                || !entry.send.is_empty()
+            {
                 return Err(format!(
                     "group {group}: a group has only a name and its parallel members"
                 ));
@@ -256,6 +284,7 @@ impl<'a> Checker<'a> {
             }
             known.extend(received);
         }
+        check_structure(&steps, pivot)?;
         Ok(SagaDefinition {
             saga_type: doc.saga,
             version: doc.version,
@@ -265,6 +294,7 @@ impl<'a> Checker<'a> {
             lifecycle_topic,
             deadline_ms,
             reply_topics: self.reply_topics,
+            pivot,
         })
     }
 
@@ -320,6 +350,13 @@ impl<'a> Checker<'a> {
                 Some(self.compensation(&name, c, &visible).map_err(at)?)
             }
         };
+        if entry
+            .nothing_to_undo
+            .as_deref()
+            .is_some_and(|w| w.trim().is_empty())
+        {
+            return Err(at("nothing_to_undo says why, in words".into()));
+        }
         Ok(Step {
             name,
             command: spec,
@@ -329,6 +366,7 @@ impl<'a> Checker<'a> {
             compensation,
             timing,
             group: group.map(str::to_string),
+            nothing_to_undo: entry.nothing_to_undo,
         })
     }
 
@@ -431,6 +469,71 @@ impl<'a> Checker<'a> {
             .map(|t| t.name.clone())
             .ok_or_else(|| format!("topic role {role:?} is not in topics.json"))
     }
+}
+
+/// Whether the saga can be undone safely wherever it fails (Garcia-Molina and Salem): every step
+/// before the pivot is undone by its compensation or says why it has nothing to undo, the pivot
+/// itself cannot be undone, and every step after it is retried until it succeeds, so none of
+/// them may have a compensation (it could never run). Without a pivot, every step is before it.
+fn check_structure(steps: &[Step], pivot: Option<usize>) -> Checked<()> {
+    for (i, step) in steps.iter().enumerate() {
+        let at = |p: String| format!("step {}: {p}", step.name);
+        let undoable = step.compensation.is_some();
+        match pivot {
+            Some(p) if i == p => {
+                if undoable {
+                    return Err(at(
+                        "the pivot is the step that cannot be undone, yet it has a \
+                                   compensation: drop `pivot`, or the compensation"
+                            .into(),
+                    ));
+                }
+                if step.nothing_to_undo.is_some() {
+                    return Err(at(
+                        "the pivot needs no nothing_to_undo: it is the step that \
+                                   cannot be undone"
+                            .into(),
+                    ));
+                }
+            }
+            Some(p) if i > p => {
+                let pivot = &steps[p].name;
+                if undoable {
+                    return Err(at(format!(
+                        "comes after the pivot {pivot}, so it is retried until done and never \
+                         undone: its compensation could never run (move the step before the \
+                         pivot, or drop the compensation)"
+                    )));
+                }
+                if step.nothing_to_undo.is_some() {
+                    return Err(at(format!(
+                        "comes after the pivot {pivot}, where nothing is undone: drop \
+                         nothing_to_undo"
+                    )));
+                }
+            }
+            _ => {
+                if undoable && step.nothing_to_undo.is_some() {
+                    return Err(at(
+                        "has a compensation and says nothing_to_undo: keep one".into()
+                    ));
+                }
+                if !undoable && step.nothing_to_undo.is_none() {
+                    let before = match pivot {
+                        Some(p) => format!("comes before the pivot {}", steps[p].name),
+                        None => "is in a saga without a pivot".to_string(),
+                    };
+                    return Err(at(format!(
+                        "{before} but has no compensation: a later failure could not undo it. \
+                         Add a compensation, say why there is nothing to undo \
+                         (nothing_to_undo = \"a lookup\"), or mark the step that cannot be \
+                         undone as the saga's pivot (pivot = true)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The top-level fields the input schema declares: what the first step may send.

@@ -82,15 +82,18 @@ fn an_outline_shows_the_order_the_groups_and_what_undoes_them() {
     assert_eq!(
         registry.latest("refund_order").unwrap().outline(),
         "refund_order v1: begin_refund -> verify(check_refund_eligibility + hold_refund) \
-         -> refund_payment -> complete_refund; undone by abort_refund, release_refund_hold"
+         -> refund_payment -> complete_refund; undone by abort_refund, release_refund_hold; \
+         pivot refund_payment (begin_refund compensatable, check_refund_eligibility nothing to \
+         undo, hold_refund compensatable, refund_payment pivot, complete_refund retriable)"
     );
     let alone = load(&with_steps(
-        "[[steps]]\ncommand = \"get_payment_info\"\nsend = [\"customer_id\"]\n",
+        "[[steps]]\ncommand = \"get_payment_info\"\nsend = [\"customer_id\"]\nnothing_to_undo = \"a lookup\"\n",
     ))
     .unwrap();
     assert_eq!(
         alone.outline(),
-        "ship v1: get_payment_info; nothing to undo"
+        "ship v1: get_payment_info; nothing to undo; no pivot: every step can be undone \
+         (get_payment_info nothing to undo)"
     );
 }
 
@@ -271,6 +274,7 @@ name = "charge_and_look_up"
 command = "get_payment_info"
 send = ["customer_id"]
 receive = ["payment_method_id"]
+nothing_to_undo = "a lookup"
 [[steps.parallel]]
 command = "authorize_payment"
 send = ["customer_id", "amount_cents"]
@@ -339,4 +343,108 @@ fn two_files_with_one_version_name_both() {
         .unwrap();
     assert_eq!(r.latest("ship").unwrap().version, 2);
     assert!(r.get("ship", 1).is_some());
+}
+
+/// A lookup, the charge that cannot be undone, then the confirmation.
+const PIVOTED: &str = r#"
+[[steps]]
+command = "get_payment_info"
+send = ["customer_id"]
+receive = ["payment_method_id"]
+nothing_to_undo = "a lookup"
+
+[[steps]]
+command = "authorize_payment"
+send = ["customer_id", "amount_cents", "payment_method_id"]
+receive = ["payment_id"]
+pivot = true
+
+[[steps]]
+command = "update_order_status"
+send = ["customer_id"]
+args = { order_id = "o", status = "CREATED" }
+"#;
+
+#[test]
+fn a_pivot_splits_the_saga_into_undoable_steps_and_retriable_ones() {
+    let def = load(&with_steps(PIVOTED)).unwrap();
+    assert_eq!(def.pivot, Some(1));
+    use crate::saga::definition::Role;
+    let roles: Vec<Role> = (0..3).map(|i| def.role(i)).collect();
+    assert_eq!(roles, [Role::NothingToUndo, Role::Pivot, Role::Retriable]);
+    assert!(!def.must_happen(0) && def.must_happen(1) && def.must_happen(2));
+}
+
+#[test]
+fn a_step_without_compensation_before_the_pivot_is_refused_naming_it() {
+    let err = problem(&with_steps(
+        &PIVOTED.replace("nothing_to_undo = \"a lookup\"\n", ""),
+    ));
+    assert!(
+        err.contains("step get_payment_info")
+            && err.contains("before the pivot authorize_payment")
+            && err.contains("nothing_to_undo"),
+        "{err}"
+    );
+    // Without a pivot, every step is before it.
+    let err = problem(&with_steps(
+        "[[steps]]\ncommand = \"get_payment_info\"\nsend = [\"customer_id\"]\n",
+    ));
+    assert!(
+        err.contains("step get_payment_info") && err.contains("without a pivot"),
+        "{err}"
+    );
+    let err = problem(&with_steps(&PIVOTED.replace("\"a lookup\"", "\" \"")));
+    assert!(err.contains("says why"), "{err}");
+}
+
+#[test]
+fn a_compensation_after_the_pivot_or_on_it_is_refused() {
+    let after = PIVOTED.replace(
+        "args = { order_id = \"o\", status = \"CREATED\" }",
+        "args = { order_id = \"o\", status = \"CREATED\" }\n\
+         compensation = { command = \"cancel_order\", args = { order_id = \"o\" } }",
+    );
+    let err = problem(&with_steps(&after));
+    assert!(
+        err.contains("step update_order_status")
+            && err.contains("after the pivot authorize_payment"),
+        "{err}"
+    );
+    let on = PIVOTED.replace(
+        "pivot = true",
+        "pivot = true\ncompensation = { command = \"revert_payment\", send = [\"payment_id\"] }",
+    );
+    let err = problem(&with_steps(&on));
+    assert!(
+        err.contains("step authorize_payment") && err.contains("cannot be undone"),
+        "{err}"
+    );
+    let noted = PIVOTED.replace(
+        "status = \"CREATED\" }",
+        "status = \"CREATED\" }\nnothing_to_undo = \"x\"",
+    );
+    assert!(problem(&with_steps(&noted)).contains("drop nothing_to_undo"));
+}
+
+#[test]
+fn a_saga_has_one_pivot_outside_any_group() {
+    let twice = PIVOTED.replace(
+        "status = \"CREATED\" }",
+        "status = \"CREATED\" }\npivot = true",
+    );
+    let err = problem(&with_steps(&twice));
+    assert!(
+        err.contains("step update_order_status") && err.contains("one pivot"),
+        "{err}"
+    );
+    let grouped = GROUP.replace(
+        "compensation = { command = \"revert_payment\", send = [\"payment_id\"] }",
+        "pivot = true",
+    );
+    let err = problem(&with_steps(&format!("{CREATE}{grouped}")));
+    assert!(
+        err.contains("group charge_and_look_up") && err.contains("not part of a parallel group"),
+        "{err}"
+    );
 }

@@ -403,13 +403,17 @@ mod tests {
         assert_eq!(parked.next_wake(), None, "no deadline brings it back");
         // Retry does nothing until the version is back, then resumes it under that version.
         assert!(matches!(only_v2.retry(&parked, 6), Decision::Ignored(_)));
-        let Decision::Applied { state: resumed, .. } = old.retry(&parked, 7) else {
+        let Decision::Applied {
+            state: resumed,
+            messages,
+        } = old.retry(&parked, 7)
+        else {
             panic!()
         };
         assert!(resumed.parked.is_none());
-        let Decision::Applied { messages, .. } = old.on_timer(&resumed, 7) else {
-            panic!()
-        };
-        assert_eq!(messages[0].envelope.message_type, "one");
+        assert_eq!(
+            messages[0].envelope.message_type, "one",
+            "re-sent under version 1"
+        );
     }
 }

@@ -124,6 +124,13 @@ impl SagaStore {
                     state: next,
                     messages: out,
                 } => {
+                    // A reply that parks its saga (its definition version is not loaded) was
+                    // not applied: it leaves the inbox, so that when the saga resumes and
+                    // re-sends the command, the participant's stored answer (same message id)
+                    // counts instead of being dropped as a duplicate.
+                    if next.parked.is_some() && state.parked.is_none() {
+                        forget.push(message_id);
+                    }
                     outcomes.push(ReplyOutcome::Applied {
                         status: next.status,
                         messages: out.len(),

@@ -212,7 +212,7 @@ mod tests {
         .0
     }
 
-    /// Issue 10, item 5: a waiter that left while a wake-up held the slot kept its entry for
+    /// A waiter that left while a wake-up held the slot kept its entry for
     /// good (the reference count said someone still waited), with the final state in it.
     #[test]
     fn the_last_waiter_removes_the_entry_even_during_a_wake_up() {
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(watchers.len(), 0);
     }
 
-    /// Issue 10, item 5: a waiter arriving after a saga was reopened must not be answered with
+    /// A waiter arriving after a saga was reopened must not be answered with
     /// the final state it had before.
     #[test]
     fn a_reopened_saga_does_not_answer_with_its_old_final_state() {

@@ -38,7 +38,7 @@ mod tests {
         assert!(parse_overrides("").unwrap().is_empty());
     }
 
-    /// Issue 10, item 16: consumers are static members named by `INSTANCE_ID` (else the
+    /// Consumers are static members named by `INSTANCE_ID` (else the
     /// container's `HOSTNAME`), with a session timeout chosen for a restart, not librdkafka's
     /// 45 s; `KAFKA_CONFIG` still overrides both; the mock keeps its own short settings.
     #[test]
