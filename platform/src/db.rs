@@ -38,6 +38,27 @@ impl Engine {
     }
 }
 
+/// `migrator` with migration `version`'s text replaced in place by a corrected one, still
+/// accepting databases that ran `earlier_sql`, its first text. sqlx refuses to start on a
+/// database whose applied migration's checksum differs from the binary's; the checksum kept is
+/// the first text's, so databases that ran either text (the same schema) agree with it.
+/// Only for a fix that leaves the schema exactly as the first text did.
+pub fn corrected(mut migrator: Migrator, version: i64, earlier_sql: &'static str) -> Migrator {
+    let mut list = migrator.migrations.to_vec();
+    for m in list.iter_mut().filter(|m| m.version == version) {
+        let first = sqlx::migrate::Migration::new(
+            m.version,
+            m.description.clone(),
+            m.migration_type,
+            std::borrow::Cow::Borrowed(earlier_sql),
+            m.no_tx,
+        );
+        m.checksum = first.checksum;
+    }
+    migrator.migrations = list.into();
+    migrator
+}
+
 /// The migrations of one component, for each engine.
 pub struct Migrations {
     pub sqlite: &'static Migrator,

@@ -270,7 +270,9 @@ impl DeadLetters {
         .bind(letter.payload.as_ref().map(|p| B64.encode(p)))
         .bind(serde_json::Value::Array(headers).to_string())
         .bind(reason)
-        .bind(error)
+        // The error may quote the message, NUL included, which a PostgreSQL text column refuses:
+        // the letter would then be neither published nor stored.
+        .bind(error.replace('\0', "\u{FFFD}"))
         .bind(crate::time::now_ms())
         .execute(&store.writer)
         .await?;

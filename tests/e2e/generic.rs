@@ -419,7 +419,10 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     let registry = app.config.sagas.clone();
     let def = registry.latest("create_order").unwrap();
     let saga_id = uuid::Uuid::new_v4();
-    let input = create_order_input("c-migrated");
+    // The previous release took NUL in item names: PostgreSQL's JSON types refuse the escape,
+    // which stopped the migration there (SQLite migrated the same row).
+    let mut input = create_order_input("c-migrated");
+    input["order_details"]["foodItems"][0]["name"] = json!("Tea\u{0}\u{0}");
     let (state, _) = orchestrator::saga::engine::start(
         def,
         &fast_policy(),
@@ -451,9 +454,18 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     let id = saga_id.to_string();
     let saga = app.wait_terminal(&id).await;
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let mut recovered = input.clone();
+    if app.config.postgres_url.is_some() {
+        // Read with each NUL escape replaced; the state itself keeps it.
+        recovered["order_details"]["foodItems"][0]["name"] = json!("Tea\u{FFFD}\u{FFFD}");
+    }
     assert_eq!(
-        saga["input"], input,
+        saga["input"], recovered,
         "the input recovered from the stored state"
+    );
+    assert_eq!(
+        saga["context"]["order_details"], input["order_details"],
+        "the state as it was"
     );
     assert_eq!(saga["definition_version"], 1);
     assert_eq!(saga["customer_id"], "c-migrated");
@@ -665,5 +677,94 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(attempts(&done), 2, "one re-send after the retry: {done}");
     assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+    app.stop().await;
+}
+
+/// Migration 7's first text failed on PostgreSQL for states holding a NUL; its corrected text
+/// leaves the same schema, and a database that ran the first text still starts (sqlx refuses a
+/// database whose applied migration's checksum differs from the binary's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_ran_migration_7s_first_text_still_starts() {
+    let mut app = spawn_app_on(
+        Some(required_postgres()),
+        &[NO_IN_PROCESS],
+        fast_policy(),
+        Default::default(),
+    )
+    .await;
+    let url = app.config.database_url("orchestrator").unwrap();
+    let first = include_str!(
+        "../../orchestrator/migrations/superseded/postgres/0007_sagas_of_any_type.sql"
+    );
+    let mut earlier = sqlx::migrate::Migrator::DEFAULT;
+    earlier.migrations = orchestrator::store::MIGRATIONS
+        .postgres
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 7)
+        .map(|m| {
+            if m.version < 7 {
+                return m.clone();
+            }
+            sqlx::migrate::Migration::new(
+                7,
+                m.description.clone(),
+                m.migration_type,
+                std::borrow::Cow::Borrowed(first),
+                m.no_tx,
+            )
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let earlier: &'static sqlx::migrate::Migrator = Box::leak(Box::new(earlier));
+    let old = platform::db::Db::connect(
+        &url,
+        &platform::db::Migrations {
+            sqlite: orchestrator::store::MIGRATIONS.sqlite,
+            postgres: earlier,
+        },
+        platform::db::SqliteSync::Normal,
+    )
+    .await
+    .unwrap();
+    old.close().await;
+    for s in ["notification", "orders", "users", "payments"] {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await; // would panic on a checksum mismatch
+    let id = app.start_saga("c-after-first-text").await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    app.stop().await;
+}
+
+/// A NUL in a start input is refused on both fronts, naming where it is: it was taken, and
+/// later stopped PostgreSQL's migration and the storing of dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_start_input_is_refused_naming_where() {
+    let app = spawn_app_with(&[]).await;
+    let mut input = create_order_input("c-nul\u{0}");
+    input["order_details"]["foodItems"][0]["name"] = json!("Tea\u{0}");
+    let (status, body, _) = start(&app, "create_order", &input, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("/customer_id: contains a NUL")
+            && error.contains("/order_details/foodItems/0/name: contains a NUL"),
+        "{error}"
+    );
+    let mut order = order_body("c-nul");
+    order["order_details"]["deliveryLocation"] = json!("Level 2\u{0}");
+    let r = app
+        .client
+        .post(app.url("/orders"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("NUL"), "{body}");
+    let (_, list) = app.get_json("/sagas").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "nothing stored: {list}");
     app.stop().await;
 }

@@ -7,12 +7,31 @@
 --   saga so far);
 -- - an idempotency key is unique per saga type;
 -- - `customer_id` goes: it is create-order's field, and lives in its input.
+--
+-- A state may hold the JSON escape \u0000 (earlier releases took NUL in item names and
+-- locations), which PostgreSQL's json and jsonb refuse to read: for the input it is read with
+-- each such escape replaced by \ufffd (the replacement character), twice so that escapes
+-- standing side by side are all found; an escape is one after an even run of backslashes
+-- (`\\u0000` is a backslash, then the text u0000). The state itself is left as it was.
+--
+-- This text replaced a first one that cast every state to jsonb and so failed on such rows; the
+-- orchestrator accepts a database that ran either (superseded/postgres/0007_*.sql): the schema
+-- they leave is the same.
 ALTER TABLE sagas ADD COLUMN definition_version INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE sagas ADD COLUMN input TEXT;
+WITH readable AS (
+    SELECT saga_id, CASE WHEN strpos(state, '\u0000') = 0 THEN state ELSE
+        regexp_replace(regexp_replace(state,
+            '(^|[^\\])((\\\\)*)\\u0000', '\1\2\\ufffd', 'g'),
+            '(^|[^\\])((\\\\)*)\\u0000', '\1\2\\ufffd', 'g')
+    END::jsonb AS state
+    FROM sagas
+)
 UPDATE sagas SET input = json_build_object(
-    'customer_id', state::jsonb -> 'context' -> 'customer_id',
-    'order_details', state::jsonb -> 'context' -> 'order_details',
-    'amount_cents', state::jsonb -> 'context' -> 'amount_cents')::text;
+    'customer_id', readable.state -> 'context' -> 'customer_id',
+    'order_details', readable.state -> 'context' -> 'order_details',
+    'amount_cents', readable.state -> 'context' -> 'amount_cents')::text
+FROM readable WHERE readable.saga_id = sagas.saga_id;
 ALTER TABLE sagas ALTER COLUMN input SET NOT NULL;
 ALTER TABLE sagas DROP COLUMN customer_id;
 ALTER TABLE sagas DROP CONSTRAINT sagas_idempotency_key_key;

@@ -981,13 +981,14 @@ impl Machine<'_> {
     }
 }
 
-/// The failure reason a participant gave, or the reply type when it gave none.
+/// The failure reason a participant gave, or the reply type when it gave none. A NUL in it
+/// becomes U+FFFD: the reason is stored and shown, and PostgreSQL's JSON types refuse NUL.
 fn reason(reply: Reply<'_>) -> String {
     reply
         .payload
         .get("reason")
         .and_then(Value::as_str)
-        .map(str::to_string)
+        .map(|r| r.replace('\0', "\u{FFFD}"))
         .unwrap_or_else(|| reply.message_type.to_string())
 }
 

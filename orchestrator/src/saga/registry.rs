@@ -131,6 +131,17 @@ impl Registry {
         let Some(validator) = self.inputs.get(&(def.saga_type.clone(), def.version)) else {
             return Err(vec![format!("{} is not loaded", def.saga_type)]);
         };
+        let mut nul = Vec::new();
+        nul_paths(input, &mut String::new(), &mut nul);
+        if !nul.is_empty() {
+            return Err(nul
+                .into_iter()
+                .take(MAX_PROBLEMS)
+                .map(|path| {
+                    format!("{path}: contains a NUL character (U+0000), which is not stored")
+                })
+                .collect());
+        }
         problems(validator, input)
     }
 
@@ -157,6 +168,44 @@ impl Registry {
                     state.saga_type, state.definition_version
                 )
             })
+    }
+}
+
+/// The JSON Pointer of every string (value or key) in `value` holding a NUL character: no
+/// schema says it, yet PostgreSQL's JSON types and text columns refuse it, and no person means
+/// it.
+fn nul_paths(value: &serde_json::Value, at: &mut String, found: &mut Vec<String>) {
+    let pointer = |at: &str| {
+        if at.is_empty() {
+            "/".to_string()
+        } else {
+            at.to_string()
+        }
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => found.push(pointer(at)),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = at.len();
+                at.push_str(&format!("/{i}"));
+                nul_paths(item, at, found);
+                at.truncate(len);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (key, item) in fields {
+                let len = at.len();
+                // RFC 6901: `~` and `/` in a key are escaped.
+                at.push('/');
+                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                if key.contains('\0') {
+                    found.push(pointer(at));
+                }
+                nul_paths(item, at, found);
+                at.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -293,6 +342,19 @@ mod tests {
             problems.iter().any(|p| p.starts_with("/sku: ")),
             "{problems:?}"
         );
+        let nul = r
+            .check_input(
+                &d,
+                &json!({"qty": 2, "sku": "a\u{0}b", "x\u{0}": [1, "\u{0}"]}),
+            )
+            .unwrap_err();
+        assert_eq!(nul.len(), 3, "{nul:?}");
+        for path in ["/sku: ", "/x\u{0}: ", "/x\u{0}/1: "] {
+            assert!(
+                nul.iter().any(|p| p.starts_with(path) && p.contains("NUL")),
+                "{path} in {nul:?}"
+            );
+        }
         let missing = r.check_input(&d, &json!({})).unwrap_err();
         assert!(
             missing[0].starts_with("/: ") && missing[0].contains("qty"),
