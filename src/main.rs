@@ -31,9 +31,8 @@ struct Args {
     notification_stdout: bool,
     #[command(flatten)]
     notification_rotation: services::notification::RotationArgs,
-    /// A topics.json to use instead of the built-in one.
-    #[arg(long, env = "TOPICS_FILE")]
-    topics_file: Option<String>,
+    #[command(flatten)]
+    topics: platform::topics::TopicArgs,
     #[command(flatten)]
     sagas: orchestrator::app::SagaArgs,
     #[command(flatten)]
@@ -54,7 +53,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), saga_system::Error> {
     let _telemetry = platform::telemetry::init("saga-system")?;
-    let topics = platform::Topics::load(args.topics_file.as_deref())?;
+    let topics = args.topics.load()?;
     let sagas = args
         .sagas
         .load(&topics)

@@ -48,7 +48,70 @@ pub struct Topics {
     pub others: BTreeMap<String, TopicSpec>,
 }
 
+/// Where the topics come from and how they are named on the broker (`TOPICS_FILE`,
+/// `TOPIC_PREFIX`): one declaration for every binary.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopicArgs {
+    /// A topics.json to use instead of the built-in one.
+    #[arg(long, env = "TOPICS_FILE")]
+    pub topics_file: Option<String>,
+    /// Put in front of every topic name of topics.json (`staging.` gives `staging.order_commands`),
+    /// so that several deployments, or test runs, share one Kafka cluster without sharing a topic.
+    /// Pair it with GROUP_PREFIX.
+    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+impl TopicArgs {
+    /// The topics, prefixed.
+    pub fn load(&self) -> Result<Topics> {
+        Topics::load(self.topics_file.as_deref())?.prefixed(&self.topic_prefix)
+    }
+}
+
+/// Kafka's limit on a topic name's length.
+const MAX_TOPIC_NAME: usize = 249;
+
+/// Whether `s` is made of the characters Kafka allows in a topic name.
+pub fn legal_topic_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 impl Topics {
+    /// Every topic renamed `{prefix}{name}`; the roles stay as they are, so saga definitions and
+    /// `messages.toml` need no change. An empty prefix changes nothing.
+    pub fn prefixed(mut self, prefix: &str) -> Result<Self> {
+        if prefix.is_empty() {
+            return Ok(self);
+        }
+        if !legal_topic_chars(prefix) {
+            return Err(Error::TopicsInvalid(format!(
+                "TOPIC_PREFIX {prefix:?} may hold only a-z, A-Z, 0-9, '.', '_' and '-'"
+            )));
+        }
+        for spec in self.specs_mut() {
+            spec.name = format!("{prefix}{}", spec.name);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn specs_mut(&mut self) -> impl Iterator<Item = &mut TopicSpec> {
+        [
+            &mut self.order_commands,
+            &mut self.order_events,
+            &mut self.user_commands,
+            &mut self.user_events,
+            &mut self.payment_commands,
+            &mut self.payment_events,
+            &mut self.notification_events,
+            &mut self.dead_letter,
+        ]
+        .into_iter()
+        .chain(self.others.values_mut())
+    }
+
     /// Parses and checks a `topics.json` document.
     pub fn from_json(json: &str, origin: &str) -> Result<Self> {
         let topics: Topics = serde_json::from_str(json).map_err(|source| Error::TopicsJson {
@@ -108,6 +171,13 @@ impl Topics {
                     t.name
                 )));
             }
+            if t.name.len() > MAX_TOPIC_NAME || !legal_topic_chars(&t.name) {
+                return Err(Error::TopicsInvalid(format!(
+                    "topic name {:?} must be at most {MAX_TOPIC_NAME} of a-z, A-Z, 0-9, '.', '_' \
+                     and '-' (with TOPIC_PREFIX)",
+                    t.name
+                )));
+            }
             if !seen.insert(t.name.as_str()) {
                 return Err(Error::TopicsInvalid(format!(
                     "topic name {:?} is used for two roles",
@@ -151,6 +221,26 @@ mod tests {
         assert_eq!(topics.role("order_events").unwrap().name, "order_events");
         assert!(topics.role("nope").is_none());
         assert_eq!(topics.all().len(), 9);
+    }
+
+    #[test]
+    fn a_prefix_renames_every_topic_and_keeps_the_roles() {
+        let topics = Topics::load(None).unwrap().prefixed("staging.").unwrap();
+        assert_eq!(topics.order_commands.name, "staging.order_commands");
+        assert_eq!(topics.dead_letter.name, "staging.saga_dead_letter");
+        assert_eq!(
+            topics.role("user_events").unwrap().name,
+            "staging.user_events"
+        );
+        assert!(topics.all().iter().all(|t| t.name.starts_with("staging.")));
+        assert_eq!(
+            Topics::load(None).unwrap().prefixed("").unwrap(),
+            Topics::load(None).unwrap()
+        );
+        let err = Topics::load(None).unwrap().prefixed("a b/").unwrap_err();
+        assert!(err.to_string().contains("TOPIC_PREFIX"), "{err}");
+        let long = "x".repeat(240);
+        assert!(Topics::load(None).unwrap().prefixed(&long).is_err());
     }
 
     #[test]

@@ -43,8 +43,8 @@ struct OfflineCli {
     offline: orchestrator::app::OfflineArgs,
     #[command(flatten)]
     sagas: orchestrator::app::SagaArgs,
-    #[arg(long, env = "TOPICS_FILE")]
-    topics_file: Option<String>,
+    #[command(flatten)]
+    topics: platform::topics::TopicArgs,
 }
 
 #[tokio::main]
@@ -59,7 +59,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 fn offline(cli: &OfflineCli) -> Result<(), Box<dyn std::error::Error>> {
-    let topics = platform::Topics::load(cli.topics_file.as_deref())?;
+    let topics = cli.topics.load()?;
     let sagas = cli.sagas.load(&topics)?;
     cli.offline.answer(&sagas, &topics)?;
     Ok(())
@@ -67,7 +67,7 @@ fn offline(cli: &OfflineCli) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _telemetry = platform::telemetry::init("orchestrator")?;
-    let topics = platform::Topics::load(args.kafka.topics_file.as_deref())?;
+    let topics = args.kafka.topics.load()?;
     let sagas = args.sagas.load(&topics)?;
     if args.offline.answer(&sagas, &topics)? {
         return Ok(());

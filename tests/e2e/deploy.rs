@@ -136,6 +136,39 @@ fn kafka_postgres_ui_and_prometheus_are_reachable_and_checked() {
         kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"],
         "false"
     );
+    // The broker the tests meet (scripts/kafka.sh) is the one compose runs, with its settings.
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh")).unwrap();
+    let pinned = script
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=\"${KAFKA_VERSION:-"))
+        .and_then(|l| l.strip_suffix("}\""))
+        .expect("scripts/kafka.sh pins KAFKA_VERSION");
+    assert_eq!(kafka["image"], format!("apache/kafka:{pinned}"));
+    for (setting, property) in [
+        (
+            "KAFKA_AUTO_CREATE_TOPICS_ENABLE",
+            "auto.create.topics.enable",
+        ),
+        (
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "offsets.topic.replication.factor",
+        ),
+        (
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+            "transaction.state.log.min.isr",
+        ),
+        (
+            "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS",
+            "group.initial.rebalance.delay.ms",
+        ),
+    ] {
+        let value = kafka["environment"][setting].to_string().replace('"', "");
+        assert!(
+            script.contains(&format!("{property}={value}")),
+            "{setting}={value} in compose, not {property}={value} in scripts/kafka.sh"
+        );
+    }
     let log_dir = kafka["environment"]["KAFKA_LOG_DIRS"].as_str().unwrap();
     assert!(kafka["volumes"]
         .as_array()

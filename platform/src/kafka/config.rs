@@ -28,9 +28,12 @@ pub struct KafkaArgs {
     /// (e.g. `security.protocol=SASL_SSL,sasl.mechanism=PLAIN`).
     #[arg(long, env = "KAFKA_CONFIG", default_value = "")]
     pub kafka_config: String,
-    /// A topics.json to use instead of the built-in one.
-    #[arg(long, env = "TOPICS_FILE")]
-    pub topics_file: Option<String>,
+    #[command(flatten)]
+    pub topics: crate::topics::TopicArgs,
+    /// Put in front of every consumer group id (`staging.` gives `staging.saga-orchestrator`):
+    /// with TOPIC_PREFIX, several deployments share one cluster without sharing a group.
+    #[arg(long, env = "GROUP_PREFIX", default_value = "")]
+    pub group_prefix: String,
     /// Create missing topics from topics.json at start-up with the Admin API.
     #[arg(long, env = "CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
@@ -49,7 +52,7 @@ impl KafkaArgs {
     /// What a standalone process does first: load topics.json, build the client settings, and
     /// create missing topics unless told not to.
     pub async fn prepare(&self) -> Result<(KafkaSettings, Topics)> {
-        let topics = Topics::load(self.topics_file.as_deref())?;
+        let topics = self.topics.load()?;
         let kafka = self.settings()?;
         kafka.probe(self.kafka_startup_timeout).await?;
         if self.create_topics {
@@ -65,11 +68,18 @@ impl KafkaArgs {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .map(|id| id.trim().to_string())
             .filter(|id| !id.is_empty());
+        if !crate::topics::legal_topic_chars(&self.group_prefix) {
+            return Err(Error::Config(format!(
+                "GROUP_PREFIX {:?} may hold only a-z, A-Z, 0-9, '.', '_' and '-'",
+                self.group_prefix
+            )));
+        }
         Ok(KafkaSettings {
             brokers: self.kafka_brokers.clone(),
             overrides: parse_overrides(&self.kafka_config)?,
             embedded: false,
             instance_id,
+            group_prefix: self.group_prefix.clone(),
         })
     }
 }
@@ -103,6 +113,8 @@ pub struct KafkaSettings {
     pub embedded: bool,
     /// `group.instance.id` of every consumer (static membership), if any.
     pub instance_id: Option<String>,
+    /// Put in front of every consumer group id (`GROUP_PREFIX`).
+    pub group_prefix: String,
 }
 
 /// The consumers' session timeout on a real broker. A member that stops heartbeating keeps its
@@ -119,7 +131,13 @@ impl KafkaSettings {
             overrides: Vec::new(),
             embedded: true,
             instance_id: None,
+            group_prefix: String::new(),
         }
+    }
+
+    /// The group id a consumer of `group` joins: the prefix, then the name.
+    pub fn group_id(&self, group: &str) -> String {
+        format!("{}{group}", self.group_prefix)
     }
 
     pub(super) fn config(&self) -> ClientConfig {
@@ -154,6 +172,7 @@ impl KafkaSettings {
     /// An at-least-once consumer in `group`, subscribed to `topics`, reporting its lag and
     /// assignment to `ops` (see [`Observer`]).
     pub fn consumer(&self, group: &str, topics: &[&str], ops: &Ops) -> Result<KafkaConsumer> {
+        let group = &self.group_id(group);
         let context = Observer::new(group, ops);
         let consumer: KafkaConsumer = self
             .consumer_config(group)
@@ -165,7 +184,7 @@ impl KafkaSettings {
         Ok(consumer)
     }
 
-    /// The settings of a consumer in `group`, overrides applied.
+    /// The settings of a consumer in `group` (already prefixed), overrides applied.
     pub(super) fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.config();
         c.set("group.id", group)

@@ -46,7 +46,8 @@ mod tests {
         let args = |id: Option<&str>| KafkaArgs {
             kafka_brokers: "b:9092".into(),
             kafka_config: String::new(),
-            topics_file: None,
+            topics: Default::default(),
+            group_prefix: String::new(),
             create_topics: false,
             kafka_startup_timeout: Duration::from_secs(1),
             instance_id: id.map(String::from),
@@ -74,6 +75,7 @@ mod tests {
             overrides: parse_overrides(config).unwrap(),
             embedded: false,
             instance_id: None,
+            group_prefix: String::new(),
         }
     }
 
