@@ -201,6 +201,11 @@ start() {
     print_env
     return
   fi
+  for port in "$KAFKA_PLAIN_PORT" "$KAFKA_SASL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is taken (another broker? stop it, or set KAFKA_PLAIN_PORT, KAFKA_SASL_PORT, KAFKA_MTLS_PORT, KAFKA_CONTROLLER_PORT)"
+    fi
+  done
   fetch
   mkdir -p "$KAFKA_STATE"
   certificates

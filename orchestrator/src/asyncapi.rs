@@ -269,4 +269,22 @@ mod tests {
             assert!(!node.is_null(), "dangling $ref #/{path}");
         }
     }
+
+    /// With `TOPIC_PREFIX` the document names the topics as the broker has them; channels keep
+    /// their roles, so a participant's code generated from it reads the same.
+    #[test]
+    fn a_topic_prefix_shows_in_every_channel_address() {
+        let topics = Topics::load(None).unwrap().prefixed("staging.").unwrap();
+        let contract = Contract::built_in();
+        let registry = SagasSource::BuiltIn.load(&topics, contract).unwrap();
+        let doc = document(&registry, contract, &topics);
+        assert_eq!(
+            doc["channels"]["order_commands"]["address"],
+            "staging.order_commands"
+        );
+        for (role, _) in topics.roles() {
+            let address = doc["channels"][role]["address"].as_str().unwrap();
+            assert!(address.starts_with("staging."), "{role}: {address}");
+        }
+    }
 }

@@ -90,14 +90,14 @@ impl Topics {
                 "TOPIC_PREFIX {prefix:?} may hold only a-z, A-Z, 0-9, '.', '_' and '-'"
             )));
         }
-        for spec in self.specs_mut() {
+        for spec in self.all_mut() {
             spec.name = format!("{prefix}{}", spec.name);
         }
         self.validate()?;
         Ok(self)
     }
 
-    fn specs_mut(&mut self) -> impl Iterator<Item = &mut TopicSpec> {
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut TopicSpec> {
         [
             &mut self.order_commands,
             &mut self.order_events,

@@ -44,6 +44,9 @@ async fn kill_9_of_each_service_mid_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_away_for_10_seconds_delays_sagas_but_loses_none() {
+    if crate::broker::needs_the_mock("taking a broker down") {
+        return;
+    }
     let app = spawn_processes(&[]).await;
     let mut ids = app.post_many(40, "before").await;
     app.kafka.broker_down(1).unwrap();

@@ -105,7 +105,8 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(
         doc["channels"]["payment_commands"]["address"],
-        "payment_commands"
+        app.config.topics.payment_commands.name.as_str(),
+        "the topic's name on the broker (with TOPIC_PREFIX on a shared one)"
     );
     for (channel, message) in [
         ("payment_commands", "refund_payment"),
@@ -120,7 +121,10 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
         );
     }
     // The binary prints the same document offline, for a deployment to publish.
-    let (code, printed, stderr) = run_offline(&["--print-asyncapi"], None);
+    let (code, printed, stderr) = run_offline(
+        &["--print-asyncapi", "--topic-prefix", app.kafka.prefix()],
+        None,
+    );
     assert_eq!(code, Some(0), "{stderr}");
     let printed: Value = serde_json::from_str(&printed).expect("stdout is the JSON document");
     assert_eq!(printed, doc, "the printed document is the served one");
@@ -299,14 +303,13 @@ fn quick_order_folder() -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
     let dir = quick_order_folder();
-    let topics = platform::Topics::load(None).unwrap();
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
     let registry = orchestrator::app::SagaArgs {
         sagas_dir: Some(dir.path().into()),
         messages_file: None,
     }
-    .load(&topics)
+    .load(&app.config.topics)
     .unwrap();
-    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
     app.config.sagas = Arc::clone(&registry);
     for s in ["notification", "orders", "users", "payments"] {
         app.start_service(s).await;
@@ -484,6 +487,7 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
 /// Loads `sagas/` with create_order's file given `version` (and, with `keep_v1`, the shipped
 /// version 1 beside it).
 fn registry_with_create_order(
+    topics: &platform::Topics,
     version: u32,
     keep_v1: bool,
 ) -> (tempfile::TempDir, Arc<orchestrator::saga::Registry>) {
@@ -502,7 +506,7 @@ fn registry_with_create_order(
         sagas_dir: Some(dir.path().into()),
         messages_file: None,
     }
-    .load(&platform::Topics::load(None).unwrap())
+    .load(topics)
     .unwrap();
     (dir, registry)
 }
@@ -532,7 +536,7 @@ async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it
 
     // Deploy: create_order version 2 only.
     app.stop_orchestrator().await;
-    let (_v2_dir, v2_only) = registry_with_create_order(2, false);
+    let (_v2_dir, v2_only) = registry_with_create_order(&app.config.topics, 2, false);
     app.config.sagas = v2_only;
     // A new process's readiness (the stopped one's says "shutting down").
     app.config.ops = platform::Ops::default();
@@ -584,7 +588,7 @@ async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it
 
     // Deploy both versions, and the missing participant: retry resumes it under version 1.
     app.stop_orchestrator().await;
-    let (_both_dir, both) = registry_with_create_order(2, true);
+    let (_both_dir, both) = registry_with_create_order(&app.config.topics, 2, true);
     app.config.sagas = both;
     app.config.ops = platform::Ops::default();
     app.start_service("users").await;
@@ -639,7 +643,7 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
 
     // Deploy version 2 only, then let the user service answer the waiting command.
     app.stop_orchestrator().await;
-    let (_v2_dir, v2_only) = registry_with_create_order(2, false);
+    let (_v2_dir, v2_only) = registry_with_create_order(&app.config.topics, 2, false);
     app.config.sagas = v2_only;
     app.config.ops = platform::Ops::default();
     app.start_orchestrator().await;
@@ -667,7 +671,7 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
 
     // Both versions again: the retry re-sends get_payment_info, and its answer counts.
     app.stop_orchestrator().await;
-    let (_both_dir, both) = registry_with_create_order(2, true);
+    let (_both_dir, both) = registry_with_create_order(&app.config.topics, 2, true);
     app.config.sagas = both;
     app.config.ops = platform::Ops::default();
     app.start_orchestrator().await;

@@ -1,6 +1,8 @@
 //! `spawn_app()`: the real system, started the way `cargo run` starts it, but with its own
-//! embedded Kafka, its own databases (SQLite in a temporary folder, or fresh PostgreSQL databases
-//! when `TEST_DATABASE_URL` is set) and its HTTP API on port 0, so tests run in parallel.
+//! embedded Kafka (or its own topics and groups on the real broker `TEST_KAFKA_BROKERS` names,
+//! see [`crate::broker`]), its own databases (SQLite in a temporary folder, or fresh PostgreSQL
+//! databases when `TEST_DATABASE_URL` is set) and its HTTP API on port 0, so tests run in
+//! parallel.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
@@ -16,7 +18,6 @@ use sqlx::{AnyPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use platform::db::SqliteSync;
-use platform::embedded::EmbeddedKafka;
 use platform::Topics;
 use saga_system::SystemConfig;
 use services::chaos::Chaos;
@@ -32,7 +33,7 @@ pub struct TestApp {
     /// before `stop` leaves it alive (leaked): the runtime then drops the components' consumers,
     /// whose close waits for their group coordinator, and with the cluster gone that wait never
     /// ends, turning one failed assertion into a hung test run.
-    pub kafka: std::mem::ManuallyDrop<EmbeddedKafka>,
+    pub kafka: std::mem::ManuallyDrop<crate::broker::TestKafka>,
     pub config: SystemConfig,
     pub orchestrator: Option<orchestrator::Orchestrator>,
     pub services: HashMap<&'static str, ServiceHandle>,
@@ -142,6 +143,18 @@ pub async fn spawn_app_on(
     policy: orchestrator::Policy,
     chaos: Chaos,
 ) -> TestApp {
+    spawn_app_over(None, postgres, services, policy, chaos).await
+}
+
+/// [`spawn_app_on`] on the real broker `broker` (its addresses and client settings) instead of
+/// the run's broker.
+pub async fn spawn_app_over(
+    broker: Option<(String, String)>,
+    postgres: Option<String>,
+    services: &[&'static str],
+    policy: orchestrator::Policy,
+    chaos: Chaos,
+) -> TestApp {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut pg_databases = Vec::new();
@@ -172,8 +185,20 @@ pub async fn spawn_app_on(
         api: Default::default(),
         saga_retention: None,
     };
-    let kafka = EmbeddedKafka::start(1).expect("embedded kafka");
-    kafka.create_topics(&config.topics).expect("topics");
+    let (kafka, topics) = match broker {
+        None => crate::broker::TestKafka::start(config.topics.clone()).await,
+        Some((brokers, settings)) => {
+            crate::broker::TestKafka::start_on(config.topics.clone(), brokers, &settings).await
+        }
+    };
+    let mut config = config;
+    if topics != config.topics {
+        // A real broker: the test's namespace, and definitions resolved against it.
+        config.sagas = orchestrator::app::SagaArgs::default()
+            .load(&topics)
+            .unwrap();
+        config.topics = topics;
+    }
     let cancel = CancellationToken::new();
     let mut app = TestApp {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -277,6 +302,7 @@ impl TestApp {
         for (_, s) in self.services.drain() {
             s.stop().await;
         }
+        self.kafka.clean_up().await;
         // SAFETY: dropped once, here, and `self` (whose drop leaves this field alone) is not
         // used afterwards.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.kafka) };
@@ -406,10 +432,7 @@ impl TestApp {
     }
 
     pub fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.kafka.bootstrap_servers())
-            .create()
-            .unwrap()
+        self.kafka.client().create().unwrap()
     }
 
     /// Writes raw bytes onto a topic, as a misbehaving producer would.
@@ -426,8 +449,9 @@ impl TestApp {
     /// Waits until the dead-letter topic holds a message whose payload is `payload`; returns its
     /// `dlq.*` headers.
     pub async fn wait_dead_letter(&self, payload: &[u8]) -> HashMap<String, String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.kafka.bootstrap_servers())
+        let consumer: BaseConsumer = self
+            .kafka
+            .client()
             .set("group.id", "test-dlq-reader")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "5")

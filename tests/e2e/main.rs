@@ -4,6 +4,7 @@
 //! Set `TEST_DATABASE_URL=postgres://...` to run every test against PostgreSQL instead of SQLite.
 
 mod api;
+mod broker;
 mod campusg;
 mod cancel;
 mod chaos;
@@ -18,6 +19,7 @@ mod instances;
 mod observability;
 mod procs;
 mod pruning;
+mod real_kafka;
 mod refund;
 mod restart;
 mod saga_paths;

@@ -108,9 +108,12 @@ impl TestApp {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KAFKA_BROKERS", self.kafka.bootstrap_servers())
             .env("CREATE_TOPICS", "false")
-            // The mock cluster waits session.timeout.ms - 1 s on each group change and never wakes
-            // a waiting fetch: short session and fetch waits keep joins and hops fast.
-            .env("KAFKA_CONFIG", platform::kafka::EMBEDDED_CONSUMER_CONFIG)
+            // On the mock: it waits session.timeout.ms - 1 s on each group change and never wakes
+            // a waiting fetch, so short session and fetch waits keep joins and hops fast. On a
+            // real broker: its security settings, and the test's namespace.
+            .env("KAFKA_CONFIG", self.kafka.process_config())
+            .env("TOPIC_PREFIX", self.kafka.prefix())
+            .env("GROUP_PREFIX", self.kafka.prefix())
             .env("RUST_LOG", "warn,orchestrator=info,services=info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

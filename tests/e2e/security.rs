@@ -56,7 +56,7 @@ async fn a_saga_completes_with_every_component_on_postgres_over_tls() {
 
 /// Runs the orchestrator binary with `env` until it exits (at most `limit`); returns its exit
 /// code, how long it ran, and its stderr.
-fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, Duration, String) {
+pub fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, Duration, String) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .env_clear()
@@ -92,7 +92,7 @@ fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, Dura
 }
 
 /// The `error: ...` line a failed start prints.
-fn error_line(stderr: &str) -> &str {
+pub fn error_line(stderr: &str) -> &str {
     stderr
         .lines()
         .find(|l| l.starts_with("error: "))
@@ -102,7 +102,9 @@ fn error_line(stderr: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_that_cannot_work_stop_the_start_with_one_line_naming_them() {
     let app = spawn_app_on(None, &[NO_IN_PROCESS], fast_policy(), Default::default()).await;
-    let brokers = app.kafka.bootstrap_servers().to_string();
+    // A plaintext listener with no SASL, whatever broker the run uses: the mock's.
+    let plaintext = platform::embedded::EmbeddedKafka::start(1).unwrap();
+    let brokers = plaintext.bootstrap_servers().to_string();
     let sqlite = app.config.database_url("orchestrator").unwrap();
     let pg = required_postgres();
     let pg = pg.split('?').next().unwrap();
@@ -314,10 +316,18 @@ async fn each_token_scope_can_do_what_it_names_and_no_more() {
         assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
         assert_eq!(challenge.unwrap(), "Bearer");
     }
-    // Probes and metrics need none.
+    // Probes and metrics need none (readiness once the consumer groups have joined, which
+    // on a real broker can take a moment after the processes answer).
     for path in ["/livez", "/readyz", "/metrics"] {
-        let r = client.get(app.url(path)).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..150 {
+            status = client.get(app.url(path)).send().await.unwrap().status();
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(status, StatusCode::OK, "{path}");
     }
 
     // start: starts sagas and reads them; cannot cancel.

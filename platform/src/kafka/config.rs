@@ -172,10 +172,10 @@ impl KafkaSettings {
     /// An at-least-once consumer in `group`, subscribed to `topics`, reporting its lag and
     /// assignment to `ops` (see [`Observer`]).
     pub fn consumer(&self, group: &str, topics: &[&str], ops: &Ops) -> Result<KafkaConsumer> {
-        let group = &self.group_id(group);
+        // Readiness checks and metrics name the group as the code does, whatever the prefix.
         let context = Observer::new(group, ops);
         let consumer: KafkaConsumer = self
-            .consumer_config(group)
+            .consumer_config(&self.group_id(group))
             .create_with_context(context)
             .map_err(|e| invalid_settings(&format!("the consumer of group {group}"), e))?;
         consumer
@@ -233,6 +233,11 @@ pub(super) fn setting_to_check(error: &str) -> &'static str {
         "KAFKA_BROKERS (and security.protocol in KAFKA_CONFIG)"
     } else if e.contains("sasl") || e.contains("authenticat") || e.contains("credential") {
         "sasl.mechanism, sasl.username and sasl.password in KAFKA_CONFIG"
+    } else if e.contains("certificate verify failed") {
+        "ssl.ca.location in KAFKA_CONFIG (the CA that signed the broker's certificate)"
+    } else if e.contains("bad certificate") || e.contains("certificate required") {
+        "ssl.certificate.location and ssl.key.location in KAFKA_CONFIG (the broker wants a client \
+         certificate it trusts)"
     } else if e.contains("ssl")
         || e.contains("tls")
         || e.contains("certificate")

@@ -127,9 +127,9 @@ mod tests {
             setting_to_check("SASL authentication error: Authentication failed")
                 .contains("sasl.password")
         );
-        assert!(
-            setting_to_check("SSL handshake failed: certificate verify failed").contains("ssl.*")
-        );
+        assert!(setting_to_check("SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified").contains("ssl.ca.location"));
+        assert!(setting_to_check("Receive failed: error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42").contains("ssl.key.location"));
+        assert!(setting_to_check("SSL handshake failed: unexpected eof").contains("ssl.*"));
         assert!(
             setting_to_check("Connect to ipv4#127.0.0.1:1 failed: Connection refused")
                 .contains("KAFKA_BROKERS")

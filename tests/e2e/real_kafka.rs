@@ -1,0 +1,215 @@
+//! What only a real broker shows: the listeners `scripts/kafka.sh` starts (mTLS, SASL_SSL), the
+//! start-up errors of wrong security settings, and static group membership. These tests read the
+//! broker from `scripts/kafka.sh env` (`KAFKA_SASL_BROKERS`, `KAFKA_MTLS_BROKERS` and their
+//! client settings files, exported by `.ci/run`), and say why they are skipped without it.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::procs::*;
+use crate::security::{error_line, run_orchestrator};
+
+/// One listener of the script's broker: its address and its client settings (`key=value,...`).
+struct Listener {
+    brokers: String,
+    config: String,
+}
+
+/// The script's listener `kind` (`SASL`, `MTLS`), or `None` after printing why the test is
+/// skipped.
+fn listener(kind: &str) -> Option<Listener> {
+    let brokers = std::env::var(format!("KAFKA_{kind}_BROKERS")).ok();
+    let file = std::env::var(format!("KAFKA_{kind}_CONFIG_FILE")).ok();
+    let (Some(brokers), Some(file)) = (brokers, file) else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: {} needs Apache Kafka's {kind} listener (eval \"$(scripts/kafka.sh env)\")",
+            std::thread::current().name().unwrap_or("this test")
+        );
+        return None;
+    };
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let config = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(Listener { brokers, config })
+}
+
+/// Every component authenticates with a client certificate the broker's CA signed (the SSL
+/// listener requires one), and a saga runs end to end over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_completes_over_mutual_tls() {
+    let Some(mtls) = listener("MTLS") else {
+        return;
+    };
+    let app = spawn_app_over(
+        Some((mtls.brokers, mtls.config)),
+        test_postgres(),
+        &ALL_SERVICES,
+        orchestrator::Policy::default(),
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga("c-mtls").await;
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+    let (_, ready) = app.get_json("/readyz").await;
+    assert_eq!(
+        ready["checks"]["kafka:orchestrator"]["status"], "ok",
+        "{ready}"
+    );
+    app.stop().await;
+}
+
+/// A wrong password, a CA that did not sign the broker's certificate, a client key that is not
+/// there and no client certificate at all each stop the start within seconds, with one `error:`
+/// line naming the setting to fix, not an endless quiet retry.
+#[test]
+fn wrong_security_settings_fail_at_start_naming_the_setting() {
+    let (Some(sasl), Some(mtls)) = (listener("SASL"), listener("MTLS")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("orchestrator.db").display()
+    );
+    let replace = |config: &str, key: &str, value: Option<&str>| -> String {
+        let mut kept: Vec<String> = config
+            .split(',')
+            .filter(|kv| !kv.starts_with(&format!("{key}=")))
+            .map(str::to_string)
+            .collect();
+        if let Some(v) = value {
+            kept.push(format!("{key}={v}"));
+        }
+        kept.join(",")
+    };
+    // An unknown CA: Debian's snakeoil certificate (installed with PostgreSQL) signed nothing
+    // of the broker's.
+    let unknown_ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let cases = [
+        (
+            "a wrong password",
+            &sasl.brokers,
+            replace(&sasl.config, "sasl.password", Some("not-the-password")),
+            "sasl.password",
+        ),
+        (
+            "an unknown CA",
+            &sasl.brokers,
+            replace(&sasl.config, "ssl.ca.location", Some(unknown_ca)),
+            "ssl.ca.location",
+        ),
+        (
+            "a missing client key",
+            &mtls.brokers,
+            replace(
+                &mtls.config,
+                "ssl.key.location",
+                Some("/nonexistent/client.key"),
+            ),
+            "ssl.key.location",
+        ),
+        (
+            "no client certificate",
+            &mtls.brokers,
+            replace(
+                &replace(&mtls.config, "ssl.key.location", None),
+                "ssl.certificate.location",
+                None,
+            ),
+            "ssl.key.location",
+        ),
+    ];
+    for (what, brokers, config, named) in cases {
+        let env = [
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("KAFKA_CONFIG", config.as_str()),
+            ("KAFKA_STARTUP_TIMEOUT", "5s"),
+            ("DATABASE_URL", sqlite.as_str()),
+        ];
+        let (code, took, stderr) = run_orchestrator(&env, Duration::from_secs(40));
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        let line = error_line(&stderr);
+        assert!(
+            line.contains(named),
+            "{what}: {line:?} does not name {named}"
+        );
+        assert!(
+            !line.contains("not-the-password") && !stderr.contains("saga-test-password"),
+            "{what}: a password in the output: {stderr}"
+        );
+        assert!(took < Duration::from_secs(20), "{what} took {took:?}");
+        eprintln!("{what}: exit 1 after {took:?}: {line}");
+    }
+}
+
+/// The consumers' session on the real broker in this test: long enough that waiting it out
+/// shows.
+const SESSION_MS: u64 = 20_000;
+
+/// After a `kill -9` of the orchestrator, an immediate restart under the same `INSTANCE_ID` is
+/// the same static member: the broker hands its partitions straight back and the next saga
+/// completes well inside the session timeout. Without `INSTANCE_ID` the new member waits for
+/// the dead one's session to run out first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_the_same_instance_id_gets_its_partitions_back_at_once() {
+    if crate::broker::real_brokers().is_none() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: static membership needs a real broker (the mock ignores group.instance.id)"
+        );
+        return;
+    }
+    let static_restart = restart_after_kill_9(Some("orchestrator-static")).await;
+    let dynamic_restart = restart_after_kill_9(None).await;
+    eprintln!(
+        "next saga after kill -9 and restart, session {SESSION_MS} ms: with INSTANCE_ID \
+         {static_restart:?}, without {dynamic_restart:?}"
+    );
+    assert!(
+        static_restart < Duration::from_millis(SESSION_MS / 2),
+        "a static member's restart took {static_restart:?}"
+    );
+    assert!(
+        dynamic_restart > Duration::from_millis(SESSION_MS / 2),
+        "without INSTANCE_ID the restart took only {dynamic_restart:?}: was the session waited out?"
+    );
+}
+
+/// How long the first saga after a `kill -9` and an immediate restart of the orchestrator takes.
+async fn restart_after_kill_9(instance_id: Option<&str>) -> Duration {
+    let mut app = spawn_processes(&[]).await;
+    let session = format!(
+        "{},session.timeout.ms={SESSION_MS},heartbeat.interval.ms=1000",
+        app.kafka.process_config()
+    );
+    app.proc_env = vec![("KAFKA_CONFIG".into(), session)];
+    if let Some(id) = instance_id {
+        app.proc_env.push(("INSTANCE_ID".into(), id.into()));
+    }
+    app.spawn_proc("orchestrator");
+    app.wait_healthy().await;
+    let warm = app.start_saga("c-warm").await;
+    assert_eq!(app.wait_terminal(&warm).await["status"], "COMPLETED");
+
+    app.kill9("orchestrator");
+    app.spawn_proc("orchestrator");
+    app.wait_healthy().await;
+    let started = Instant::now();
+    let id = app.start_saga("c-after-restart").await;
+    let saga = app
+        .wait_for(&id, Duration::from_secs(60), |s| s["status"] == "COMPLETED")
+        .await;
+    let took = started.elapsed();
+    assert_eq!(steps(&saga).len(), 4, "{saga}");
+    app.stop().await;
+    took
+}
