@@ -53,6 +53,20 @@ pub fn needs_the_mock(what: &str) -> bool {
     false
 }
 
+/// True, after printing why, when the test needs a real broker and the run has none.
+pub fn needs_real_broker(what: &str) -> bool {
+    if real_brokers().is_none() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped on the mock cluster: {} needs a real broker for {what} (TEST_KAFKA_BROKERS)",
+            std::thread::current().name().unwrap_or("this test")
+        );
+        return true;
+    }
+    false
+}
+
 impl TestKafka {
     /// A broker for one test with `topics` (topics.json's), which are renamed into the test's
     /// namespace on a real broker.

@@ -160,12 +160,7 @@ const SESSION_MS: u64 = 20_000;
 /// the dead one's session to run out first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_under_the_same_instance_id_gets_its_partitions_back_at_once() {
-    if crate::broker::real_brokers().is_none() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: static membership needs a real broker (the mock ignores group.instance.id)"
-        );
+    if crate::broker::needs_real_broker("static membership (the mock ignores group.instance.id)") {
         return;
     }
     let static_restart = restart_after_kill_9(Some("orchestrator-static")).await;
@@ -212,4 +207,98 @@ async fn restart_after_kill_9(instance_id: Option<&str>) -> Duration {
     assert_eq!(steps(&saga).len(), 4, "{saga}");
     app.stop().await;
     took
+}
+
+/// `topics.json` applied by the Admin API on a broker that creates no topic by itself: each
+/// topic reads back with its partitions, retention and cleanup policy (`DescribeConfigs`), and a
+/// topic that already exists with fewer partitions than declared stops the start, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_json_is_applied_and_a_topic_with_fewer_partitions_is_refused() {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    use rdkafka::client::DefaultClientContext;
+
+    if crate::broker::needs_real_broker("the Admin API (the mock's times out)") {
+        return;
+    }
+    // The dead-letter topic compacted as well as deleted, to see a setting of topics.json's
+    // `config` arrive.
+    let json = platform::topics::DEFAULT_TOPICS_JSON.replace(
+        r#""retention_ms": 2592000000 }"#,
+        r#""retention_ms": 2592000000, "config": { "cleanup.policy": "compact,delete" } }"#,
+    );
+    let topics = platform::Topics::from_json(&json, "test").unwrap();
+    let (kafka, topics) = crate::broker::TestKafka::start(topics).await;
+    let admin: AdminClient<DefaultClientContext> = kafka.client().create().unwrap();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let specs: Vec<_> = topics.all().into_iter().cloned().collect();
+    let resources: Vec<ResourceSpecifier> = specs
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(&t.name))
+        .collect();
+    let described = admin.describe_configs(&resources, &opts).await.unwrap();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    for (spec, config) in specs.iter().zip(described) {
+        let config = config.unwrap();
+        let value = |key: &str| config.get(key).and_then(|e| e.value.clone());
+        assert_eq!(value("retention.ms"), Some(spec.retention_ms.to_string()), "{}", spec.name);
+        let policy = if spec.name == topics.dead_letter.name {
+            "compact,delete"
+        } else {
+            "delete"
+        };
+        assert_eq!(value("cleanup.policy").as_deref(), Some(policy), "{}", spec.name);
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == spec.name)
+            .map(|t| t.partitions().len() as i32);
+        assert_eq!(partitions, Some(spec.partitions), "{}", spec.name);
+    }
+
+    // A topic made beforehand with 2 partitions, declared with 4.
+    let short = format!("{}short_commands", kafka.prefix());
+    let made = admin
+        .create_topics(&[NewTopic::new(&short, 2, TopicReplication::Fixed(1))], &opts)
+        .await
+        .unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    let declared = json.replacen(
+        '{',
+        r#"{ "short_commands": { "name": "short_commands", "partitions": 4, "replication_factor": 1, "retention_ms": 60000 },"#,
+        1,
+    );
+    let with_short = platform::Topics::from_json(&declared, "test")
+        .unwrap()
+        .prefixed(kafka.prefix())
+        .unwrap();
+    let err = kafka.settings().ensure_topics(&with_short).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&short) && err.contains("2 partitions") && err.contains("4"),
+        "{err}"
+    );
+    // The binary says so at start, in one line.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topics.json");
+    std::fs::write(&file, &declared).unwrap();
+    let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    let config = kafka.process_config();
+    let env = [
+        ("KAFKA_BROKERS", kafka.bootstrap_servers()),
+        ("KAFKA_CONFIG", config.as_str()),
+        ("CREATE_TOPICS", "true"),
+        ("TOPICS_FILE", file.to_str().unwrap()),
+        ("TOPIC_PREFIX", kafka.prefix()),
+        ("DATABASE_URL", sqlite.as_str()),
+    ];
+    let (code, _, stderr) = run_orchestrator(&env, Duration::from_secs(40));
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = error_line(&stderr);
+    assert!(line.contains(&short) && line.contains("TOPICS_FILE"), "{line}");
+    let _ = admin.delete_topics(&[short.as_str()], &opts).await;
+    kafka.clean_up().await;
 }

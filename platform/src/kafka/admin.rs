@@ -100,16 +100,62 @@ impl KafkaSettings {
             .create_topics(&new_topics, &opts)
             .await
             .map_err(Error::kafka("creating topics"))?;
+        let mut existing = Vec::new();
         for result in results {
             match result {
                 Ok(name) => tracing::info!(topic = %name, "created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(name),
                 Err((name, code)) => {
                     return Err(Error::Kafka {
                         context: format!("creating topic {name}"),
                         source: rdkafka::error::KafkaError::AdminOp(code),
                     })
                 }
+            }
+        }
+        if !existing.is_empty() {
+            self.check_existing(topics, &existing).await?;
+        }
+        Ok(())
+    }
+
+    /// A topic that was already there is used only if it has the partitions topics.json asks
+    /// for: with fewer, the work spreads over fewer consumers than planned, and adding them
+    /// later moves keys (a saga's messages) to other partitions, so it is an error at start
+    /// that names the topic, not a silent difference. More partitions than declared are fine.
+    async fn check_existing(&self, topics: &Topics, existing: &[String]) -> Result<()> {
+        let client: BaseProducer = self
+            .finish(self.config())
+            .create()
+            .map_err(|e| invalid_settings("a client", e))?;
+        let names = existing.to_vec();
+        let counts = tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map_err(Error::kafka("reading the topics' metadata"))?;
+            Ok::<_, Error>(
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| names.iter().any(|n| n == t.name()))
+                    .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .map_err(|e| Error::Config(format!("reading the topics' metadata: {e}")))??;
+        for (name, partitions) in counts {
+            let Some(spec) = topics.all().into_iter().find(|t| t.name == name) else {
+                continue;
+            };
+            if partitions < spec.partitions {
+                return Err(Error::Config(format!(
+                    "topic {name} exists with {partitions} partitions, fewer than the {} \
+                     topics.json asks for: add partitions to it on the broker, or say {partitions} \
+                     in a topics.json of your own (TOPICS_FILE)",
+                    spec.partitions
+                )));
             }
         }
         Ok(())
