@@ -17,8 +17,8 @@
 #   SSL        127.0.0.1:$KAFKA_MTLS_PORT    TLS with client certificates (mTLS)
 #   CONTROLLER 127.0.0.1:$KAFKA_CONTROLLER_PORT (KRaft, not for clients)
 #
-# A CA, the broker's certificate and a client certificate are made fresh by each start
-# ($KAFKA_STATE/tls); client settings for librdkafka (KAFKA_CONFIG lines) are written beside
+# A CA, the broker's certificate and a client certificate are made by the first start of a data
+# folder ($KAFKA_STATE/tls; `wipe` removes them); client settings for librdkafka (KAFKA_CONFIG lines) are written beside
 # them: client-sasl.properties and client-mtls.properties. Topics are never created
 # automatically: clients create what topics.json declares.
 set -euo pipefail
@@ -170,9 +170,14 @@ logger.kafkaorg.level = warn
 EOF
 }
 
+java_opts() {
+  JAVA_OPTS=("-Xmx$KAFKA_HEAP" "-Xms128m" -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$KAFKA_STATE/log4j2.properties" -cp "$LIBS/*")
+}
+
 java_cmd() {
-  java "-Xmx$KAFKA_HEAP" "-Xms128m" -XX:+UseG1GC -Djava.awt.headless=true \
-    "-Dlog4j2.configurationFile=$KAFKA_STATE/log4j2.properties" -cp "$LIBS/*" "$@"
+  java_opts
+  java "${JAVA_OPTS[@]}" "$@"
 }
 
 running() {
@@ -202,13 +207,16 @@ start() {
     return
   fi
   for port in "$KAFKA_PLAIN_PORT" "$KAFKA_SASL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_CONTROLLER_PORT"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    # A listener, not a connection: connecting to a free port in the ephemeral range can
+    # connect a socket to itself.
+    if command -v ss >/dev/null && [ -n "$(ss -Hltn "sport = :$port")" ]; then
       die "port $port is taken (another broker? stop it, or set KAFKA_PLAIN_PORT, KAFKA_SASL_PORT, KAFKA_MTLS_PORT, KAFKA_CONTROLLER_PORT)"
     fi
   done
   fetch
   mkdir -p "$KAFKA_STATE"
-  certificates
+  # Made once per data folder: a restart keeps them, so running clients still trust the broker.
+  [ -f "$TLS/broker.p12" ] || certificates
   server_properties
   if [ ! -f "$DATA/meta.properties" ]; then
     say "formatting KRaft storage in $DATA"
@@ -219,7 +227,10 @@ start() {
   fi
   : > "$KAFKA_STATE/server.log"
   say "starting Apache Kafka $KAFKA_VERSION (heap $KAFKA_HEAP); log: $KAFKA_STATE/server.log"
-  java_cmd kafka.Kafka "$KAFKA_STATE/server.properties" > "$LOG" 2>&1 < /dev/null &
+  # The JVM itself in the background (not a subshell around it), so that its pid is the one
+  # `stop` signals.
+  java_opts
+  java "${JAVA_OPTS[@]}" kafka.Kafka "$KAFKA_STATE/server.properties" > "$LOG" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
   for _ in $(seq 1 120); do
     if answering; then

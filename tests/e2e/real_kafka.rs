@@ -245,13 +245,23 @@ async fn topics_json_is_applied_and_a_topic_with_fewer_partitions_is_refused() {
     for (spec, config) in specs.iter().zip(described) {
         let config = config.unwrap();
         let value = |key: &str| config.get(key).and_then(|e| e.value.clone());
-        assert_eq!(value("retention.ms"), Some(spec.retention_ms.to_string()), "{}", spec.name);
+        assert_eq!(
+            value("retention.ms"),
+            Some(spec.retention_ms.to_string()),
+            "{}",
+            spec.name
+        );
         let policy = if spec.name == topics.dead_letter.name {
             "compact,delete"
         } else {
             "delete"
         };
-        assert_eq!(value("cleanup.policy").as_deref(), Some(policy), "{}", spec.name);
+        assert_eq!(
+            value("cleanup.policy").as_deref(),
+            Some(policy),
+            "{}",
+            spec.name
+        );
         let partitions = metadata
             .topics()
             .iter()
@@ -263,7 +273,10 @@ async fn topics_json_is_applied_and_a_topic_with_fewer_partitions_is_refused() {
     // A topic made beforehand with 2 partitions, declared with 4.
     let short = format!("{}short_commands", kafka.prefix());
     let made = admin
-        .create_topics(&[NewTopic::new(&short, 2, TopicReplication::Fixed(1))], &opts)
+        .create_topics(
+            &[NewTopic::new(&short, 2, TopicReplication::Fixed(1))],
+            &opts,
+        )
         .await
         .unwrap();
     assert!(made[0].is_ok(), "{made:?}");
@@ -276,7 +289,12 @@ async fn topics_json_is_applied_and_a_topic_with_fewer_partitions_is_refused() {
         .unwrap()
         .prefixed(kafka.prefix())
         .unwrap();
-    let err = kafka.settings().ensure_topics(&with_short).await.unwrap_err().to_string();
+    let err = kafka
+        .settings()
+        .ensure_topics(&with_short)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(&short) && err.contains("2 partitions") && err.contains("4"),
         "{err}"
@@ -298,7 +316,151 @@ async fn topics_json_is_applied_and_a_topic_with_fewer_partitions_is_refused() {
     let (code, _, stderr) = run_orchestrator(&env, Duration::from_secs(40));
     assert_eq!(code, Some(1), "{stderr}");
     let line = error_line(&stderr);
-    assert!(line.contains(&short) && line.contains("TOPICS_FILE"), "{line}");
+    assert!(
+        line.contains(&short) && line.contains("TOPICS_FILE"),
+        "{line}"
+    );
     let _ = admin.delete_topics(&[short.as_str()], &opts).await;
     kafka.clean_up().await;
+}
+
+/// A broker of this test's own (the script's, on free ports and a data folder of its own), so
+/// that stopping it disturbs no other test.
+struct OwnBroker {
+    state: tempfile::TempDir,
+    ports: [u16; 4],
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let ports = [0; 4].map(|_| crate::procs::free_addr().port());
+        let broker = OwnBroker {
+            state: tempfile::tempdir().unwrap(),
+            ports,
+        };
+        broker.script("start");
+        broker
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.ports[0])
+    }
+
+    fn script(&self, command: &str) {
+        let status =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+                .arg(command)
+                .env("KAFKA_STATE", self.state.path())
+                .env("KAFKA_PLAIN_PORT", self.ports[0].to_string())
+                .env("KAFKA_SASL_PORT", self.ports[1].to_string())
+                .env("KAFKA_MTLS_PORT", self.ports[2].to_string())
+                .env("KAFKA_CONTROLLER_PORT", self.ports[3].to_string())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+        assert!(status.success(), "scripts/kafka.sh {command}");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+/// The broker stopped with sagas in flight and started again on the same data: every saga ends,
+/// and none did anything twice — the services' databases agree with the sagas (one order per
+/// saga, one payment at most, each in the state its saga's end implies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_in_flight_survive_a_broker_restart_and_none_is_doubled() {
+    if crate::broker::needs_real_broker("a broker process to stop and start") {
+        return;
+    }
+    let broker = OwnBroker::start();
+    // Deadlines that ride out the restart (as the process tests' do).
+    let policy = orchestrator::Policy {
+        step_timeout_ms: 2_000,
+        max_step_timeout_ms: 8_000,
+        max_attempts: 8,
+        retry_delay_ms: 200,
+        compensation_limit_ms: 120_000,
+        saga_timeout_ms: 300_000,
+    };
+    let app = spawn_app_over(
+        Some((broker.brokers(), String::new())),
+        test_postgres(),
+        &ALL_SERVICES,
+        policy,
+        Default::default(),
+    )
+    .await;
+    let customers: Vec<String> = (0..30)
+        .map(|i| match i % 3 {
+            0 => format!("noupdate-restart-{i}"),
+            _ => format!("c-restart-{i}"),
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in &customers {
+        ids.push(app.start_saga(c).await);
+    }
+    broker.script("stop");
+    let in_flight = unfinished_sagas(&app.db("orchestrator").await).await;
+    assert!(in_flight > 0, "every saga ended before the broker stopped");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.script("start");
+    let mut outcomes = std::collections::BTreeMap::new();
+    for (id, customer) in ids.iter().zip(&customers) {
+        let saga = app
+            .wait_for(id, Duration::from_secs(120), |s| {
+                matches!(
+                    s["status"].as_str(),
+                    Some("COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED")
+                )
+            })
+            .await;
+        let status = saga["status"].as_str().unwrap().to_string();
+        let expected = if customer.starts_with("noupdate-") {
+            "COMPENSATED"
+        } else {
+            "COMPLETED"
+        };
+        assert_eq!(status, expected, "{saga}");
+        let (order, payment) = (app.order_status(id).await, app.payment_status(id).await);
+        match expected {
+            "COMPLETED" => {
+                assert_eq!(order.as_deref(), Some("CREATED"), "{id}");
+                assert_eq!(payment.as_deref(), Some("AUTHORIZED"), "{id}");
+            }
+            _ => {
+                assert_eq!(order.as_deref(), Some("CANCELLED"), "{id}");
+                assert_ne!(payment.as_deref(), Some("AUTHORIZED"), "{id}");
+            }
+        }
+        *outcomes.entry(status).or_insert(0) += 1;
+    }
+    let orders = app.db("orders").await;
+    let payments = app.db("payments").await;
+    for id in &ids {
+        assert_eq!(
+            count(
+                &orders,
+                "SELECT COUNT(*) FROM orders WHERE saga_id = $1",
+                id
+            )
+            .await,
+            1
+        );
+        assert!(
+            count(
+                &payments,
+                "SELECT COUNT(*) FROM payments WHERE saga_id = $1",
+                id
+            )
+            .await
+                <= 1
+        );
+    }
+    eprintln!("{in_flight} of {} sagas in flight when the broker stopped; after its restart: {outcomes:?}", ids.len());
+    app.stop().await;
 }
