@@ -167,7 +167,8 @@ pub async fn start_services(
 
 /// The running system.
 pub struct System {
-    pub kafka: EmbeddedKafka,
+    /// The embedded broker, unless the system runs against a Kafka cluster of its own.
+    pub kafka: Option<EmbeddedKafka>,
     pub orchestrator: orchestrator::Orchestrator,
     pub services: Vec<ServiceHandle>,
 }
@@ -182,14 +183,26 @@ impl System {
             "embedded Kafka started: librdkafka's in-memory mock cluster, for development only; \
              messages are lost when this process stops"
         );
-        let services = start_services(config, &kafka.settings(), cancel).await?;
+        let mut system = Self::start_on(config, &kafka.settings(), cancel).await?;
+        system.kafka = Some(kafka);
+        Ok(system)
+    }
+
+    /// Starts the services and the orchestrator against the Kafka cluster of `kafka`, whose
+    /// topics exist (a benchmark against a real broker).
+    pub async fn start_on(
+        config: &SystemConfig,
+        kafka: &KafkaSettings,
+        cancel: &CancellationToken,
+    ) -> Result<Self> {
+        let services = start_services(config, kafka, cancel).await?;
         let orchestrator = orchestrator::Orchestrator::start(
-            config.orchestrator(kafka.settings())?,
+            config.orchestrator(kafka.clone())?,
             cancel.child_token(),
         )
         .await?;
         Ok(System {
-            kafka,
+            kafka: None,
             orchestrator,
             services,
         })

@@ -4,10 +4,6 @@
 //! each test gets topics and consumer groups of its own under a prefix (`TOPIC_PREFIX`,
 //! `GROUP_PREFIX`), created at its start and deleted at its end, so tests never share state.
 
-use std::time::Duration;
-
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
 use platform::embedded::EmbeddedKafka;
@@ -26,7 +22,7 @@ pub enum TestKafka {
         /// The test's namespace, in front of its topics and groups.
         prefix: String,
         /// What the test created, deleted at its end.
-        topics: Vec<String>,
+        topics: Topics,
     },
 }
 
@@ -104,12 +100,11 @@ impl TestKafka {
             .ensure_topics(&topics)
             .await
             .expect("the test's topics on the real broker");
-        let names = topics.all().iter().map(|t| t.name.clone()).collect();
         (
             TestKafka::Real {
                 settings,
                 prefix,
-                topics: names,
+                topics: topics.clone(),
             },
             topics,
         )
@@ -183,23 +178,13 @@ impl TestKafka {
 
     /// Deletes a real broker's topics of this test (the mock goes with its process).
     pub async fn clean_up(&self) {
-        let TestKafka::Real {
+        if let TestKafka::Real {
             settings, topics, ..
         } = self
-        else {
-            return;
-        };
-        let admin: AdminClient<DefaultClientContext> = match self.client().create() {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        if let Err(e) = admin.delete_topics(&names, &opts).await {
-            eprintln!(
-                "could not delete the test's topics on {}: {e}",
-                settings.brokers
-            );
+        {
+            if let Err(e) = settings.delete_topics(topics).await {
+                eprintln!("could not delete the test's topics on {}: {e}", settings.brokers);
+            }
         }
     }
 }

@@ -62,6 +62,15 @@ struct Args {
     /// Embedded only: use PostgreSQL (each component gets its own database on this server).
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Run the in-process system against this Kafka cluster instead of the embedded mock, with
+    /// topics and consumer groups of the bench's own (`bench-<pid>.` in front, deleted at the
+    /// end). In-process orchestrator only.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// With --kafka-brokers: librdkafka settings for every client, `key=value,...` (TLS, SASL,
+    /// or tuning to compare: `fetch.wait.max.ms=500`).
+    #[arg(long, default_value = "")]
+    kafka_config: String,
     /// Embedded only, SQLite: `normal` survives a process crash, `full` also a power loss.
     #[arg(long, value_enum, default_value = "normal")]
     sqlite_synchronous: SqliteSync,
@@ -83,6 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = std::env::temp_dir().join(format!("saga-bench-{}", std::process::id()));
     let mut embedded = None;
     let mut instances = None;
+    let mut real_kafka = None;
     let postgres_server = args.database_url.clone().filter(|u| !u.is_empty());
     let (urls, pids) = if !args.url.is_empty() {
         let urls = args.url.iter().map(|u| u.trim_end_matches('/').to_string());
@@ -112,7 +122,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             api: Default::default(),
             saga_retention: None,
         };
-        if args.instances == 0 {
+        if let Some(brokers) = &args.kafka_brokers {
+            if args.instances > 0 {
+                return Err("--kafka-brokers runs the orchestrator in-process (--instances 0)".into());
+            }
+            let prefix = format!("bench-{}.", std::process::id());
+            let settings = platform::kafka::KafkaSettings {
+                brokers: brokers.clone(),
+                overrides: platform::kafka::parse_overrides(&args.kafka_config)?,
+                embedded: false,
+                instance_id: None,
+                group_prefix: prefix.clone(),
+            };
+            let mut config = config;
+            config.topics = config.topics.prefixed(&prefix)?;
+            config.sagas = orchestrator::app::SagaArgs::default().load(&config.topics)?;
+            settings.probe(Duration::from_secs(10)).await?;
+            settings.ensure_topics(&config.topics).await?;
+            let system = saga_system::System::start_on(&config, &settings, &cancel).await?;
+            let url = format!("http://{}", system.addr());
+            real_kafka = Some((settings, config.topics.clone()));
+            embedded = Some(system);
+            (vec![url], Vec::new())
+        } else if args.instances == 0 {
             let system = saga_system::System::start(&config, &cancel).await?;
             let url = format!("http://{}", system.addr());
             embedded = Some(system);
@@ -160,6 +192,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.wait().await;
         }
         drop(kafka);
+    }
+    if let Some((settings, topics)) = real_kafka {
+        if let Err(e) = settings.delete_topics(&topics).await {
+            eprintln!("could not delete the bench's topics: {e}");
+        }
     }
     let _ = std::fs::remove_dir_all(&data_dir);
     // The bench's own PostgreSQL databases go too: a benchmark leaves nothing behind.

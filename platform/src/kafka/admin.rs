@@ -162,6 +162,23 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// Deletes every topic of `topics` (a benchmark's or a test's namespace, when it ends).
+    pub async fn delete_topics(&self, topics: &Topics) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .finish(self.config())
+            .create()
+            .map_err(Error::kafka("creating admin client"))?;
+        let names: Vec<&str> = topics.all().iter().map(|t| t.name.as_str()).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        admin
+            .delete_topics(&names, &opts)
+            .await
+            .map_err(Error::kafka("deleting topics"))?;
+        Ok(())
+    }
+}
+
 /// Remembers the last error librdkafka reported, so [`KafkaSettings::probe`] can say why the
 /// cluster did not answer.
 #[derive(Default)]
