@@ -1,4 +1,5 @@
-//! `cargo run --release`: the whole system in one process, on embedded defaults.
+//! `cargo run --release`: the whole system in one process, on embedded defaults (or against the
+//! Kafka cluster `KAFKA_BROKERS` names).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ platform::use_mimalloc!();
 #[derive(Debug, Parser)]
 #[command(
     name = "saga-system",
-    about = "The saga system (create-order and refund sagas), all in one process, with an embedded Kafka"
+    about = "The saga system (create-order and refund sagas), all in one process, with an embedded Kafka (or KAFKA_BROKERS)"
 )]
 struct Args {
     /// Address of the orchestrator's HTTP API.
@@ -33,6 +34,16 @@ struct Args {
     notification_rotation: services::notification::RotationArgs,
     #[command(flatten)]
     topics: platform::topics::TopicArgs,
+    /// Run against this Kafka cluster (e.g. `scripts/kafka.sh start`'s `127.0.0.1:19092`)
+    /// instead of the embedded one; the topics of topics.json are created there.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// With KAFKA_BROKERS: librdkafka properties for every client, `key=value,...` (TLS, SASL).
+    #[arg(long, env = "KAFKA_CONFIG", default_value = "")]
+    kafka_config: String,
+    /// With KAFKA_BROKERS: put in front of every consumer group id.
+    #[arg(long, env = "GROUP_PREFIX", default_value = "")]
+    group_prefix: String,
     #[command(flatten)]
     sagas: orchestrator::app::SagaArgs,
     #[command(flatten)]
@@ -86,7 +97,22 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
             .map_err(saga_system::Error::Config)?,
     };
     let cancel = platform::shutdown::on_signal();
-    let system = saga_system::System::start(&config, &cancel).await?;
+    let system = match args.kafka_brokers.filter(|b| !b.trim().is_empty()) {
+        None => saga_system::System::start(&config, &cancel).await?,
+        Some(brokers) => {
+            let kafka = platform::kafka::KafkaArgs {
+                kafka_brokers: brokers,
+                kafka_config: args.kafka_config,
+                topics: args.topics.clone(),
+                group_prefix: args.group_prefix,
+                create_topics: true,
+                kafka_startup_timeout: std::time::Duration::from_secs(30),
+                instance_id: None,
+            };
+            let (settings, _) = kafka.prepare().await?;
+            saga_system::System::start_on(&config, &settings, &cancel).await?
+        }
+    };
     tracing::info!(
         api = %format!("http://{}", system.addr()),
         notifications = %config.data_dir.join("notifications.log").display(),
