@@ -173,7 +173,10 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
         let mut channel = json!({
             "address": topic.name,
             "description": format!(
-                "{role}: {} partitions, retention {} ms",
+                "{role}: {} partitions, retention {} ms. Every message is keyed by its saga's id \
+                 (the envelope's correlation_id) and placed as the Java client places keys: \
+                 partition = (murmur2(key) & 0x7fffffff) % partitions; a participant keys its \
+                 replies the same way",
                 topic.partitions, topic.retention_ms
             ),
         });

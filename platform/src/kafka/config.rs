@@ -84,6 +84,10 @@ impl KafkaArgs {
     }
 }
 
+/// Every producer's partitioner: murmur2 of the key, as the Java client places keys
+/// (`murmur2_random`: a message without a key goes to a random partition).
+pub const PARTITIONER: &str = "murmur2_random";
+
 /// How often librdkafka reports statistics (consumer lag) to the metrics.
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
@@ -163,7 +167,11 @@ impl KafkaSettings {
             .set("linger.ms", "0")
             // A delivery that cannot succeed in this time fails and is retried by the caller
             // (the outbox keeps it), instead of hiding in librdkafka's queue for 5 minutes.
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            // The Java client's placement (murmur2 of the key): a participant written in Java
+            // (or any client that follows it) keying its replies by the saga id puts them on
+            // the partition this project uses for that saga. librdkafka's default is CRC32.
+            .set("partitioner", PARTITIONER);
         self.finish(c)
             .create()
             .map_err(|e| invalid_settings("the producer", e))

@@ -121,6 +121,67 @@ mod tests {
         }
     }
 
+    /// The Java client's `Utils.murmur2`, written from its definition, to check placement.
+    fn java_murmur2(data: &[u8]) -> i32 {
+        const M: u32 = 0x5bd1_e995;
+        let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+        let chunks = data.chunks_exact(4);
+        let tail = chunks.remainder();
+        for c in chunks {
+            let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            k = k.wrapping_mul(M);
+            k ^= k >> 24;
+            k = k.wrapping_mul(M);
+            h = h.wrapping_mul(M) ^ k;
+        }
+        if !tail.is_empty() {
+            for (i, b) in tail.iter().enumerate().rev() {
+                h ^= u32::from(*b) << (8 * i);
+            }
+            h = h.wrapping_mul(M);
+        }
+        h ^= h >> 13;
+        h = h.wrapping_mul(M);
+        h ^= h >> 15;
+        h as i32
+    }
+
+    /// A key lands on the partition the Java client gives it: `(murmur2(key) & 0x7fffffff) %
+    /// partitions`, so a Java participant's reply for a saga shares the saga's partition.
+    #[tokio::test]
+    async fn a_key_lands_on_the_partition_the_java_client_gives_it() {
+        // Kafka's own test vectors for its murmur2.
+        assert_eq!(java_murmur2(b"21"), -973_932_308);
+        assert_eq!(java_murmur2(b"foobar"), -790_332_482);
+        assert_eq!(java_murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(java_murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(java_murmur2(b"abc"), 479_470_107);
+
+        let kafka = crate::embedded::EmbeddedKafka::start(1).unwrap();
+        let topics = crate::Topics::load(None).unwrap();
+        kafka.create_topics(&topics).unwrap();
+        let topic = &topics.order_commands;
+        let producer = kafka.settings().producer().unwrap();
+        let mut used = std::collections::HashSet::new();
+        for _ in 0..32 {
+            let key = uuid::Uuid::new_v4().to_string();
+            let partition = producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(&topic.name)
+                        .key(&key)
+                        .payload("{}"),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap()
+                .partition;
+            let java = (java_murmur2(key.as_bytes()) & 0x7fff_ffff) % topic.partitions;
+            assert_eq!(partition, java, "{key}");
+            used.insert(partition);
+        }
+        assert!(used.len() > 1, "keys spread over partitions: {used:?}");
+    }
+
     #[test]
     fn errors_from_the_cluster_point_at_the_setting_to_check() {
         assert!(
