@@ -37,8 +37,11 @@ async fn wait_for_signal() {
     }
 }
 
-/// Once shutdown has begun, a process that has not stopped after this long exits anyway.
-pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Once shutdown has begun, a process that has not stopped after this long exits anyway. Below
+/// the 30 s a Kubernetes pod gets by default (`terminationGracePeriodSeconds`) and the 30 s
+/// `docker-compose.yml` gives (`stop_grace_period`), so the process ends itself, with its log
+/// line, before anything SIGKILLs it.
+pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Runs `stopped` (a process's "wait until every task is done") to its end. Once `cancel` fires
 /// it has [`LIMIT`] left; past that the process exits with status 1, so a stop is always bounded.

@@ -206,3 +206,26 @@ async fn a_long_poll_answers_once_the_saga_has_ended() {
     }
     app.stop().await;
 }
+
+/// An unknown query parameter is a 400 naming it: `GET /sagas?customer_id=c-1` used to answer
+/// every customer's sagas as if it filtered them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_query_parameter_is_refused_naming_it() {
+    let app = spawn_app_with(&[]).await;
+    let id = app.start_saga("c-query").await;
+    for path in [
+        "/sagas?customer_id=c-1".to_string(),
+        format!("/sagas/{id}?customer_id=c-1"),
+        "/dead-letters?customer_id=c-1".to_string(),
+        "/api/sagas?customer_id=c-1".to_string(),
+    ] {
+        let (status, body) = app.get_json(&path).await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{path}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("customer_id"), "{path}: {error}");
+    }
+    let (status, list) = app.get_json("/sagas?type=create_order&limit=5").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    app.stop().await;
+}

@@ -183,7 +183,10 @@ impl TestKafka {
         } = self
         {
             if let Err(e) = settings.delete_topics(topics).await {
-                eprintln!("could not delete the test's topics on {}: {e}", settings.brokers);
+                eprintln!(
+                    "could not delete the test's topics on {}: {e}",
+                    settings.brokers
+                );
             }
         }
     }

@@ -117,6 +117,26 @@ fn every_app_container_is_configured_probed_ordered_and_unprivileged() {
     }
 }
 
+/// Compose lets every app container drain for longer than a process takes at most to stop
+/// (its default 10 s would SIGKILL a drain in progress).
+#[test]
+fn every_app_container_gets_longer_to_stop_than_a_drain_takes() {
+    let compose = yaml("docker-compose.yml");
+    for (name, service) in app_services(&compose) {
+        let grace = service["stop_grace_period"]
+            .as_str()
+            .and_then(|g| g.strip_suffix('s'))
+            .and_then(|g| g.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name}: stop_grace_period in seconds (`30s`)"));
+        let grace = std::time::Duration::from_secs(grace);
+        assert!(
+            grace > platform::shutdown::LIMIT,
+            "{name}: {grace:?} is not above the {:?} a drain may take",
+            platform::shutdown::LIMIT
+        );
+    }
+}
+
 #[test]
 fn kafka_postgres_ui_and_prometheus_are_reachable_and_checked() {
     let compose = yaml("docker-compose.yml");

@@ -124,7 +124,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         if let Some(brokers) = &args.kafka_brokers {
             if args.instances > 0 {
-                return Err("--kafka-brokers runs the orchestrator in-process (--instances 0)".into());
+                return Err(
+                    "--kafka-brokers runs the orchestrator in-process (--instances 0)".into(),
+                );
             }
             let prefix = format!("bench-{}.", std::process::id());
             let settings = platform::kafka::KafkaSettings {

@@ -17,6 +17,8 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize)]
+// An unknown parameter is a mistake to name (`?customer_id=` filters nothing), not to ignore.
+#[serde(deny_unknown_fields)]
 struct ListParams {
     limit: Option<i64>,
 }

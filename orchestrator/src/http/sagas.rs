@@ -159,6 +159,8 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 const MAX_WAIT_MS: u64 = 9_000;
 
 #[derive(Debug, Deserialize)]
+// An unknown parameter is a mistake to name (`?customer_id=` filters nothing), not to ignore.
+#[serde(deny_unknown_fields)]
 struct GetParams {
     /// Hold the response until the saga has ended, for at most this long (long polling).
     wait_ms: Option<u64>,
@@ -192,6 +194,8 @@ async fn get_saga(
 }
 
 #[derive(Debug, Deserialize)]
+// An unknown parameter is a mistake to name (`?customer_id=` filters nothing), not to ignore.
+#[serde(deny_unknown_fields)]
 struct ListParams {
     #[serde(rename = "type")]
     saga_type: Option<String>,
