@@ -13,20 +13,78 @@ use platform::{Contract, Topics};
 use crate::saga::engine::LIFECYCLE_EVENTS;
 use crate::saga::Registry;
 
-/// The envelope of every message, with `payload` as given.
-fn envelope(message_type: &str, payload: &Value) -> Value {
+/// What an envelope is: a command or event the orchestrator sends, or a reply it consumes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Sent,
+    Reply,
+}
+
+/// The envelope of every message, with `payload` as given. A reply must name the command it
+/// answers: without `causation_id` it is dead-lettered.
+fn envelope(message_type: &str, payload: &Value, kind: Kind) -> Value {
+    let mut required = vec![
+        "message_id",
+        "type",
+        "correlation_id",
+        "timestamp",
+        "payload",
+    ];
+    let causation = match kind {
+        Kind::Sent => {
+            json!({"type": ["string", "null"], "format": "uuid", "description": "The message that caused this one (a reply, or none)"})
+        }
+        Kind::Reply => {
+            required.push("causation_id");
+            json!({"type": "string", "format": "uuid", "description": "The message_id of the command this reply answers; a reply without it, or naming a command the saga never sent, is dead-lettered (dlq.reason rejected)"})
+        }
+    };
     json!({
         "type": "object",
-        "required": ["message_id", "type", "correlation_id", "timestamp", "payload"],
+        "required": required,
         "properties": {
-            "message_id": {"type": "string", "format": "uuid", "description": "Unique per message; a re-sent command keeps its id"},
+            "message_id": {"type": "string", "format": "uuid", "description": "Unique per message; a re-sent command keeps its id, and a participant answers it with the same reply (same message_id)"},
             "type": {"const": message_type},
             "correlation_id": {"type": "string", "format": "uuid", "description": "The saga id (also the Kafka key)"},
-            "causation_id": {"type": ["string", "null"], "format": "uuid", "description": "The message that caused this one: for a reply, the command it answers"},
+            "causation_id": causation,
             "timestamp": {"type": "string", "format": "date-time"},
             "payload": payload,
         }
     })
+}
+
+/// The Kafka headers of every message: W3C trace context. A participant copies `traceparent`'s
+/// trace id from the command to its reply (with its own span as the parent), and `tracestate`
+/// as it came, so that one saga is one trace across every component.
+fn trace_headers() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "traceparent": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                "description": "W3C trace context. On a reply: the command's trace id, the replying span's id. A reply without it starts a new trace, and the saga's trace breaks there",
+            },
+            "tracestate": {"type": "string", "description": "W3C trace state: copied from the command to the reply unchanged"},
+        }
+    })
+}
+
+/// The headers a dead letter adds to the original message's, one spelling (the code's).
+fn dead_letter_headers() -> Value {
+    let mut properties = Map::new();
+    for (name, about) in platform::dead_letters::HEADERS {
+        let mut schema = json!({"type": "string", "description": about});
+        if name == "dlq.reason" {
+            schema["enum"] = json!(platform::kafka::dead_letter::ALL);
+        }
+        properties.insert(name.to_string(), schema);
+    }
+    let required: Vec<&str> = platform::dead_letters::HEADERS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    json!({"type": "object", "required": required, "properties": properties})
 }
 
 pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Value {
@@ -89,7 +147,10 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                 "title": command,
                 "summary": c.summary,
                 "contentType": "application/json",
-                "payload": envelope(command, &c.payload),
+                "headers": trace_headers(),
+                "payload": envelope(command, &c.payload, Kind::Sent),
+                // The outcome of each reply is also a tag on the reply message (standard
+                // AsyncAPI); this says it from the command's side.
                 "x-replies": {"success": c.success, "failure": c.failure, "topic": c.reply_topic},
                 "x-sent-by": used_by,
             }),
@@ -123,8 +184,10 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                     "name": reply,
                     "title": reply,
                     "summary": format!("The {outcome} reply to {command}"),
+                    "tags": [{"name": outcome, "description": format!("{outcome} of {command}")}],
                     "contentType": "application/json",
-                    "payload": envelope(reply, &schema),
+                    "headers": trace_headers(),
+                    "payload": envelope(reply, &schema, Kind::Reply),
                 }),
                 &mut channel_messages,
             );
@@ -149,6 +212,7 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                     "title": event,
                     "summary": "A saga's lifecycle, for people and systems following sagas",
                     "contentType": "application/json",
+                    "headers": trace_headers(),
                     "payload": envelope(event, &json!({
                         "type": "object",
                         "properties": {
@@ -156,7 +220,7 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                             "status": {"type": "string"},
                             "error": {"type": ["string", "null"]},
                         }
-                    })),
+                    }), Kind::Sent),
                 }),
                 &mut channel_messages,
             );
@@ -169,6 +233,26 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
             }),
         );
     }
+    add(
+        "dead_letter",
+        "dead_letter",
+        json!({
+            "name": "dead_letter",
+            "title": "A dead letter",
+            "summary": "A message no component could handle, as it came (key, payload and headers), with the dlq.* headers saying where it came from and why",
+            "headers": dead_letter_headers(),
+            "payload": {"description": "The original message's bytes, unchanged (it may not be JSON at all)"},
+        }),
+        &mut channel_messages,
+    );
+    operations.insert(
+        "send_dead_letter".into(),
+        json!({
+            "action": "send",
+            "channel": {"$ref": "#/channels/dead_letter"},
+            "messages": [{"$ref": "#/channels/dead_letter/messages/dead_letter"}],
+        }),
+    );
     for (role, topic) in topics.roles() {
         let mut channel = json!({
             "address": topic.name,
@@ -181,11 +265,16 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
             ),
         });
         if role == "dead_letter" {
+            let headers: Vec<&str> = platform::dead_letters::HEADERS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
             channel["description"] = json!(format!(
-                "{}. Messages that could not be handled, as they came (key, payload, headers), \
-                 with headers dlq.component, dlq.reason, dlq.error, dlq.source_topic, \
-                 dlq.source_partition and dlq.source_offset",
-                channel["description"].as_str().unwrap_or_default()
+                "{role}: {} partitions, retention {} ms. Messages that could not be handled, as \
+                 they came (key, payload, headers), with the headers {}",
+                topic.partitions,
+                topic.retention_ms,
+                headers.join(", ")
             ));
         }
         if let Some(m) = channel_messages.remove(role) {

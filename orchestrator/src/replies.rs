@@ -58,6 +58,18 @@ impl Batched for ReplyHandler {
     /// a participant answering `payment.authorized` without `payment_id` would otherwise move
     /// the saga on without what later steps need. The step's deadline re-sends the command.
     fn refuse(&self, reply: &Envelope) -> Option<Disposition> {
+        // Without it no saga can tell which command the reply answers: it used to be ignored
+        // in silence while the step waited for its deadline.
+        if reply.causation_id.is_none() {
+            return Some(Disposition::dead_letter(
+                dead_letter::REJECTED,
+                format!(
+                    "{} has no causation_id: a reply carries the message_id of the command it \
+                     answers as its causation_id",
+                    reply.message_type
+                ),
+            ));
+        }
         let problems = self
             .sagas
             .registry
@@ -191,6 +203,17 @@ impl ReplyHandler {
             Retried::Ok(ReplyOutcome::Duplicate) => {
                 tracing::debug!("duplicate reply ignored");
                 Disposition::Done
+            }
+            Retried::Ok(ReplyOutcome::Ignored(crate::saga::Ignored::UnknownCommand(cause))) => {
+                Disposition::dead_letter(
+                    dead_letter::REJECTED,
+                    format!(
+                        "{}'s causation_id {} is no command saga {} sent",
+                        reply.message_type,
+                        cause.map(|c| c.to_string()).unwrap_or_default(),
+                        reply.correlation_id
+                    ),
+                )
             }
             Retried::Ok(ReplyOutcome::Ignored(why)) => {
                 tracing::info!(reason = ?why, "reply ignored");

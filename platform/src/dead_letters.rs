@@ -37,6 +37,17 @@ pub const DRAIN_EVERY: Duration = Duration::from_secs(30);
 /// Stored rows published per drain round.
 const DRAIN_BATCH: i64 = 100;
 
+/// The headers a dead letter carries besides the original message's, with what each says: one
+/// list, written by [`DeadLetters::publish`] and described in `/asyncapi.json`.
+pub const HEADERS: [(&str, &str); 6] = [
+    ("dlq.source.topic", "The topic the message was read from"),
+    ("dlq.source.partition", "Its partition"),
+    ("dlq.source.offset", "Its offset there"),
+    ("dlq.component", "The component that could not handle it"),
+    ("dlq.reason", "Why, in one word (see the enum)"),
+    ("dlq.error", "What went wrong, in words"),
+];
+
 /// Publishes messages that cannot be handled to the dead-letter topic.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -122,13 +133,14 @@ impl DeadLetters {
                     .collect()
             })
             .unwrap_or_default();
+        let [topic, partition, offset, component, why, text] = HEADERS.map(|(name, _)| name);
         for (k, v) in [
-            ("dlq.source.topic", message.topic().to_string()),
-            ("dlq.source.partition", message.partition().to_string()),
-            ("dlq.source.offset", message.offset().to_string()),
-            ("dlq.component", self.source.clone()),
-            ("dlq.reason", reason.to_string()),
-            ("dlq.error", error.to_string()),
+            (topic, message.topic().to_string()),
+            (partition, message.partition().to_string()),
+            (offset, message.offset().to_string()),
+            (component, self.source.clone()),
+            (why, reason.to_string()),
+            (text, error.to_string()),
         ] {
             headers.push((k.to_string(), Some(v.into_bytes())));
         }

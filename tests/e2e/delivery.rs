@@ -251,6 +251,29 @@ async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves
     let headers = app.wait_dead_letter(b"{this is not json").await;
     assert_eq!(headers["dlq.source.topic"], topic);
     assert_eq!(headers["dlq.component"], "orchestrator");
+    // The headers are the ones /asyncapi.json describes, spelled the same, and the reason is
+    // one of the document's.
+    let (_, doc) = app.get_json("/asyncapi.json").await;
+    let described = &doc["components"]["messages"]["dead_letter"]["headers"];
+    let names: std::collections::BTreeSet<&str> = described["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let sent: std::collections::BTreeSet<&str> = headers
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with("dlq."))
+        .collect();
+    assert_eq!(sent, names, "the letter's dlq.* headers and the document's");
+    let reasons = described["properties"]["dlq.reason"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(
+        reasons.contains(&Value::from(headers["dlq.reason"].as_str())),
+        "{reasons:?}"
+    );
     assert!(
         headers["dlq.error"].contains("not a valid envelope"),
         "{headers:?}"
@@ -810,5 +833,60 @@ async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_d
         .await;
     assert_eq!(headers["dlq.component"], "orchestrator");
     assert_eq!(headers["dlq.source.topic"], topic);
+    app.stop().await;
+}
+
+/// A reply must say which command it answers: one without `causation_id` (valid JSON, the right
+/// type, for the very saga that waits) used to be ignored in silence while the step waited for
+/// its deadline and re-sent. Now it is dead-lettered naming why, as is one whose causation is no
+/// command the saga sent; the real reply then moves the saga on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_without_or_with_a_foreign_causation_is_dead_lettered_naming_why() {
+    let (mut app, id) = saga_waiting_at(
+        &["notification", "orders", "payments"],
+        "c-causation",
+        "get_payment_info",
+    )
+    .await;
+    let topic = app.config.topics.user_events.name.clone();
+    let reply = |causation: Value| {
+        serde_json::json!({
+            "message_id": uuid::Uuid::new_v4(),
+            "type": "user.payment_info_retrieved",
+            "correlation_id": id,
+            "causation_id": causation,
+            "timestamp": "2026-01-01T00:00:00Z",
+            "payload": {"customer_id": "c-causation", "payment_method_id": "pm_forged"}
+        })
+        .to_string()
+    };
+    let without = reply(Value::Null);
+    app.produce(&topic, &id, without.as_bytes()).await;
+    let headers = app.wait_dead_letter(without.as_bytes()).await;
+    assert_eq!(headers["dlq.reason"], "rejected", "{headers:?}");
+    assert!(
+        headers["dlq.error"].contains("no causation_id"),
+        "{headers:?}"
+    );
+    let stranger = uuid::Uuid::new_v4();
+    let foreign = reply(Value::from(stranger.to_string()));
+    app.produce(&topic, &id, foreign.as_bytes()).await;
+    let headers = app.wait_dead_letter(foreign.as_bytes()).await;
+    assert_eq!(headers["dlq.reason"], "rejected", "{headers:?}");
+    assert!(
+        headers["dlq.error"].contains(&stranger.to_string())
+            && headers["dlq.error"].contains("is no command saga"),
+        "{headers:?}"
+    );
+    let (_, saga) = app.get_saga(&id).await;
+    assert_eq!(
+        saga["current_step"], "get_payment_info",
+        "nothing moved: {saga}"
+    );
+    assert!(saga["context"]["payment_method_id"].is_null(), "{saga}");
+    app.start_service("users").await;
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_ne!(done["context"]["payment_method_id"], "pm_forged");
     app.stop().await;
 }

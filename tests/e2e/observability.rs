@@ -86,7 +86,7 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     .await
     .expect("the reply is in the inbox");
     let duplicate = json!({"message_id": seen, "type": "order.created", "correlation_id": happy,
-        "causation_id": null, "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"order_id": "o-1"}});
+        "causation_id": uuid::Uuid::new_v4(), "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"order_id": "o-1"}});
     let events = app.config.topics.order_events.name.clone();
     app.produce(&events, happy, duplicate.to_string().as_bytes())
         .await;

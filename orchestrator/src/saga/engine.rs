@@ -124,6 +124,9 @@ pub enum Ignored {
     Parked,
     /// Cancel refused: the saga has sent its pivot (named), the step that cannot be undone.
     PastPointOfNoReturn(String),
+    /// The reply's `causation_id` names no command the saga ever sent: a participant's bug (or a
+    /// forgery), for its owner to see, not a late reply to drop.
+    UnknownCommand(Option<Uuid>),
 }
 
 /// What the engine decided.
@@ -208,6 +211,10 @@ pub fn on_reply(
     reply_id: Uuid,
     now: i64,
 ) -> Decision {
+    let sent = |id: Uuid| current.steps.iter().any(|r| r.command_id == id);
+    if !reply.causation_id.is_some_and(sent) {
+        return Decision::Ignored(Ignored::UnknownCommand(reply.causation_id));
+    }
     if current.pending.is_empty() {
         return Decision::Ignored(Ignored::Terminal);
     }

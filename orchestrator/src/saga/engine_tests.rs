@@ -286,19 +286,24 @@ fn a_duplicate_reply_is_ignored() {
     );
 }
 
+/// A reply that names no command the saga sent (none at all, or one it never sent) is told
+/// apart from a late one, so that its sender's owner can be told (the shell dead-letters it).
 #[test]
-fn a_reply_without_causation_is_ignored() {
+fn a_reply_answering_no_command_the_saga_sent_is_named_as_such() {
     let (s, _) = started();
     let payload = json!({});
-    let r = Reply {
-        message_type: "order.created",
-        causation_id: None,
-        payload: &payload,
-    };
-    assert_eq!(
-        on_reply(&def(), &Policy::default(), &s, r, Uuid::new_v4(), 2),
-        Decision::Ignored(Ignored::NotAwaited)
-    );
+    let stranger = Uuid::new_v4();
+    for causation in [None, Some(stranger)] {
+        let r = Reply {
+            message_type: "order.created",
+            causation_id: causation,
+            payload: &payload,
+        };
+        assert_eq!(
+            on_reply(&def(), &Policy::default(), &s, r, Uuid::new_v4(), 2),
+            Decision::Ignored(Ignored::UnknownCommand(causation))
+        );
+    }
 }
 
 #[test]

@@ -147,6 +147,8 @@ pub mod dead_letter {
     pub const REJECTED: &str = "rejected";
     /// Handling failed with a non-transient error, `MAX_DELIVERY_ATTEMPTS` times.
     pub const FAILED: &str = "failed";
+    /// Every reason, as `dlq.reason` carries it.
+    pub const ALL: [&str; 4] = [UNREADABLE, UNKNOWN_SAGA, REJECTED, FAILED];
 }
 
 impl Disposition {
