@@ -353,8 +353,14 @@ impl Metrics {
         }
     }
 
-    /// Records one finished HTTP request.
+    /// Records one finished HTTP request. The method label comes from a closed set (the
+    /// standard methods, else `_OTHER`, as OpenTelemetry's conventions say): a client choosing
+    /// the method must not choose how many series `/metrics` has.
     pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        const KNOWN: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
+        let method = KNOWN.iter().find(|m| **m == method).copied().unwrap_or("_OTHER");
         self.http_duration
             .get_or_create(&HttpLabels {
                 method: method.to_string(),
@@ -388,5 +394,21 @@ mod tests {
             "http_server_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/sagas/{id}\",status=\"200\"} 1"
         ), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn made_up_http_methods_share_one_series() {
+        let m = Metrics::new();
+        for i in 0..500 {
+            m.http_request(&format!("BREW{i}"), "unmatched", 405, Duration::from_millis(1));
+        }
+        m.http_request("DELETE", "unmatched", 405, Duration::from_millis(1));
+        let text = m.render();
+        let methods: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+            .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(methods, ["DELETE", "_OTHER"].into(), "{text}");
     }
 }
