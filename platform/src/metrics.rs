@@ -360,7 +360,11 @@ impl Metrics {
         const KNOWN: [&str; 9] = [
             "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
         ];
-        let method = KNOWN.iter().find(|m| **m == method).copied().unwrap_or("_OTHER");
+        let method = KNOWN
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("_OTHER");
         self.http_duration
             .get_or_create(&HttpLabels {
                 method: method.to_string(),
@@ -400,7 +404,12 @@ mod tests {
     fn made_up_http_methods_share_one_series() {
         let m = Metrics::new();
         for i in 0..500 {
-            m.http_request(&format!("BREW{i}"), "unmatched", 405, Duration::from_millis(1));
+            m.http_request(
+                &format!("BREW{i}"),
+                "unmatched",
+                405,
+                Duration::from_millis(1),
+            );
         }
         m.http_request("DELETE", "unmatched", 405, Duration::from_millis(1));
         let text = m.render();

@@ -117,6 +117,17 @@ fn every_app_container_is_configured_probed_ordered_and_unprivileged() {
     }
 }
 
+/// The API with compose's well-known default tokens is published on loopback only unless the
+/// deployment says otherwise.
+#[test]
+fn the_api_is_published_on_loopback_unless_told_otherwise() {
+    let compose = yaml("docker-compose.yml");
+    let port = compose["services"]["orchestrator"]["ports"][0]
+        .as_str()
+        .unwrap();
+    assert_eq!(port, "${SAGA_BIND:-127.0.0.1}:8080:8080");
+}
+
 /// Compose lets every app container drain for longer than a process takes at most to stop
 /// (its default 10 s would SIGKILL a drain in progress).
 #[test]

@@ -330,6 +330,17 @@ async fn each_token_scope_can_do_what_it_names_and_no_more() {
         assert_eq!(status, StatusCode::OK, "{path}");
     }
 
+    // The scheme's case does not matter (RFC 7235).
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let r = client
+            .get(app.url("/sagas"))
+            .header("authorization", format!("{scheme} {READ}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{scheme}");
+    }
+
     // start: starts sagas and reads them; cannot cancel.
     let (status, body, _) = call(Method::POST, "/orders", Some(START)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

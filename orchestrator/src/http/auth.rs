@@ -95,8 +95,12 @@ impl Auth {
     pub fn tokens(entries: &[(String, String)]) -> Result<Auth, String> {
         let mut tokens = Vec::with_capacity(entries.len());
         for (scope, token) in entries {
+            // The unknown "scope" is not echoed: written the wrong way round (`token:scope`), it
+            // is the token, and the error reaches the logs.
             let scope = Scope::parse(scope.trim()).ok_or_else(|| {
-                format!("unknown scope {scope:?} (expected read, start or operator)")
+                "an entry has an unknown scope (expected read, start or operator; entries are \
+                 scope:token, and the entry is not shown)"
+                    .to_string()
             })?;
             let token = token.trim();
             if token.len() < 16 {
@@ -158,7 +162,18 @@ impl AuthArgs {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("API_TOKENS_FILE {}: {e}", path.display()))?;
             for (n, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or("").trim();
+                // A comment is a line that starts with `#`, or what follows ` #`: a `#` inside
+                // a token is part of it (cutting there accepted a shorter prefix).
+                let line = line.trim();
+                let line = if line.starts_with('#') {
+                    ""
+                } else {
+                    line.split(" #")
+                        .next()
+                        .and_then(|l| l.split("\t#").next())
+                        .unwrap_or("")
+                        .trim()
+                };
                 if line.is_empty() {
                     continue;
                 }
@@ -204,11 +219,10 @@ pub async fn require(State(auth): State<Auth>, req: Request, next: Next) -> Resp
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        // The scheme is case-insensitive (RFC 7235): `Bearer`, `bearer`, `BEARER`.
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(token) = presented else {
         return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer …)")
             .into_response();
@@ -275,11 +289,46 @@ mod tests {
             ("admin:aaaaaaaaaaaaaaaa", "unknown scope"),
             ("read:short", "shorter than 16"),
             ("aaaaaaaaaaaaaaaa", "scope:token"),
+            // The wrong way round: the token is where the scope goes, and must not be printed.
+            ("aaaaaaaaaaaaaaaa:read", "unknown scope"),
         ] {
             let err = args(AuthMode::On, bad).auth(any).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
             assert!(!err.contains("aaaaaaaa"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_hash_inside_a_token_in_the_file_is_part_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(
+            &file,
+            "# the operators\noperator abcdefgh#ijklmnopqrst  # rotated in May\nread\tqrstuvwxyz0123456789\n",
+        )
+        .unwrap();
+        let args = AuthArgs {
+            api_auth: AuthMode::On,
+            api_tokens: String::new(),
+            api_tokens_file: Some(file),
+        };
+        let auth = args.auth("0.0.0.0:8080".parse().unwrap()).unwrap();
+        let Auth::Tokens(t) = &auth else {
+            panic!("off")
+        };
+        assert_eq!(
+            Auth::scope_of(t, b"abcdefgh#ijklmnopqrst"),
+            Some(Scope::Operator)
+        );
+        assert_eq!(
+            Auth::scope_of(t, b"abcdefgh"),
+            None,
+            "not the prefix before #"
+        );
+        assert_eq!(
+            Auth::scope_of(t, b"qrstuvwxyz0123456789"),
+            Some(Scope::Read)
+        );
     }
 
     #[test]
