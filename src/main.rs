@@ -12,6 +12,8 @@ platform::use_mimalloc!();
 #[derive(Debug, Parser)]
 #[command(
     name = "saga-system",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "The saga system (create-order and refund sagas), all in one process, with an embedded Kafka (or KAFKA_BROKERS)"
 )]
 struct Args {
@@ -103,6 +105,7 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
             let kafka = platform::kafka::KafkaArgs {
                 kafka_brokers: brokers,
                 kafka_config: args.kafka_config,
+                kafka_config_file: None,
                 topics: args.topics.clone(),
                 group_prefix: args.group_prefix,
                 create_topics: true,

@@ -110,14 +110,31 @@ pub fn init_with(service: &str, default_filter: &str) -> Result<Telemetry> {
     Ok(Telemetry { provider })
 }
 
+/// What every binary's `--help` adds: the settings read from the environment only.
+pub const ENV_HELP: &str = "Also read from the environment:
+  LOG_FORMAT                          text (default) or json: one JSON object per log line
+  RUST_LOG                            which logs: e.g. info (default), debug, warn,sqlx=error
+  NO_COLOR                            no colours in text logs (never used when stderr is not a terminal)
+  OTEL_EXPORTER_OTLP_ENDPOINT         export traces over OTLP/HTTP to this collector (off when unset)
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  the same, for traces only
+  OTEL_EXPORTER_OTLP_PROTOCOL         http/protobuf (default) or http/json
+  OTEL_EXPORTER_OTLP_HEADERS          key=value,... sent with every export (e.g. an API key)
+  OTEL_SERVICE_NAME                   the service name traces carry";
+
 /// Log lines on stderr, as text or JSON.
 fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     match format {
+        // Colours only for a person at a terminal: escape codes in a redirected log or a
+        // collector are noise.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -11,6 +11,8 @@ platform::use_mimalloc!();
 #[derive(Parser)]
 #[command(
     name = "notification-service",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "Logs every saga message as a JSON line"
 )]
 struct Args {

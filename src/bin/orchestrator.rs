@@ -10,6 +10,8 @@ platform::use_mimalloc!();
 #[derive(Debug, Parser)]
 #[command(
     name = "orchestrator",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "The saga orchestrator: runs the sagas of SAGAS_DIR"
 )]
 struct Args {

@@ -7,6 +7,8 @@ platform::use_mimalloc!();
 #[derive(Parser)]
 #[command(
     name = "order-service",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "Stub order service of the create-order saga"
 )]
 struct Args {

@@ -7,6 +7,8 @@ platform::use_mimalloc!();
 #[derive(Parser)]
 #[command(
     name = "payment-service",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "Stub payment service of the create-order saga"
 )]
 struct Args {

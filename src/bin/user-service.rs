@@ -7,6 +7,8 @@ platform::use_mimalloc!();
 #[derive(Parser)]
 #[command(
     name = "user-service",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "Stub user service of the create-order saga"
 )]
 struct Args {

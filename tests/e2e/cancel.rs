@@ -36,6 +36,11 @@ async fn cancelling_a_completed_saga_undoes_it_newest_step_first() {
         "a second cancel is harmless: {body}"
     );
     assert_eq!(body["status"], "CANCELLED");
+    assert_eq!(
+        body["message"],
+        format!("saga {id} is CANCELLED"),
+        "said as it stands, not 'being cancelled'"
+    );
     let (_, again) = app.get_saga(&id).await;
     assert_eq!(steps(&again).len(), 6, "and runs nothing");
     app.stop().await;

@@ -21,6 +21,8 @@ platform::use_mimalloc!();
 #[derive(Debug, Parser)]
 #[command(
     name = "saga-bench",
+    version,
+    after_help = platform::telemetry::ENV_HELP,
     about = "Drives the saga system over HTTP and measures it"
 )]
 struct Args {

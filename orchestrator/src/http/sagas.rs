@@ -296,8 +296,14 @@ struct Accepted {
 
 impl Accepted {
     fn new(saga_id: Uuid, status: SagaStatus, verb: &str) -> Json<Self> {
+        // Said as it stands: a repeated cancel of a cancelled saga is not "being cancelled".
+        let message = if status.is_terminal() {
+            format!("saga {saga_id} is {}", status.as_str())
+        } else {
+            format!("saga {saga_id} is being {verb}")
+        };
         Json(Accepted {
-            message: format!("saga {saga_id} is being {verb}"),
+            message,
             saga_id,
             status,
         })

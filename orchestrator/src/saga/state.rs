@@ -53,11 +53,15 @@ impl SagaStatus {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// No further message changes a saga in a terminal status.
+    /// Whether the saga has ended: no reply or deadline changes it any more (only an operator:
+    /// a cancel of a completed saga, a retry of a failed one). The one definition of "ended".
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed
+            SagaStatus::Completed
+                | SagaStatus::Compensated
+                | SagaStatus::Cancelled
+                | SagaStatus::Failed
         )
     }
 }

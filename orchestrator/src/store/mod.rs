@@ -197,13 +197,7 @@ async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
 
 /// Whether `state` is final: what long polls wait for.
 fn has_ended(state: &SagaState) -> bool {
-    matches!(
-        state.status,
-        SagaStatus::Completed
-            | SagaStatus::Compensated
-            | SagaStatus::Cancelled
-            | SagaStatus::Failed
-    )
+    state.status.is_terminal()
 }
 
 fn to_json(state: &SagaState) -> String {

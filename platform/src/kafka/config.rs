@@ -28,6 +28,10 @@ pub struct KafkaArgs {
     /// (e.g. `security.protocol=SASL_SSL,sasl.mechanism=PLAIN`).
     #[arg(long, env = "KAFKA_CONFIG", default_value = "")]
     pub kafka_config: String,
+    /// A properties file of librdkafka settings (`key=value` lines, `#` comments), for values
+    /// that hold a comma or secrets mounted as files; KAFKA_CONFIG is applied after it.
+    #[arg(long, env = "KAFKA_CONFIG_FILE")]
+    pub kafka_config_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub topics: crate::topics::TopicArgs,
     /// Put in front of every consumer group id (`staging.` gives `staging.saga-orchestrator`):
@@ -74,9 +78,14 @@ impl KafkaArgs {
                 self.group_prefix
             )));
         }
+        let mut overrides = match &self.kafka_config_file {
+            Some(path) => parse_properties_file(path)?,
+            None => Vec::new(),
+        };
+        overrides.extend(parse_overrides(&self.kafka_config)?);
         Ok(KafkaSettings {
             brokers: self.kafka_brokers.clone(),
-            overrides: parse_overrides(&self.kafka_config)?,
+            overrides,
             embedded: false,
             instance_id,
             group_prefix: self.group_prefix.clone(),
@@ -103,6 +112,38 @@ pub fn parse_overrides(s: &str) -> Result<Vec<(String, String)>> {
             _ => Err(Error::KafkaConfig(pair.to_string())),
         })
         .collect()
+}
+
+/// Reads a properties file of client settings: `key=value` per line, blank lines and lines
+/// starting with `#` or `!` ignored. A bad line is named by its number only: the file may hold
+/// passwords.
+pub fn parse_properties_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "KAFKA_CONFIG_FILE {}: cannot read: {e}",
+            path.display()
+        ))
+    })?;
+    let mut settings = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                settings.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "KAFKA_CONFIG_FILE {} line {}: expected key=value",
+                    path.display(),
+                    n + 1
+                )))
+            }
+        }
+    }
+    Ok(settings)
 }
 
 /// Where the brokers are and how to talk to them.

@@ -46,6 +46,7 @@ mod tests {
         let args = |id: Option<&str>| KafkaArgs {
             kafka_brokers: "b:9092".into(),
             kafka_config: String::new(),
+            kafka_config_file: None,
             topics: Default::default(),
             group_prefix: String::new(),
             create_topics: false,
@@ -67,6 +68,51 @@ mod tests {
         let embedded = KafkaSettings::embedded("127.0.0.1:1").consumer_config("g");
         assert_eq!(embedded.get("group.instance.id"), None);
         assert_eq!(embedded.get("session.timeout.ms"), Some("3000"));
+    }
+
+    /// A properties file holds what `KAFKA_CONFIG` cannot (a value with a comma); KAFKA_CONFIG
+    /// still wins; a bad line is named by number, never shown.
+    #[test]
+    fn a_properties_file_gives_settings_that_kafka_config_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.properties");
+        std::fs::write(
+            &file,
+            "# the cluster\nsecurity.protocol=SASL_SSL\n! also a comment\n\nssl.cipher.suites=A,B\nsasl.password=p=q\n",
+        )
+        .unwrap();
+        let args = KafkaArgs {
+            kafka_brokers: "b:9092".into(),
+            kafka_config: "security.protocol=SSL".into(),
+            kafka_config_file: Some(file.clone()),
+            topics: Default::default(),
+            group_prefix: String::new(),
+            create_topics: false,
+            kafka_startup_timeout: Duration::from_secs(1),
+            instance_id: None,
+        };
+        let s = args.settings().unwrap();
+        let get = |k: &str| {
+            s.overrides
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("ssl.cipher.suites"), Some("A,B"));
+        assert_eq!(get("sasl.password"), Some("p=q"));
+        assert_eq!(
+            get("security.protocol"),
+            Some("SSL"),
+            "KAFKA_CONFIG applied last"
+        );
+        std::fs::write(&file, "sasl.password=secret\nnot a setting secret\n").unwrap();
+        let err = args.settings().unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("KAFKA_CONFIG_FILE"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
     }
 
     fn settings(config: &str) -> KafkaSettings {
