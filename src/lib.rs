@@ -176,6 +176,7 @@ pub struct System {
 impl System {
     /// Starts everything; returns when the API accepts connections.
     pub async fn start(config: &SystemConfig, cancel: &CancellationToken) -> Result<Self> {
+        let listener = orchestrator::app::bind(config.listen).await?;
         let kafka = EmbeddedKafka::start(1)?;
         kafka.create_topics(&config.topics)?;
         tracing::warn!(
@@ -183,7 +184,7 @@ impl System {
             "embedded Kafka started: librdkafka's in-memory mock cluster, for development only; \
              messages are lost when this process stops"
         );
-        let mut system = Self::start_on(config, &kafka.settings(), cancel).await?;
+        let mut system = Self::start_with(listener, config, &kafka.settings(), cancel).await?;
         system.kafka = Some(kafka);
         Ok(system)
     }
@@ -195,8 +196,19 @@ impl System {
         kafka: &KafkaSettings,
         cancel: &CancellationToken,
     ) -> Result<Self> {
+        let listener = orchestrator::app::bind(config.listen).await?;
+        Self::start_with(listener, config, kafka, cancel).await
+    }
+
+    async fn start_with(
+        listener: tokio::net::TcpListener,
+        config: &SystemConfig,
+        kafka: &KafkaSettings,
+        cancel: &CancellationToken,
+    ) -> Result<Self> {
         let services = start_services(config, kafka, cancel).await?;
-        let orchestrator = orchestrator::Orchestrator::start(
+        let orchestrator = orchestrator::Orchestrator::start_on(
+            listener,
             config.orchestrator(kafka.clone())?,
             cancel.child_token(),
         )

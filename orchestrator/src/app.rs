@@ -57,10 +57,29 @@ pub struct Orchestrator {
     cancel: CancellationToken,
 }
 
+/// Takes the API's address. Done before anything else starts, so that a port in use is the
+/// one error a start prints, naming LISTEN_ADDR, not a line among the logs of components that
+/// started and stopped again.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
 impl Orchestrator {
-    /// Connects, migrates, binds the listener and starts the tasks. Returns once the API accepts
+    /// Binds the listener, connects, migrates and starts the tasks. Returns once the API accepts
     /// connections.
     pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self> {
+        let listener = bind(config.listen).await?;
+        Self::start_on(listener, config, cancel).await
+    }
+
+    /// [`Self::start`] with the API's listener already bound (by [`bind`]).
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        config: Config,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
         let resend_window = config.policy.saga_timeout_ms + config.policy.compensation_limit_ms;
         if i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX) < resend_window {
             tracing::warn!(
@@ -94,12 +113,6 @@ impl Orchestrator {
         )
         .with_store(db.clone());
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
         let addr = listener.local_addr().map_err(Error::Serve)?;
 
         let mut tasks = JoinSet::new();

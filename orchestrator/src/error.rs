@@ -13,7 +13,7 @@ pub enum Error {
     },
     #[error("saga {0} was changed by someone else; retry")]
     Conflict(uuid::Uuid),
-    #[error("binding {addr}: {source}")]
+    #[error("cannot listen on {addr} (LISTEN_ADDR): {source}")]
     Bind {
         addr: std::net::SocketAddr,
         #[source]

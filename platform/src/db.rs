@@ -173,6 +173,30 @@ impl Db {
                 }
             }
             Engine::Postgres => {
+                // One connection first, for its error: the pool retries a refused connection
+                // until its acquire timeout and then says only "pool timed out".
+                let first = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(url),
+                )
+                .await;
+                match first {
+                    Ok(Ok(conn)) => {
+                        let _ = sqlx::Connection::close(conn).await;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Error::db(format!(
+                            "connecting to DATABASE_URL={}",
+                            redact(url)
+                        ))(e))
+                    }
+                    Err(_) => {
+                        return Err(Error::Config(format!(
+                            "DATABASE_URL={}: the server did not answer within 10 s",
+                            redact(url)
+                        )))
+                    }
+                }
                 let pool = AnyPoolOptions::new()
                     .max_connections(10)
                     .acquire_timeout(Duration::from_secs(30))
@@ -242,18 +266,35 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// A URL with its password hidden, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+/// `url` with every password in it masked: the userinfo's (`user:secret@`) and a query
+/// parameter's (`?password=secret`, which sqlx also accepts), so the URL can be logged. Parsed
+/// with a URL parser: slicing strings missed the query form.
+pub fn redact(raw: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        return "(a URL that cannot be parsed)".into();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        k.contains("password") || k == "pass" || k == "pwd" || k.contains("secret")
+    };
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// Drops the PostgreSQL database `url` names (connecting to the server through `server_url`),
@@ -382,6 +423,15 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+        // The query form sqlx accepts too, kept apart from the other parameters.
+        let masked = redact("postgres://saga@127.0.0.1:1/saga?password=hunter2&sslmode=require");
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert!(
+            masked.contains("password=***") && masked.contains("sslmode=require"),
+            "{masked}"
+        );
+        assert!(!redact("postgres://u:p%40ss@h/db").contains("p%40ss"));
+        assert!(!redact("not a url hunter2").contains("hunter2"));
     }
 
     #[test]

@@ -74,8 +74,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.offline.answer(&sagas, &topics)? {
         return Ok(());
     }
-    // Settings first: a missing token must stop the start before anything connects.
+    // Settings first: a missing token must stop the start before anything connects; then the
+    // port, so that one in use is the error, not one line among those of a Kafka probe.
     let api = args.api.config(args.listen)?;
+    let listener = orchestrator::app::bind(args.listen).await?;
     let (kafka, topics) = args.kafka.prepare().await?;
     let cancel = platform::shutdown::on_signal();
     let config = orchestrator::Config {
@@ -93,7 +95,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ops: platform::Ops::default(),
         api,
     };
-    let orchestrator = orchestrator::Orchestrator::start(config, cancel.clone()).await?;
+    let orchestrator =
+        orchestrator::Orchestrator::start_on(listener, config, cancel.clone()).await?;
     platform::shutdown::run_bounded(&cancel, orchestrator.wait()).await;
     Ok(())
 }

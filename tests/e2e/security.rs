@@ -57,8 +57,18 @@ async fn a_saga_completes_with_every_component_on_postgres_over_tls() {
 /// Runs the orchestrator binary with `env` until it exits (at most `limit`); returns its exit
 /// code, how long it ran, and its stderr.
 pub fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, Duration, String) {
+    run_binary(env!("CARGO_BIN_EXE_orchestrator"), env, limit)
+}
+
+/// Runs `binary` with only `env` (and PATH), until it exits or `limit` passes; its exit code,
+/// how long it ran and everything it wrote to stderr.
+pub fn run_binary(
+    binary: &str,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, Duration, String) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let mut child = Command::new(binary)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LISTEN_ADDR", "127.0.0.1:0")
@@ -85,7 +95,7 @@ pub fn run_orchestrator(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, 
         if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the orchestrator hung for {limit:?} with {env:?}");
+            panic!("{binary} hung for {limit:?} with {env:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -425,4 +435,126 @@ fn listening_beyond_loopback_without_tokens_is_refused_at_start() {
         line.contains("API_TOKENS") && line.contains("API_AUTH=off"),
         "{line}"
     );
+}
+
+/// With the API's port taken, the start fails at once with one error line that names
+/// LISTEN_ADDR, before Kafka, the database or the services are touched (the useful line used to
+/// be line 38 of 48, after every component had started and stopped).
+#[test]
+fn a_taken_port_is_the_one_error_and_names_listen_addr() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    // The orchestrator, with a Kafka that is not there: the port error comes first.
+    let (code, took, stderr) = run_orchestrator(
+        &[
+            ("LISTEN_ADDR", addr.as_str()),
+            ("KAFKA_BROKERS", "127.0.0.1:1"),
+            ("DATABASE_URL", sqlite.as_str()),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(error_line(&stderr).contains("LISTEN_ADDR"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // `cargo run`'s binary: before the embedded Kafka and the services start.
+    let out = Command::new(env!("CARGO_BIN_EXE_saga-system"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", &addr)
+        .env("DATA_DIR", dir.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(error_line(&stderr).contains("LISTEN_ADDR"), "{stderr}");
+    assert!(
+        stderr.lines().count() <= 3,
+        "the error is not buried: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes in a redirected log: {stderr:?}"
+    );
+    drop(taken);
+}
+
+/// Every binary, started with each secret-bearing setting made to fail, writes the secret
+/// nowhere: a password in `DATABASE_URL` in both forms sqlx accepts (`user:secret@` and
+/// `?password=secret`, which used to be printed in clear), `sasl.password` in `KAFKA_CONFIG`, an
+/// API token written the wrong way round. An unreachable PostgreSQL is named within seconds
+/// (it used to take 31 s of "pool timed out").
+#[test]
+fn no_secret_reaches_the_output_of_a_start_that_fails() {
+    const SECRET: &str = "hunter2-do-not-print";
+    let broker = platform::embedded::EmbeddedKafka::start(1).unwrap();
+    let brokers = broker.bootstrap_servers().to_string();
+    let userinfo = format!("postgres://saga:{SECRET}@127.0.0.1:1/saga");
+    let query = format!("postgres://saga@127.0.0.1:1/saga?password={SECRET}&sslmode=disable");
+    let sasl = format!(
+        "security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,sasl.username=u,sasl.password={SECRET}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let tokens = format!("{SECRET}-0123456789:operator");
+    let binaries = [
+        env!("CARGO_BIN_EXE_orchestrator"),
+        env!("CARGO_BIN_EXE_order-service"),
+        env!("CARGO_BIN_EXE_user-service"),
+        env!("CARGO_BIN_EXE_payment-service"),
+    ];
+    for binary in binaries {
+        for database in [&userinfo, &query] {
+            let (code, took, stderr) = run_binary(
+                binary,
+                &[
+                    ("KAFKA_BROKERS", brokers.as_str()),
+                    ("DATABASE_URL", database.as_str()),
+                    ("LISTEN_ADDR", "127.0.0.1:0"),
+                ],
+                Duration::from_secs(40),
+            );
+            assert_eq!(code, Some(1), "{binary}: {stderr}");
+            assert!(
+                !stderr.contains(SECRET),
+                "{binary} printed the password: {stderr}"
+            );
+            let line = error_line(&stderr);
+            assert!(line.contains("DATABASE_URL"), "{binary}: {line}");
+            assert!(
+                took < Duration::from_secs(15),
+                "{binary}: {took:?} for {line}"
+            );
+        }
+        let (code, _, stderr) = run_binary(
+            binary,
+            &[
+                ("KAFKA_BROKERS", "127.0.0.1:1"),
+                ("KAFKA_CONFIG", sasl.as_str()),
+                ("KAFKA_STARTUP_TIMEOUT", "2s"),
+                ("DATABASE_URL", sqlite.as_str()),
+                ("LISTEN_ADDR", "127.0.0.1:0"),
+            ],
+            Duration::from_secs(40),
+        );
+        assert_eq!(code, Some(1), "{binary}: {stderr}");
+        assert!(
+            !stderr.contains(SECRET),
+            "{binary} printed sasl.password: {stderr}"
+        );
+    }
+    let (code, _, stderr) = run_orchestrator(
+        &[
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("DATABASE_URL", sqlite.as_str()),
+            ("LISTEN_ADDR", "0.0.0.0:0"),
+            ("API_TOKENS", tokens.as_str()),
+        ],
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains(SECRET), "a token was printed: {stderr}");
 }
