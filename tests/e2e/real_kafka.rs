@@ -163,8 +163,13 @@ async fn a_restart_under_the_same_instance_id_gets_its_partitions_back_at_once()
     if crate::broker::needs_real_broker("static membership (the mock ignores group.instance.id)") {
         return;
     }
-    let static_restart = restart_after_kill_9(Some("orchestrator-static")).await;
-    let dynamic_restart = restart_after_kill_9(None).await;
+    let static_restart = restart(
+        Stop::Kill9,
+        Some("orchestrator-static"),
+        Some("orchestrator-static"),
+    )
+    .await;
+    let dynamic_restart = restart(Stop::Kill9, None, None).await;
     eprintln!(
         "next saga after kill -9 and restart, session {SESSION_MS} ms: with INSTANCE_ID \
          {static_restart:?}, without {dynamic_restart:?}"
@@ -179,23 +184,66 @@ async fn a_restart_under_the_same_instance_id_gets_its_partitions_back_at_once()
     );
 }
 
-/// How long the first saga after a `kill -9` and an immediate restart of the orchestrator takes.
-async fn restart_after_kill_9(instance_id: Option<&str>) -> Duration {
+/// A rolling restart (SIGTERM, then the new process) stalls nobody by default: without
+/// `INSTANCE_ID` the stopping orchestrator leaves its group and the new one gets the
+/// partitions at once. Under the old default, a name that changes with each rollout
+/// (`HOSTNAME`), the stopped static member held its partitions for the whole session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_the_default_settings_waits_for_no_session() {
+    if crate::broker::needs_real_broker("consumer group sessions (the mock ignores static members)")
+    {
+        return;
+    }
+    let default = restart(Stop::Sigterm, None, None).await;
+    let renamed = restart(Stop::Sigterm, Some("pod-7d9f-a"), Some("pod-7d9f-b")).await;
+    eprintln!(
+        "next saga after a rolling restart, session {SESSION_MS} ms: default (no INSTANCE_ID) \
+         {default:?}, a name that changes with the rollout {renamed:?}"
+    );
+    assert!(
+        default < Duration::from_millis(SESSION_MS / 2),
+        "a rolling restart with the defaults took {default:?}"
+    );
+    assert!(
+        renamed > Duration::from_millis(SESSION_MS / 2),
+        "a renamed static member took only {renamed:?}"
+    );
+}
+
+enum Stop {
+    Kill9,
+    Sigterm,
+}
+
+/// How long the first saga takes after the orchestrator, running as `before`, is stopped that
+/// way and at once started again as `after` (`INSTANCE_ID`s; `None`: unset).
+async fn restart(stop: Stop, before: Option<&str>, after: Option<&str>) -> Duration {
     let mut app = spawn_processes(&[]).await;
     let session = format!(
         "{},session.timeout.ms={SESSION_MS},heartbeat.interval.ms=1000",
         app.kafka.process_config()
     );
-    app.proc_env = vec![("KAFKA_CONFIG".into(), session)];
-    if let Some(id) = instance_id {
-        app.proc_env.push(("INSTANCE_ID".into(), id.into()));
-    }
+    let env = |id: Option<&str>| {
+        let mut env = vec![("KAFKA_CONFIG".to_string(), session.clone())];
+        if let Some(id) = id {
+            env.push(("INSTANCE_ID".into(), id.into()));
+        }
+        env
+    };
+    app.proc_env = env(before);
     app.spawn_proc("orchestrator");
     app.wait_healthy().await;
     let warm = app.start_saga("c-warm").await;
     assert_eq!(app.wait_terminal(&warm).await["status"], "COMPLETED");
 
-    app.kill9("orchestrator");
+    match stop {
+        Stop::Kill9 => app.kill9("orchestrator"),
+        Stop::Sigterm => {
+            let (status, _) = app.sigterm("orchestrator");
+            assert!(status.success(), "{status:?}");
+        }
+    }
+    app.proc_env = env(after);
     app.spawn_proc("orchestrator");
     app.wait_healthy().await;
     let started = Instant::now();

@@ -46,8 +46,11 @@ pub struct KafkaArgs {
     #[arg(long, env = "KAFKA_STARTUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub kafka_startup_timeout: Duration,
     /// This process's stable name in its consumer groups (static membership): a restarted
-    /// process with the same name takes its partitions back at once. Defaults to `HOSTNAME`
-    /// (the container or pod name); must differ between processes of one group.
+    /// process with the same name takes its partitions back at once. Unset by default: a name
+    /// that changes with every rollout (a Deployment's pod name, a compose container's id)
+    /// would leave each old member holding its partitions for the session timeout. Set it where
+    /// names survive a restart (a StatefulSet's pod name); it must differ between processes of
+    /// one group.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
 }
@@ -69,7 +72,6 @@ impl KafkaArgs {
         let instance_id = self
             .instance_id
             .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
             .map(|id| id.trim().to_string())
             .filter(|id| !id.is_empty());
         if !crate::topics::legal_topic_chars(&self.group_prefix) {

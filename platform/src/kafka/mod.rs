@@ -38,9 +38,10 @@ mod tests {
         assert!(parse_overrides("").unwrap().is_empty());
     }
 
-    /// Consumers are static members named by `INSTANCE_ID` (else the
-    /// container's `HOSTNAME`), with a session timeout chosen for a restart, not librdkafka's
-    /// 45 s; `KAFKA_CONFIG` still overrides both; the mock keeps its own short settings.
+    /// Consumers are static members when `INSTANCE_ID` names them (never by default: a
+    /// `HOSTNAME` that changes on every rollout stalled each one for a session), with a session
+    /// timeout chosen for a restart, not librdkafka's 45 s; `KAFKA_CONFIG` still overrides both;
+    /// the mock keeps its own short settings.
     #[test]
     fn consumers_are_static_members_with_a_chosen_session_timeout() {
         let args = |id: Option<&str>| KafkaArgs {
@@ -58,6 +59,9 @@ mod tests {
         assert_eq!(c.get("group.instance.id"), Some("orchestrator-0"));
         assert_eq!(c.get("session.timeout.ms"), Some(SESSION_TIMEOUT_MS));
         assert_eq!(args(Some("  ")).settings().unwrap().instance_id, None);
+        let unnamed = args(None).settings().unwrap();
+        assert_eq!(unnamed.instance_id, None, "no name unless one is given");
+        assert_eq!(unnamed.consumer_config("g").get("group.instance.id"), None);
 
         let mut overridden = s.clone();
         overridden.overrides = parse_overrides("session.timeout.ms=60000").unwrap();
