@@ -100,6 +100,10 @@ impl Orchestrator {
         for d in sagas.registry.all() {
             tracing::info!(saga_type = %d.saga_type, version = d.version, steps = d.steps.len(), "saga definition loaded");
         }
+        crate::observe::declare(
+            &ops.metrics,
+            sagas.registry.types().map(|d| d.saga_type.clone()),
+        );
         let producer = config.kafka.producer()?;
         let relay = Relay::new(store.clone(), producer.clone());
         let reply_topics = sagas.registry.reply_topics();

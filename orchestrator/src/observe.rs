@@ -64,7 +64,7 @@ pub fn started(metrics: &Metrics, state: &SagaState) {
 /// Counts what the committed transition from `before` to `after` did.
 pub fn observe(metrics: &Metrics, before: &Before, after: &SagaState) {
     let saga_type = &after.saga_type;
-    if is_final(after.status) && after.status != before.status {
+    if after.status.is_terminal() && after.status != before.status {
         let labels = EndLabels {
             saga_type: saga_type.clone(),
             status: after.status.as_str().to_string(),
@@ -163,16 +163,6 @@ pub fn observe(metrics: &Metrics, before: &Before, after: &SagaState) {
             StepKind::Forward => 0,
         };
     }
-}
-
-fn is_final(status: SagaStatus) -> bool {
-    matches!(
-        status,
-        SagaStatus::Completed
-            | SagaStatus::Compensated
-            | SagaStatus::Cancelled
-            | SagaStatus::Failed
-    )
 }
 
 fn seconds(ms: i64) -> f64 {
@@ -311,5 +301,21 @@ mod tests {
             .as_deref(),
             Some("2")
         );
+    }
+}
+
+/// Every series an alert watches, created at zero for the loaded saga types: a counter that
+/// was never incremented is not exported, and `increase()` cannot see the first FAILED saga.
+pub fn declare(metrics: &Metrics, saga_types: impl Iterator<Item = String>) {
+    for saga_type in saga_types {
+        let _ = metrics.sagas_started.get_or_create(&SagaLabels {
+            saga_type: saga_type.clone(),
+        });
+        for status in SagaStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            let _ = metrics.sagas_ended.get_or_create(&EndLabels {
+                saga_type: saga_type.clone(),
+                status: status.as_str().to_string(),
+            });
+        }
     }
 }

@@ -89,14 +89,26 @@ impl DeadLetters {
         source: impl Into<String>,
         metrics: &Metrics,
     ) -> Self {
-        DeadLetters {
+        let letters = DeadLetters {
             producer,
             topic: topic.into(),
             source: source.into(),
             metrics: metrics.clone(),
             store: None,
             topic_failing: Arc::new(AtomicBool::new(false)),
+        };
+        // Every reason's series exists from the start, at zero: an alert on `increase()` then
+        // sees the first dead letter, which a series created by it would hide.
+        for reason in crate::kafka::dead_letter::ALL {
+            let _ = letters
+                .metrics
+                .dead_letters
+                .get_or_create(&DeadLetterLabels {
+                    component: letters.source.clone(),
+                    reason: reason.to_string(),
+                });
         }
+        letters
     }
 
     /// The component that gives up on messages.

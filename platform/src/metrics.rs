@@ -149,6 +149,14 @@ pub struct Families {
     pub compensations: Family<StepOutcomeLabels, Counter>,
     pub compensation_failures: Family<CompensationFailureLabels, Counter>,
     pub outbox_unsent: Gauge,
+    /// Sagas not yet ended (STARTED, COMPENSATING, CANCELLING), read at scrape time.
+    pub sagas_in_flight: Gauge,
+    /// Sagas set aside for an operator (parked), read at scrape time.
+    pub sagas_parked: Gauge,
+    /// Age of the oldest saga not yet ended (0 when none), read at scrape time.
+    pub oldest_running_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Dead letters kept in the orchestrator's database, waiting for the topic.
+    pub dead_letters_stored: Gauge,
     pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub inbox_duplicates: Counter,
     // Every Kafka consumer.
@@ -196,6 +204,10 @@ impl Metrics {
             compensations: Family::default(),
             compensation_failures: Family::default(),
             outbox_unsent: Gauge::default(),
+            sagas_in_flight: Gauge::default(),
+            sagas_parked: Gauge::default(),
+            oldest_running_age: Gauge::default(),
+            dead_letters_stored: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
             inbox_duplicates: Counter::default(),
             messages_handled: Family::default(),
@@ -249,6 +261,27 @@ impl Metrics {
             "saga_compensation_attempt_failures",
             "Compensation attempts that were refused or got no answer in time (each is retried)",
             f.compensation_failures.clone(),
+        );
+        r.register(
+            "saga_in_flight",
+            "Sagas that have not ended yet (STARTED, COMPENSATING, CANCELLING)",
+            f.sagas_in_flight.clone(),
+        );
+        r.register(
+            "saga_parked",
+            "Sagas parked for an operator (a definition version not loaded, a timer failing for good): POST /sagas/{id}/retry",
+            f.sagas_parked.clone(),
+        );
+        r.register_with_unit(
+            "saga_oldest_running_age",
+            "Age of the oldest saga that has not ended (0 when none)",
+            Unit::Seconds,
+            f.oldest_running_age.clone(),
+        );
+        r.register(
+            "dead_letters_stored",
+            "Dead letters kept in the orchestrator's database because the dead-letter topic would not take them",
+            f.dead_letters_stored.clone(),
         );
         r.register(
             "saga_outbox_unsent_messages",

@@ -775,3 +775,63 @@ async fn services_serve_probes_and_metrics_on_their_own_port() {
     let (status, elapsed) = app.sigterm("payments");
     assert!(status.success(), "{status:?} after {elapsed:?}");
 }
+
+/// What alerts and on-call need is there before anything happened: every saga type's ended
+/// counters and every dead-letter reason at 0 (a series born with its first increment hides
+/// that increment from `increase()`), and the gauges of sagas in flight, parked, the oldest
+/// running one's age and the dead letters waiting in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerted_series_exist_at_zero_and_the_on_call_gauges_are_exported() {
+    // No user service: the saga waits on get_payment_info.
+    let app = spawn_app_with(&["notification", "orders", "payments"]).await;
+    let text = scrape(&app).await;
+    for saga_type in ["create_order", "refund_order"] {
+        for status in ["COMPLETED", "COMPENSATED", "CANCELLED", "FAILED"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    "saga_ended_total",
+                    &[("saga_type", saga_type), ("status", status)]
+                ),
+                Some(0.0),
+                "{saga_type} {status}: {text}"
+            );
+        }
+        assert_eq!(
+            sample(&text, "saga_started_total", &[("saga_type", saga_type)]),
+            Some(0.0)
+        );
+    }
+    for component in [
+        "orchestrator",
+        "order-service",
+        "payment-service",
+        "notification-service",
+    ] {
+        for reason in ["unreadable", "unknown_saga", "rejected", "failed"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    "dead_letters_total",
+                    &[("component", component), ("reason", reason)]
+                ),
+                Some(0.0),
+                "{component} {reason}"
+            );
+        }
+    }
+    assert_eq!(sample(&text, "saga_in_flight", &[]), Some(0.0), "{text}");
+    let id = app.start_saga("c-gauges").await;
+    app.wait_for(&id, Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, "saga_in_flight", &[]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "saga_parked", &[]), Some(0.0));
+    assert_eq!(sample(&text, "dead_letters_stored", &[]), Some(0.0));
+    let age = sample(&text, "saga_oldest_running_age_seconds", &[]).unwrap();
+    assert!(age >= 1.0, "{age}");
+    app.stop().await;
+}

@@ -33,8 +33,8 @@ async fn readyz(State(app): State<AppState>) -> axum::response::Response {
     platform::ops::readyz(&app.ops.health)
 }
 
-/// Every metric of the process; the outbox gauges are read from the database now (bounded, so a
-/// database that is away does not hold the scrape).
+/// Every metric of the process; the outbox and saga gauges are read from the database now
+/// (bounded, so a database that is away does not hold the scrape).
 async fn metrics(State(app): State<AppState>) -> axum::response::Response {
     let m = &app.ops.metrics;
     match tokio::time::timeout(Duration::from_secs(2), app.store.outbox_backlog()).await {
@@ -44,6 +44,18 @@ async fn metrics(State(app): State<AppState>) -> axum::response::Response {
             m.outbox_oldest_age.set(age.max(0) as f64 / 1000.0);
         }
         _ => tracing::debug!("outbox backlog not read for this scrape"),
+    }
+    match tokio::time::timeout(Duration::from_secs(2), app.store.saga_gauges()).await {
+        Ok(Ok(g)) => {
+            m.sagas_in_flight.set(g.in_flight);
+            m.sagas_parked.set(g.parked);
+            let age = g
+                .oldest_started_at
+                .map_or(0, |t| platform::time::now_ms() - t);
+            m.oldest_running_age.set(age.max(0) as f64 / 1000.0);
+            m.dead_letters_stored.set(g.dead_letters_stored);
+        }
+        _ => tracing::debug!("saga gauges not read for this scrape"),
     }
     platform::ops::metrics(m)
 }

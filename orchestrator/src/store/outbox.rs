@@ -79,6 +79,27 @@ impl SagaStore {
         Ok((row.try_get("n")?, row.try_get("oldest")?))
     }
 
+    /// What on-call watches of the sagas, read at scrape time: how many have not ended, how
+    /// many of those are parked (no deadline brings them back), when the oldest of them started,
+    /// and how many dead letters wait in the table.
+    pub async fn saga_gauges(&self) -> Result<SagaGauges> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, \
+             COALESCE(SUM(CASE WHEN wake_at IS NULL THEN 1 ELSE 0 END), 0) AS parked, \
+             MIN(created_at) AS oldest \
+             FROM sagas WHERE status IN ('STARTED', 'COMPENSATING', 'CANCELLING')",
+        )
+        .fetch_one(&self.db.reader)
+        .await?;
+        let stored = count(&self.db.reader, "SELECT COUNT(*) FROM dead_letters").await?;
+        Ok(SagaGauges {
+            in_flight: row.try_get("n")?,
+            parked: row.try_get("parked")?,
+            oldest_started_at: row.try_get("oldest")?,
+            dead_letters_stored: stored,
+        })
+    }
+
     /// Number of outbox rows not yet published (for tests and health checks).
     pub async fn unsent_count(&self) -> Result<i64> {
         count(
@@ -159,3 +180,12 @@ pub(super) async fn insert_outbox(
 
 /// Rows per multi-row outbox insert: well under SQLite's and PostgreSQL's bound-parameter limits.
 pub(super) const OUTBOX_ROWS_PER_INSERT: usize = 1_000; // 7 parameters each
+
+/// See [`SagaStore::saga_gauges`].
+#[derive(Debug, Clone, Copy)]
+pub struct SagaGauges {
+    pub in_flight: i64,
+    pub parked: i64,
+    pub oldest_started_at: Option<i64>,
+    pub dead_letters_stored: i64,
+}
