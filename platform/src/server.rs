@@ -4,7 +4,9 @@
 //! without bound: a client that opens connections and sends half a request head, or keeps idle
 //! keep-alive connections, holds a socket and a task each for ever. This loop is axum's with
 //! those bounds: a request head (and, between requests, the next one) must arrive within
-//! [`Limits::header_read_timeout`] or the connection is closed, and at most
+//! [`Limits::header_read_timeout`] or the connection is closed, a response must be taken by
+//! the client within the same time (a client that pipelines requests and never reads the
+//! answers would otherwise hold its connection past every timeout), and at most
 //! [`Limits::max_connections`] are open at once (past that, new ones wait in the kernel's accept
 //! queue until one closes, as Go's `LimitListener` does).
 
@@ -95,8 +97,13 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // A write that cannot proceed this long (the client's receive window full because it
+        // does not read) fails, and hyper closes the connection.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.header_read_timeout));
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), service));
         tokio::spawn(async move {
             // A client that goes away or times out is not an error of the server.
             let _ = connection.await;

@@ -355,3 +355,58 @@ async fn connections_past_the_cap_wait_for_a_free_one() {
     drop(held);
     app.stop().await;
 }
+
+/// A client that pipelines requests and never reads the responses used to keep its connection
+/// past every timeout: four of them filled a cap of 4 and `/livez` stopped answering. A
+/// response the client does not take within the header timeout now ends its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_responses_lose_their_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = spawn_app_with(&[]).await;
+    app.stop_orchestrator().await;
+    app.config.api.limits.max_connections = 4;
+    app.config.api.limits.header_read_timeout = std::time::Duration::from_secs(1);
+    app.start_orchestrator().await;
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        writers.push(tokio::spawn(async move {
+            // Large answers, asked for again and again, never read.
+            let request = b"GET /asyncapi.json HTTP/1.1\r\nHost: x\r\n\r\n";
+            for _ in 0..20_000 {
+                if s.write_all(request).await.is_err() {
+                    return; // the server closed it
+                }
+            }
+            // Hold the connection, still reading nothing.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(s);
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        answer
+    })
+    .await
+    .expect("/livez did not answer while four clients sat on their responses");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    eprintln!(
+        "/livez answered {:?} after the slow readers started",
+        started.elapsed()
+    );
+    for w in writers {
+        w.abort();
+    }
+    app.stop().await;
+}
