@@ -130,18 +130,27 @@ impl KafkaSettings {
             .map_err(|e| invalid_settings("a client", e))?;
         let names = existing.to_vec();
         let counts = tokio::task::spawn_blocking(move || {
-            let metadata = client
-                .client()
-                .fetch_metadata(None, Duration::from_secs(10))
-                .map_err(Error::kafka("reading the topics' metadata"))?;
-            Ok::<_, Error>(
-                metadata
+            // A topic created a moment ago (by another process starting at the same time) may
+            // not be in a broker's metadata yet: ask again for a few seconds.
+            let mut counts = Vec::new();
+            for _ in 0..20 {
+                let metadata = client
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(10))
+                    .map_err(Error::kafka("reading the topics' metadata"))?;
+                counts = metadata
                     .topics()
                     .iter()
                     .filter(|t| names.iter().any(|n| n == t.name()))
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
                     .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-                    .collect::<Vec<_>>(),
-            )
+                    .collect::<Vec<_>>();
+                if counts.len() == names.len() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Ok::<_, Error>(counts)
         })
         .await
         .map_err(|e| Error::Config(format!("reading the topics' metadata: {e}")))??;
