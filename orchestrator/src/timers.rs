@@ -78,13 +78,19 @@ impl Timers {
         };
         let mut changed = 0;
         for (handled, &saga_id) in due.iter().enumerate() {
+            // Each saga at the time it is handled: a batch of 500 can take a while, and the
+            // deadlines it sets count from now, not from when the batch was read.
+            let now = platform::time::now_ms();
             match self.fire(saga_id, now, cancel).await {
                 Fired::Changed => changed += 1,
                 Fired::Unchanged => {}
                 Fired::Stopping => {
                     // Stopping: hand back what this look claimed and did not get to, so a
                     // restart (or another instance) does not wait for the lease to end.
-                    let _ = self.store.release(&due[handled..], now, LEASE_MS).await;
+                    let _ = self
+                        .store
+                        .release(&due[handled..], platform::time::now_ms(), LEASE_MS)
+                        .await;
                     return None;
                 }
             }

@@ -218,6 +218,12 @@ pub fn on_reply(
     if current.pending.is_empty() {
         return Decision::Ignored(Ignored::Terminal);
     }
+    // A parked saga waits for an operator, replies included: moving on without deadlines, it
+    // could end COMPLETED still marked parked. The reply leaves the inbox (it changed nothing),
+    // so the participant's answer to the re-send after `retry` counts.
+    if current.parked.is_some() {
+        return Decision::Ignored(Ignored::Parked);
+    }
     let Some(pending) = reply.causation_id.and_then(|id| current.awaits(id)) else {
         return Decision::Ignored(Ignored::NotAwaited);
     };
@@ -585,8 +591,10 @@ pub fn retry(def: &SagaDefinition, policy: &Policy, current: &SagaState, now: i6
     else {
         return Decision::Ignored(Ignored::NotRetryable(current.status));
     };
-    if let Some(why) = unknown_step(def, failed.step_index, StepKind::Compensation) {
-        return park(current, now, why);
+    // A compensation the definition does not have cannot be retried; the saga stays FAILED
+    // (parking it would leave it beyond any later retry, which only resumes pending commands).
+    if unknown_step(def, failed.step_index, StepKind::Compensation).is_some() {
+        return Decision::Ignored(Ignored::NotRetryable(current.status));
     }
     transition(def, policy, current, now, |m| {
         m.state.completed_at = None;

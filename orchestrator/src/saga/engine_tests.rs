@@ -1296,3 +1296,60 @@ fn a_cancel_is_refused_once_the_pivot_is_sent() {
         Decision::Ignored(Ignored::PastPointOfNoReturn("charge".into()))
     );
 }
+
+/// A saga parked after timer failures waits for an operator, replies included: it used to move
+/// on with no deadlines and could end COMPLETED still marked parked. After `retry` the re-sent
+/// command's answer moves it.
+#[test]
+fn a_parked_saga_takes_no_reply_until_it_is_retried() {
+    let p = policy();
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let (parked, _) = applied(park_after_failures(&s, 10, "the timer failed".into()));
+    let payload = json!({"order_id": "o-1"});
+    let reply = Reply {
+        message_type: "order.created",
+        causation_id: Some(s.pending[0].command_id),
+        payload: &payload,
+    };
+    assert_eq!(
+        on_reply(&def(), &p, &parked, reply, Uuid::new_v4(), 11),
+        Decision::Ignored(Ignored::Parked)
+    );
+    let (resumed, _) = applied(retry(&def(), &p, &parked, 12));
+    let (moved, m) = applied(on_reply(&def(), &p, &resumed, reply, Uuid::new_v4(), 13));
+    assert_eq!(moved.parked, None);
+    assert_eq!(commands(&m), vec!["get_payment_info"]);
+}
+
+/// A FAILED saga whose failed compensation its definition no longer has is refused a retry and
+/// stays FAILED, retryable once the definition is fixed; it used to be parked, where no later
+/// retry could reach it.
+#[test]
+fn a_retry_that_cannot_run_leaves_a_failed_saga_failed_not_parked() {
+    let p = Policy {
+        compensation_limit_ms: 0,
+        ..policy()
+    };
+    let (s, _) = start(&def(), &p, Uuid::new_v4(), input(), 0);
+    let mut failed = s.clone();
+    failed.status = SagaStatus::Failed;
+    failed.pending.clear();
+    failed.steps.push(crate::saga::state::StepRecord {
+        name: "undo_nothing".into(),
+        kind: StepKind::Compensation,
+        step_index: 1, // get_payment_info, which has no compensation
+        status: StepStatus::Failed,
+        command_id: Uuid::new_v4(),
+        attempts: 3,
+        attempt_log: Vec::new(),
+        started_at: 0,
+        finished_at: Some(5),
+        error: Some("gave up".into()),
+        outcome_unknown: false,
+        group: None,
+    });
+    assert_eq!(
+        retry(&def(), &p, &failed, 10),
+        Decision::Ignored(Ignored::NotRetryable(SagaStatus::Failed))
+    );
+}

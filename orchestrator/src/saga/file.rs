@@ -559,13 +559,19 @@ fn declares(schema: &Value, field: &str) -> bool {
         .is_some_and(|p| p.contains_key(field))
 }
 
+/// A duration in milliseconds, the engine's unit: one under 1 ms would become 0, a deadline
+/// due at once, forever, so it is refused.
 fn duration(value: &Option<String>, key: &str) -> Checked<Option<i64>> {
     value
         .as_deref()
         .map(|v| {
-            platform::time::parse_duration_setting(v)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .map_err(|e| format!("{key}: {e}"))
+            let d = platform::time::parse_duration_setting(v).map_err(|e| format!("{key}: {e}"))?;
+            if d < std::time::Duration::from_millis(1) {
+                return Err(format!(
+                    "{key}: {v:?} is under the 1 ms the engine counts in"
+                ));
+            }
+            Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         })
         .transpose()
 }

@@ -255,6 +255,13 @@ fn durations_and_attempts_are_checked() {
         &CREATE.replace("receive", "attempts = 0\nreceive"),
     ));
     assert!(err.contains("attempts"), "{err}");
+    let err = problem(&with_steps(
+        &CREATE.replace("receive", "timeout = \"500us\"\nreceive"),
+    ));
+    assert!(
+        err.contains("step create_order: timeout") && err.contains("1 ms"),
+        "{err}"
+    );
     let def = load(&with_steps(&CREATE.replace(
         "receive",
         "timeout = \"2s\"\nmax_timeout = \"1m\"\nattempts = 2\nreceive",
