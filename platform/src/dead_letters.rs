@@ -161,6 +161,44 @@ impl DeadLetters {
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
         };
+        // Neither the topic nor the table may take it right now (the database refusing the row
+        // for good, say): the letter is never dropped and the consumer never stops over it; the
+        // partition waits, saying so, and both are tried again.
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self
+                .publish_once(message, reason, error, &letter, cancel)
+                .await
+            {
+                Some(published) => return published,
+                None => {
+                    tracing::error!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        retry_in_s = backoff.as_secs(),
+                        "a dead letter can be neither published nor stored; its partition waits"
+                    );
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One try: the topic (within [`PUBLISH_LIMIT`]), else the table. `Some(true)` once either
+    /// has it, `Some(false)` if `cancel` fired, `None` if neither took it.
+    async fn publish_once(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        error: &str,
+        letter: &Letter,
+        cancel: &CancellationToken,
+    ) -> Option<bool> {
         let started = tokio::time::Instant::now();
         let limit = if self.topic_failing.load(Ordering::Relaxed) {
             Duration::ZERO
@@ -172,10 +210,10 @@ impl DeadLetters {
             let left = limit.saturating_sub(started.elapsed());
             let outcome = match &self.store {
                 Some(_) if left.is_zero() => break,
-                Some(_) => tokio::time::timeout(left, self.send(&letter))
+                Some(_) => tokio::time::timeout(left, self.send(letter))
                     .await
                     .unwrap_or_else(|_| Err("no delivery in time".into())),
-                None => self.send(&letter).await,
+                None => self.send(letter).await,
             };
             match outcome {
                 Ok(()) => {
@@ -188,12 +226,12 @@ impl DeadLetters {
                         "message dead-lettered"
                     );
                     self.count(reason);
-                    return true;
+                    return Some(true);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot publish to the dead-letter topic; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return false,
+                        _ = cancel.cancelled() => return Some(false),
                         _ = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -202,11 +240,11 @@ impl DeadLetters {
         }
         // The topic would not take it in time: keep it in the database instead.
         let Some(store) = &self.store else {
-            return false;
+            return Some(false);
         };
         let stored =
             retry::until_cancelled(cancel, "storing a dead letter", db::is_transient, || {
-                self.store_letter(store, message, reason, error, &letter)
+                self.store_letter(store, message, reason, error, letter)
             })
             .await;
         match stored {
@@ -223,13 +261,13 @@ impl DeadLetters {
                     "dead-letter topic unwritable: message kept in the dead_letters table"
                 );
                 self.count(reason);
-                true
+                Some(true)
             }
             Retried::Permanent(e) => {
-                tracing::error!(error = %e, "cannot store a dead letter either; the message comes again");
-                false
+                tracing::error!(error = %e, "cannot store a dead letter either");
+                None
             }
-            Retried::Cancelled => false,
+            Retried::Cancelled => Some(false),
         }
     }
 

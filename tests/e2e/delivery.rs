@@ -890,3 +890,57 @@ async fn a_reply_without_or_with_a_foreign_causation_is_dead_lettered_naming_why
     assert_ne!(done["context"]["payment_method_id"], "pm_forged");
     app.stop().await;
 }
+
+/// A dead letter that can be neither published nor stored (the topic refusing writes, the table
+/// refusing the row) used to end the reply consumer for good while the process went on serving:
+/// no saga moved again. Now the letter waits, its partition with it, and goes out once the
+/// topic takes writes; the consumer never stopped, so the sagas behind it complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_nobody_takes_waits_and_the_consumer_goes_on() {
+    if crate::broker::needs_the_mock("per-topic errors (a dead-letter topic refusing writes)") {
+        return;
+    }
+    use rdkafka::bindings::rd_kafka_resp_err_t as E;
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
+    let dlq = app.config.topics.dead_letter.name.clone();
+    app.kafka
+        .mock()
+        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .unwrap();
+    for s in ["notification", "orders", "users", "payments"] {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await;
+    // The table refuses every row for good.
+    let db = app.db("orchestrator").await;
+    sqlx::query("ALTER TABLE dead_letters RENAME TO dead_letters_away")
+        .execute(&db)
+        .await
+        .unwrap();
+    let topic = app.config.topics.user_events.name.clone();
+    let key = uuid::Uuid::new_v4().to_string();
+    let unreadable = b"{nobody takes this letter";
+    app.produce(&topic, &key, unreadable).await;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    // The topic takes writes again: the letter goes out, and the consumer is still there.
+    app.kafka
+        .mock()
+        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    let headers = app.wait_dead_letter(unreadable).await;
+    assert_eq!(headers["dlq.reason"], "unreadable", "{headers:?}");
+    for i in 0..3 {
+        let id = app.start_saga(&format!("c-dlq-nowhere-{i}")).await;
+        let saga = app
+            .wait_for(&id, std::time::Duration::from_secs(60), |s| {
+                s["status"] == "COMPLETED"
+            })
+            .await;
+        assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    }
+    sqlx::query("ALTER TABLE dead_letters_away RENAME TO dead_letters")
+        .execute(&db)
+        .await
+        .unwrap();
+    app.stop().await;
+}

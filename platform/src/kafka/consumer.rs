@@ -381,6 +381,15 @@ pub async fn run_consumer<H: MessageHandler>(
     )
     .await;
     close(consumer).await;
+    // Only a shutdown ends the loop; should anything else, the component must not go on
+    // serving with a consumer that no longer consumes: it stops, and its readiness says so.
+    if !cancel.is_cancelled() {
+        tracing::error!(
+            component = dead_letters.source(),
+            "the consumer stopped on its own; stopping the component"
+        );
+        cancel.cancel();
+    }
 }
 
 /// How long shutdown waits for a consumer to commit and leave its group.
