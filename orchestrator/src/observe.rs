@@ -169,6 +169,22 @@ fn seconds(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
 
+/// Every series an alert watches, created at zero for the loaded saga types: a counter that
+/// was never incremented is not exported, and `increase()` cannot see the first FAILED saga.
+pub fn declare(metrics: &Metrics, saga_types: impl Iterator<Item = String>) {
+    for saga_type in saga_types {
+        let _ = metrics.sagas_started.get_or_create(&SagaLabels {
+            saga_type: saga_type.clone(),
+        });
+        for status in SagaStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            let _ = metrics.sagas_ended.get_or_create(&EndLabels {
+                saga_type: saga_type.clone(),
+                status: status.as_str().to_string(),
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -301,21 +317,5 @@ mod tests {
             .as_deref(),
             Some("2")
         );
-    }
-}
-
-/// Every series an alert watches, created at zero for the loaded saga types: a counter that
-/// was never incremented is not exported, and `increase()` cannot see the first FAILED saga.
-pub fn declare(metrics: &Metrics, saga_types: impl Iterator<Item = String>) {
-    for saga_type in saga_types {
-        let _ = metrics.sagas_started.get_or_create(&SagaLabels {
-            saga_type: saga_type.clone(),
-        });
-        for status in SagaStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-            let _ = metrics.sagas_ended.get_or_create(&EndLabels {
-                saga_type: saga_type.clone(),
-                status: status.as_str().to_string(),
-            });
-        }
     }
 }

@@ -22,7 +22,7 @@ pub enum TestKafka {
         /// The test's namespace, in front of its topics and groups.
         prefix: String,
         /// What the test created, deleted at its end.
-        topics: Topics,
+        topics: Box<Topics>,
     },
 }
 
@@ -104,7 +104,7 @@ impl TestKafka {
             TestKafka::Real {
                 settings,
                 prefix,
-                topics: topics.clone(),
+                topics: Box::new(topics.clone()),
             },
             topics,
         )

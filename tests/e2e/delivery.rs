@@ -750,19 +750,7 @@ async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_d
         return;
     }
     use rdkafka::bindings::rd_kafka_resp_err_t as E;
-    // The topic refuses writes before any component starts: a producer that had already read
-    // the topic's metadata (the readiness check asks for every topic's) would publish to it
-    // anyway, and the letter would never need the table.
-    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
-    let dlq = app.config.topics.dead_letter.name.clone();
-    app.kafka
-        .mock()
-        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
-        .unwrap();
-    for s in ["notification", "orders", "users", "payments"] {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await;
+    let (app, dlq) = with_the_dead_letter_topic_denied().await;
     let topic = app.config.topics.user_events.name.clone();
     let key = uuid::Uuid::new_v4().to_string();
     app.produce(&topic, &key, b"{unreadable while the DLQ is denied")
@@ -901,16 +889,7 @@ async fn a_dead_letter_nobody_takes_waits_and_the_consumer_goes_on() {
         return;
     }
     use rdkafka::bindings::rd_kafka_resp_err_t as E;
-    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
-    let dlq = app.config.topics.dead_letter.name.clone();
-    app.kafka
-        .mock()
-        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
-        .unwrap();
-    for s in ["notification", "orders", "users", "payments"] {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await;
+    let (app, dlq) = with_the_dead_letter_topic_denied().await;
     // The table refuses every row for good.
     let db = app.db("orchestrator").await;
     sqlx::query("ALTER TABLE dead_letters RENAME TO dead_letters_away")
@@ -943,4 +922,24 @@ async fn a_dead_letter_nobody_takes_waits_and_the_consumer_goes_on() {
         .await
         .unwrap();
     app.stop().await;
+}
+
+/// The whole system with the dead-letter topic refusing writes (an ACL:
+/// TOPIC_AUTHORIZATION_FAILED), and the topic's name. The topic refuses writes before any
+/// component starts: a producer that had already read the topic's metadata (the readiness check
+/// asks for every topic's) would publish to it anyway, and the letter would never need the
+/// table.
+async fn with_the_dead_letter_topic_denied() -> (TestApp, String) {
+    use rdkafka::bindings::rd_kafka_resp_err_t as E;
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], Default::default(), Default::default()).await;
+    let dlq = app.config.topics.dead_letter.name.clone();
+    app.kafka
+        .mock()
+        .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .unwrap();
+    for s in ["notification", "orders", "users", "payments"] {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await;
+    (app, dlq)
 }

@@ -511,6 +511,17 @@ fn registry_with_create_order(
     (dir, registry)
 }
 
+/// Stops the orchestrator and gives it create_order's `version` (with version 1 beside it when
+/// `keep_v1`), as a deploy would; the caller starts it again. The folder must outlive the run.
+async fn redeploy(app: &mut TestApp, version: u32, keep_v1: bool) -> tempfile::TempDir {
+    app.stop_orchestrator().await;
+    let (dir, sagas) = registry_with_create_order(&app.config.topics, version, keep_v1);
+    app.config.sagas = sagas;
+    // A new process's readiness (the stopped one's says "shutting down").
+    app.config.ops = platform::Ops::default();
+    dir
+}
+
 /// A saga keeps the definition version it started with; when a deploy drops that version the
 /// saga is parked (never run under version 2) and `/readyz` says so while serving the others;
 /// once the version is back, `retry` resumes it and it completes.
@@ -535,11 +546,7 @@ async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it
     .await;
 
     // Deploy: create_order version 2 only.
-    app.stop_orchestrator().await;
-    let (_v2_dir, v2_only) = registry_with_create_order(&app.config.topics, 2, false);
-    app.config.sagas = v2_only;
-    // A new process's readiness (the stopped one's says "shutting down").
-    app.config.ops = platform::Ops::default();
+    let _v2_dir = redeploy(&mut app, 2, false).await;
     app.start_orchestrator().await;
     let parked = app
         .wait_for(&id, std::time::Duration::from_secs(10), |s| {
@@ -587,10 +594,7 @@ async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it
     assert_eq!(status, StatusCode::CONFLICT);
 
     // Deploy both versions, and the missing participant: retry resumes it under version 1.
-    app.stop_orchestrator().await;
-    let (_both_dir, both) = registry_with_create_order(&app.config.topics, 2, true);
-    app.config.sagas = both;
-    app.config.ops = platform::Ops::default();
+    let _both_dir = redeploy(&mut app, 2, true).await;
     app.start_service("users").await;
     app.start_orchestrator().await;
     let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
@@ -642,10 +646,7 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
     .await;
 
     // Deploy version 2 only, then let the user service answer the waiting command.
-    app.stop_orchestrator().await;
-    let (_v2_dir, v2_only) = registry_with_create_order(&app.config.topics, 2, false);
-    app.config.sagas = v2_only;
-    app.config.ops = platform::Ops::default();
+    let _v2_dir = redeploy(&mut app, 2, false).await;
     app.start_orchestrator().await;
     app.start_service("users").await;
     let parked = app
@@ -670,10 +671,7 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
     assert_eq!(parked["status"], "STARTED");
 
     // Both versions again: the retry re-sends get_payment_info, and its answer counts.
-    app.stop_orchestrator().await;
-    let (_both_dir, both) = registry_with_create_order(&app.config.topics, 2, true);
-    app.config.sagas = both;
-    app.config.ops = platform::Ops::default();
+    let _both_dir = redeploy(&mut app, 2, true).await;
     app.start_orchestrator().await;
     let (status, body) = app.post(&format!("/sagas/{id}/retry")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

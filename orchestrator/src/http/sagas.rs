@@ -415,21 +415,21 @@ async fn respond(
                 "the saga has passed its point of no return ({pivot}) and cannot be {verb}: \
                  what is left of it is retried until done"
             ),
-            status: app
-                .store
-                .get(saga_id)
-                .await?
-                .map(|s| s.status)
-                .unwrap_or(SagaStatus::Started),
+            status: current_status(app, saga_id).await?,
         }),
         Some(Changed::No(other)) => Err(ApiError::Conflict {
             message: format!("the saga cannot be {verb} now ({other:?})"),
-            status: app
-                .store
-                .get(saga_id)
-                .await?
-                .map(|s| s.status)
-                .unwrap_or(SagaStatus::Started),
+            status: current_status(app, saga_id).await?,
         }),
     }
+}
+
+/// The saga's status as stored now, for a refusal's body.
+async fn current_status(app: &AppState, saga_id: Uuid) -> Result<SagaStatus, ApiError> {
+    Ok(app
+        .store
+        .get(saga_id)
+        .await?
+        .map(|s| s.status)
+        .unwrap_or(SagaStatus::Started))
 }

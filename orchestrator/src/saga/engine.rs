@@ -272,18 +272,7 @@ pub fn on_reply(
                 }
                 m.settle(pending.command_id, index, causation);
             }
-            (StepKind::Forward, false) if def.pivot.is_some_and(|p| index > p) => {
-                // Past the point of no return: undoing is no longer an option, so the step is
-                // asked again after a delay, as a refused compensation is.
-                let why = reason(reply);
-                m.note_attempt(
-                    pending.command_id,
-                    format!("failed: {why}"),
-                    Some(why.clone()),
-                );
-                m.retry_later(&pending, &why);
-            }
-            (StepKind::Forward, false) => {
+            (StepKind::Forward, false) if !matches!(def.pivot, Some(p) if index > p) => {
                 let why = reason(reply);
                 m.close_attempt(
                     pending.command_id,
@@ -304,8 +293,10 @@ pub fn on_reply(
                 m.state.pending.clear();
                 m.compensate_below(index, causation);
             }
-            (StepKind::Compensation, false) => {
-                // Compensations must happen: a refusal is retried after a delay, until the limit.
+            // Steps that must happen: a compensation, or a step past the point of no return
+            // (undoing is no longer an option). A refusal is asked again after a delay, until
+            // the limit.
+            (_, false) => {
                 let why = reason(reply);
                 m.note_attempt(
                     pending.command_id,
