@@ -7,6 +7,8 @@ use std::path::Path;
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas");
     println!("cargo:rerun-if-changed={}", dir.display());
+    // `sqlx::migrate!` embeds the migration files, but a new one alone would not rebuild it.
+    println!("cargo:rerun-if-changed=migrations");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("the repository's sagas/ folder")
         .filter_map(|e| e.ok().map(|e| e.path()))

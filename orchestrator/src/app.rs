@@ -92,7 +92,10 @@ impl Orchestrator {
         let db = Db::connect(&config.database_url, &MIGRATIONS, config.sqlite_sync).await?;
         let ops = config.ops.clone();
         ops.metrics.watch_pool("orchestrator", &db);
-        let store = SagaStore::new(db.clone(), ops.metrics.clone());
+        let store =
+            SagaStore::new(db.clone(), ops.metrics.clone()).with_definitions(config.sagas.clone());
+        // Recorded before any saga of them can exist, so every other instance can run them.
+        store.deploy(&config.sagas).await?;
         let sagas = Sagas {
             registry: config.sagas.clone(),
             policy: config.policy,
@@ -232,10 +235,10 @@ impl Orchestrator {
 /// How often the stored sagas are compared with the loaded definitions.
 const DEFINITIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Looks for sagas whose definition version is not loaded (a deploy dropped a version that
-/// sagas still run under): they are parked, never run under another version; this says so in
-/// `/readyz` (check `sagas:definitions`, a warning: the other sagas are served) and in the log,
-/// until the version is back or those sagas have ended.
+/// Looks for sagas whose definition version is neither loaded nor recorded in the database
+/// (learning the recorded ones): they are parked, never run under another version; this says so
+/// in `/readyz` (check `sagas:definitions`, a warning: the other sagas are served) and in the
+/// log, until the version is back or those sagas have ended.
 async fn watch_definitions(
     store: SagaStore,
     registry: Arc<Registry>,
@@ -245,13 +248,15 @@ async fn watch_definitions(
     let mut last = None;
     loop {
         if let Ok(in_use) = store.versions_in_use().await {
-            let missing: Vec<String> = in_use
-                .into_iter()
-                .filter(|(t, v, _)| registry.get(t, *v).is_none())
-                .map(|(t, v, n)| {
-                    format!("{n} sagas run under {t} version {v}, which is not loaded")
-                })
-                .collect();
+            let mut missing = Vec::new();
+            for (t, v, n) in in_use {
+                if !registry.knows(&t, v) {
+                    let _ = store.learn_definition(&t, v).await;
+                }
+                if let Err(why) = registry.of_saga_type(&t, v) {
+                    missing.push(format!("{n} sagas run under {t} version {v}: {why}"));
+                }
+            }
             let warning = (!missing.is_empty()).then(|| {
                 format!(
                     "{}; they are parked until it is deployed again (SAGAS_DIR), then retried",

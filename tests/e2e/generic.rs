@@ -491,17 +491,7 @@ fn registry_with_create_order(
     version: u32,
     keep_v1: bool,
 ) -> (tempfile::TempDir, Arc<orchestrator::saga::Registry>) {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/sagas/create_order.toml"
-    ))
-    .unwrap();
-    let v = shipped.replace("version = 1", &format!("version = {version}"));
-    std::fs::write(dir.path().join(format!("create_order_v{version}.toml")), v).unwrap();
-    if keep_v1 {
-        std::fs::write(dir.path().join("create_order_v1.toml"), shipped).unwrap();
-    }
+    let dir = sagas_with_create_order(version, keep_v1);
     let registry = orchestrator::app::SagaArgs {
         sagas_dir: Some(dir.path().into()),
         messages_file: None,
@@ -522,8 +512,20 @@ async fn redeploy(app: &mut TestApp, version: u32, keep_v1: bool) -> tempfile::T
     dir
 }
 
-/// A saga keeps the definition version it started with; when a deploy drops that version the
-/// saga is parked (never run under version 2) and `/readyz` says so while serving the others;
+/// Removes `version` of create_order from the definitions recorded in the database, as a
+/// database of a release that did not record them would be: a deploy without that version then
+/// has nowhere to learn it from.
+async fn forget_recorded(app: &TestApp, version: i64) {
+    let db = app.db("orchestrator").await;
+    sqlx::query("DELETE FROM saga_definitions WHERE saga_type = 'create_order' AND version = $1")
+        .bind(version)
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+/// A saga keeps the definition version it started with; when a deploy drops that version (and
+/// no instance recorded it) the saga is parked (never run under version 2) and `/readyz` says so while serving the others;
 /// once the version is back, `retry` resumes it and it completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it_is_back() {
@@ -545,8 +547,9 @@ async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it
     })
     .await;
 
-    // Deploy: create_order version 2 only.
+    // Deploy: create_order version 2 only, on a database without version 1's record.
     let _v2_dir = redeploy(&mut app, 2, false).await;
+    forget_recorded(&app, 1).await;
     app.start_orchestrator().await;
     let parked = app
         .wait_for(&id, std::time::Duration::from_secs(10), |s| {
@@ -645,8 +648,10 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
     })
     .await;
 
-    // Deploy version 2 only, then let the user service answer the waiting command.
+    // Deploy version 2 only (version 1 not recorded), then let the user service answer the
+    // waiting command.
     let _v2_dir = redeploy(&mut app, 2, false).await;
+    forget_recorded(&app, 1).await;
     app.start_orchestrator().await;
     app.start_service("users").await;
     let parked = app
@@ -679,6 +684,131 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(attempts(&done), 2, "one re-send after the retry: {done}");
     assert_eq!(app.order_status(&id).await.as_deref(), Some("CREATED"));
+    app.stop().await;
+}
+
+/// A deploy that drops the version a saga runs under no longer parks it: the version was recorded
+/// in the database when it was deployed, and the saga goes on under that copy, never under the
+/// new version. Before the definitions were recorded it was parked until an operator redeployed
+/// version 1 and retried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_whose_version_was_dropped_from_the_files_goes_on_under_the_recorded_copy() {
+    let policy = orchestrator::Policy {
+        max_attempts: 40,
+        ..fast_policy()
+    };
+    let mut app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        policy,
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga("c-recorded").await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    let _v2_dir = redeploy(&mut app, 2, false).await;
+    app.start_orchestrator().await;
+    app.start_service("users").await;
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["definition_version"], 1, "{done}");
+    assert!(done["parked"].is_null(), "{done}");
+    let (_, body, _) = start(&app, "create_order", &create_order_input("c-new"), None).await;
+    assert_eq!(
+        body["definition_version"], 2,
+        "new sagas start under the files' newest"
+    );
+    let db = app.db("orchestrator").await;
+    let recorded: Vec<String> = strings(
+        &db,
+        "SELECT CAST(version AS TEXT) FROM saga_definitions WHERE saga_type = $1 ORDER BY version",
+        "create_order",
+    )
+    .await;
+    assert_eq!(recorded, ["1", "2"]);
+    app.stop().await;
+}
+
+/// A definition changed without a new version while sagas run under it would run them one way
+/// here and another way on instances with the recorded text: the start is refused, naming the
+/// file. With no saga under it, the recorded copy is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_changed_under_the_same_version_is_refused_while_sagas_run_under_it() {
+    let mut app = spawn_app_custom(
+        &["notification", "orders"],
+        fast_policy(),
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga("c-changed").await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    app.stop_orchestrator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sagas/create_order.toml"
+    ))
+    .unwrap();
+    // Comments and layout are not a change.
+    std::fs::write(
+        dir.path().join("create_order.toml"),
+        format!("# reviewed\n{shipped}\n\n"),
+    )
+    .unwrap();
+    let topics = app.config.topics.clone();
+    let load = |dir: &std::path::Path| {
+        orchestrator::app::SagaArgs {
+            sagas_dir: Some(dir.into()),
+            messages_file: None,
+        }
+        .load(&topics)
+        .unwrap()
+    };
+    app.config.sagas = load(dir.path());
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator().await;
+    app.stop_orchestrator().await;
+    // A longer deadline is a change.
+    let changed = shipped.replacen("[[steps]]", "[[steps]]\ntimeout = \"7s\"", 1);
+    assert_ne!(changed, shipped, "create_order.toml has a [[steps]] table");
+    std::fs::write(dir.path().join("create_order.toml"), &changed).unwrap();
+    app.config.sagas = load(dir.path());
+    app.config.ops = platform::Ops::default();
+    let config = app.config.orchestrator(app.kafka.settings()).unwrap();
+    let started =
+        orchestrator::Orchestrator::start(config, tokio_util::sync::CancellationToken::new()).await;
+    let err = match started {
+        Ok(_) => panic!("a changed definition under the same version started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("create_order.toml")
+            && err.contains("version 1 differs")
+            && err.contains("1 sagas still run under it"),
+        "{err}"
+    );
+    // Once no saga runs under it, the changed text replaces the recorded one.
+    let db = app.db("orchestrator").await;
+    sqlx::query("UPDATE sagas SET status = 'CANCELLED' WHERE saga_id = $1")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator().await;
+    let source = scalar(
+        &db,
+        "SELECT source FROM saga_definitions WHERE saga_type = $1 AND version = 1",
+        "create_order",
+    )
+    .await
+    .unwrap();
+    assert_eq!(source, changed);
     app.stop().await;
 }
 

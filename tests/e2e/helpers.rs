@@ -593,3 +593,21 @@ pub async fn count(pool: &AnyPool, sql: &str, arg: &str) -> i64 {
         .try_get::<i64, _>(0)
         .unwrap()
 }
+
+/// A folder of saga definitions holding create_order's file given `version` (and, with
+/// `keep_v1`, the shipped version 1 beside it): a deploy of a new version.
+pub fn sagas_with_create_order(version: u32, keep_v1: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sagas/create_order.toml"
+    ))
+    .unwrap();
+    let v = shipped.replace("version = 1", &format!("version = {version}"));
+    assert_ne!(v, shipped, "create_order.toml declares version = 1");
+    std::fs::write(dir.path().join(format!("create_order_v{version}.toml")), v).unwrap();
+    if keep_v1 {
+        std::fs::write(dir.path().join("create_order_v1.toml"), shipped).unwrap();
+    }
+    dir
+}

@@ -92,6 +92,78 @@ async fn three_instances_share_the_work_and_a_kill_9_of_one_loses_nothing() {
     app.stop().await;
 }
 
+/// A rolling deploy of create_order version 2: one instance still has only version 1 while an
+/// upgraded one starts version 2 sagas, and the old one takes its share of their replies and
+/// deadlines. It used to park them for good ("version 2 is not loaded"), their orders left
+/// PENDING; now it runs them under the definition the upgraded instance recorded. Then the old
+/// instance is upgraded too, and every saga of both versions ends, and ends right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_of_a_new_saga_version_parks_no_saga() {
+    // The first instance reads the repository's sagas/: version 1 only.
+    let mut app = spawn_processes_on(Some(required_postgres()), &[], 1).await;
+    let both = sagas_with_create_order(2, true);
+    app.proc_env
+        .push(("SAGAS_DIR".into(), both.path().display().to_string()));
+    app.instance_addrs.insert("orchestrator-2", free_addr());
+    app.spawn_proc("orchestrator-2");
+    app.wait_healthy_at("orchestrator-2").await;
+
+    let mut ids = app
+        .post_many_to(&["orchestrator", "orchestrator-2"], 160, "rollout")
+        .await;
+    assert_eq!(ids.len(), 160, "every order accepted");
+    let db = app.db("orchestrator").await;
+    let parked = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sagas WHERE state LIKE '%\"parked\":%'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    // Let the old instance meet version 2's replies before it is upgraded.
+    for _ in 0..40 {
+        if unfinished_sagas(&db).await == 0 {
+            break;
+        }
+        assert_eq!(parked().await, 0, "no saga parked during the rollout");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (exit, _) = app.sigterm("orchestrator");
+    assert!(exit.success(), "{exit:?}");
+    app.spawn_proc("orchestrator");
+    app.wait_healthy_at("orchestrator").await;
+    ids.extend(app.post_many_to(&INSTANCES[..2], 40, "upgraded").await);
+
+    let by_status = app.all_terminal_and_consistent(&ids, SETTLE).await;
+    assert_eq!(by_status.get("COMPLETED"), Some(&50), "{by_status:?}");
+    assert_eq!(by_status.get("COMPENSATED"), Some(&150), "{by_status:?}");
+    assert_eq!(parked().await, 0, "no saga parked");
+    let versions: Vec<(i64, i64)> = sqlx::query(
+        "SELECT CAST(definition_version AS BIGINT) AS v, COUNT(*) AS n FROM sagas \
+         GROUP BY definition_version ORDER BY v",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("v"), r.get("n")))
+    .collect();
+    assert_eq!(
+        versions,
+        [(1, 80), (2, 120)],
+        "80 started by the old instance"
+    );
+    let (log, _) = app.proc_output("orchestrator");
+    assert!(
+        log.contains("saga definition learnt from the database"),
+        "the old instance ran version 2 sagas: {}",
+        log.lines()
+            .filter(|l| l.contains("saga definition"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_moving_between_instances_apply_no_reply_twice_or_out_of_order() {
     let mut app = spawn_processes_on(Some(required_postgres()), &[], 1).await;

@@ -110,10 +110,15 @@ impl SagasSource {
             SagasSource::Dir(dir) => read_dir(dir)?,
         };
         let mut definitions = Vec::new();
-        for (file, text) in &files {
-            definitions.push((file.clone(), parse(file, text, topics, contract)?));
+        let mut sources = BTreeMap::new();
+        for (file, text) in files {
+            let def = parse(&file, &text, topics, contract)?;
+            sources.insert((def.saga_type.clone(), def.version), (file.clone(), text));
+            definitions.push((file, def));
         }
-        Registry::new(definitions)?.with_contract(contract)
+        Ok(Registry::new(definitions)?
+            .with_contract(contract)?
+            .with_sources(topics, sources))
     }
 }
 

@@ -16,7 +16,7 @@ pub mod state;
 pub use definition::{CommandSpec, Compensation, SagaDefinition, Step, Timing};
 pub use engine::{Decision, Ignored, Reply};
 pub use file::SagasSource;
-pub use registry::{Registry, Sagas};
+pub use registry::{Deployed, Registry, Sagas};
 pub use state::{Abort, Attempt, Pending, SagaState, SagaStatus, StepKind, StepRecord, StepStatus};
 
 /// The create-order saga as the repository defines it (`sagas/create_order.toml`), for tests.

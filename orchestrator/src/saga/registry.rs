@@ -1,12 +1,18 @@
 //! Every saga type the orchestrator runs, at every version it was given.
 //!
 //! A new saga starts under the newest version of its type; a stored saga is driven by the
-//! version it started with, for as long as it runs, even after a newer one is deployed. A saga
-//! whose version is no longer loaded is never run under another: it is parked (see
-//! [`engine::park`](super::engine)) and reported, and `retry` resumes it once the version is back.
+//! version it started with, for as long as it runs, even after a newer one is deployed.
+//!
+//! Every instance records the definitions it was given in the database (see
+//! [`SagaStore::deploy`](crate::store::SagaStore::deploy)); a saga of a version this instance was
+//! not given (another instance's rolling deploy brought it, or it was dropped from this one's
+//! files) runs under that stored copy, learnt when the saga is first met. Only a version no
+//! instance ever recorded, or one this instance's contract refuses, parks a saga (see
+//! [`engine::park`](super::engine)): it is never run under another version, and `retry` resumes
+//! it once the version is back.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
 
@@ -25,6 +31,24 @@ pub struct Registry {
     /// Each reply's payload schema from the contract, compiled once: a reply that breaks it is
     /// dead-lettered before it reaches a saga.
     replies: BTreeMap<String, jsonschema::Validator>,
+    /// The topics the definitions were resolved against: stored definitions are read with them.
+    topics: Option<platform::Topics>,
+    /// Each loaded definition's file and text, as they are recorded in the database.
+    sources: BTreeMap<(String, u32), (String, String)>,
+    /// Definitions this instance was not given, learnt from the database. They run stored sagas;
+    /// new sagas start only under the given ones.
+    learnt: RwLock<BTreeMap<(String, u32), Arc<SagaDefinition>>>,
+    /// Stored definitions this instance cannot run, and why (its contract refuses them).
+    refused: RwLock<BTreeMap<(String, u32), String>>,
+}
+
+/// A definition as the database records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployed {
+    pub saga_type: String,
+    pub version: u32,
+    pub file: String,
+    pub source: String,
 }
 
 impl std::fmt::Debug for Registry {
@@ -76,6 +100,99 @@ impl Registry {
         }
         self.contract = contract.clone();
         Ok(self)
+    }
+
+    /// The registry remembering each definition's file and text and the topics they were read
+    /// with, so they can be recorded and other instances' definitions read alike.
+    pub(super) fn with_sources(
+        mut self,
+        topics: &platform::Topics,
+        sources: BTreeMap<(String, u32), (String, String)>,
+    ) -> Self {
+        self.sources = sources;
+        self.topics = Some(topics.clone());
+        self
+    }
+
+    /// The loaded definitions with the text to record of each (those read from files).
+    pub fn deployed(&self) -> Vec<Deployed> {
+        self.sources
+            .iter()
+            .map(|((saga_type, version), (file, source))| Deployed {
+                saga_type: saga_type.clone(),
+                version: *version,
+                file: file.clone(),
+                source: source.clone(),
+            })
+            .collect()
+    }
+
+    /// Whether a saga of `saga_type` at `version` has its definition here (given or learnt), or
+    /// is known to be refused: nothing to look up in the database.
+    pub fn knows(&self, saga_type: &str, version: u32) -> bool {
+        let key = (saga_type.to_string(), version);
+        self.definitions.contains_key(&key)
+            || read(&self.learnt).contains_key(&key)
+            || read(&self.refused).contains_key(&key)
+    }
+
+    /// Whether a recorded text means what this instance was given under the same version
+    /// (another text may differ only in comments or layout).
+    pub fn reads_as_given(&self, stored: &Deployed) -> bool {
+        let (Some(topics), Some(given)) =
+            (&self.topics, self.get(&stored.saga_type, stored.version))
+        else {
+            return false;
+        };
+        super::file::parse(&stored.file, &stored.source, topics, &self.contract)
+            .is_ok_and(|def| def == **given)
+    }
+
+    /// Reads a definition another instance recorded, with this instance's topics and contract,
+    /// and keeps it for the sagas that run under it. One this instance cannot run is remembered
+    /// with why, which a saga parked for it then says.
+    pub fn learn(&self, stored: &Deployed) {
+        let key = (stored.saga_type.clone(), stored.version);
+        if self.knows(&key.0, key.1) {
+            return;
+        }
+        let read_back = match &self.topics {
+            Some(topics) => {
+                super::file::parse(&stored.file, &stored.source, topics, &self.contract)
+                    .map_err(|e| e.to_string())
+                    .and_then(|def| {
+                        if (def.saga_type.as_str(), def.version) == (key.0.as_str(), key.1) {
+                            Ok(def)
+                        } else {
+                            Err(format!(
+                                "the text recorded for {} version {} defines {} version {}",
+                                key.0, key.1, def.saga_type, def.version
+                            ))
+                        }
+                    })
+            }
+            None => Err("definitions were not read from files here".to_string()),
+        };
+        match read_back {
+            Ok(def) => {
+                tracing::info!(
+                    saga_type = %key.0,
+                    version = key.1,
+                    file = %stored.file,
+                    "saga definition learnt from the database (deployed by another instance)"
+                );
+                write(&self.learnt).insert(key, Arc::new(def));
+            }
+            Err(problem) => {
+                tracing::error!(
+                    saga_type = %key.0,
+                    version = key.1,
+                    %problem,
+                    "a saga definition recorded in the database cannot run here; its sagas are parked"
+                );
+                write(&self.refused).insert(key, problem);
+            }
+        }
     }
 
     /// One definition alone (tests, embedding).
@@ -158,17 +275,43 @@ impl Registry {
         }
     }
 
-    /// The definition a stored saga runs under, or why there is none.
-    pub fn of_saga(&self, state: &SagaState) -> std::result::Result<&Arc<SagaDefinition>, String> {
-        self.get(&state.saga_type, state.definition_version)
-            .ok_or_else(|| {
-                format!(
-                    "saga type {} version {} is not loaded (SAGAS_DIR); it is never run under \
-                     another version: deploy that version and retry the saga",
-                    state.saga_type, state.definition_version
-                )
-            })
+    /// The definition a stored saga runs under (given, or learnt from the database), or why
+    /// there is none.
+    pub fn of_saga(&self, state: &SagaState) -> std::result::Result<Arc<SagaDefinition>, String> {
+        self.of_saga_type(&state.saga_type, state.definition_version)
     }
+
+    /// [`Self::of_saga`] by type and version.
+    pub fn of_saga_type(
+        &self,
+        saga_type: &str,
+        version: u32,
+    ) -> std::result::Result<Arc<SagaDefinition>, String> {
+        let key = (saga_type.to_string(), version);
+        if let Some(def) = self.definitions.get(&key) {
+            return Ok(def.clone());
+        }
+        if let Some(def) = read(&self.learnt).get(&key) {
+            return Ok(def.clone());
+        }
+        let why = match read(&self.refused).get(&key) {
+            Some(problem) => format!("its recorded definition cannot run here: {problem}"),
+            None => "no instance recorded it in the database".to_string(),
+        };
+        Err(format!(
+            "saga type {saga_type} version {version} is not loaded (SAGAS_DIR) and {why}; it is \
+             never run under another version: deploy that version and retry the saga"
+        ))
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere held it; the maps stay consistent (one insert).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The JSON Pointer of every string (value or key) in `value` holding a NUL character: no
@@ -258,7 +401,7 @@ impl Sagas {
         run: impl FnOnce(&SagaDefinition) -> Decision,
     ) -> Decision {
         match self.registry.of_saga(state) {
-            Ok(def) => run(def),
+            Ok(def) => run(&def),
             Err(why) => engine::park_after_failures(state, now, why),
         }
     }
@@ -282,7 +425,7 @@ impl Sagas {
     /// `retry` resumes a saga parked for a missing definition once that definition is back.
     pub fn retry(&self, state: &SagaState, now: i64) -> Decision {
         match self.registry.of_saga(state) {
-            Ok(def) => engine::retry(def, &self.policy, state, now),
+            Ok(def) => engine::retry(&def, &self.policy, state, now),
             Err(_) => Decision::Ignored(engine::Ignored::Parked),
         }
     }
@@ -477,5 +620,81 @@ mod tests {
             messages[0].envelope.message_type, "one",
             "re-sent under version 1"
         );
+    }
+
+    #[test]
+    fn a_recorded_version_is_learnt_with_the_local_contract_and_one_it_refuses_says_why() {
+        let topics = platform::Topics::load(None).unwrap();
+        let contract = platform::Contract::built_in();
+        let given = crate::saga::SagasSource::BuiltIn
+            .load(&topics, contract)
+            .unwrap();
+        let recorded = given.deployed();
+        let v1 = recorded
+            .iter()
+            .find(|d| d.saga_type == "create_order")
+            .unwrap();
+        assert!(given.reads_as_given(v1), "the given text reads as given");
+        let commented = Deployed {
+            source: format!("# a comment\n{}", v1.source),
+            ..v1.clone()
+        };
+        assert!(given.reads_as_given(&commented));
+        let changed = Deployed {
+            source: v1
+                .source
+                .replacen("[[steps]]", "[[steps]]\ntimeout = \"9s\"", 1),
+            ..v1.clone()
+        };
+        assert!(!given.reads_as_given(&changed));
+
+        let v2 = Deployed {
+            version: 2,
+            source: v1.source.replace("version = 1", "version = 2"),
+            ..v1.clone()
+        };
+        let (mut state, _) = engine::start(
+            given.latest("create_order").unwrap(),
+            &Policy::default(),
+            Uuid::new_v4(),
+            Default::default(),
+            0,
+        );
+        state.definition_version = 2;
+        assert!(!given.knows("create_order", 2));
+        let missing = given.of_saga(&state).unwrap_err();
+        assert!(missing.contains("no instance recorded it"), "{missing}");
+        given.learn(&v2);
+        assert!(given.knows("create_order", 2));
+        assert_eq!(given.of_saga(&state).unwrap().version, 2);
+        assert_eq!(
+            given.latest("create_order").unwrap().version,
+            1,
+            "a learnt version runs stored sagas, it starts none"
+        );
+
+        // A text whose version is not the one it is recorded under, and one naming a command
+        // the contract lacks: refused, and the reason is what a parked saga says.
+        let mislabelled = Deployed {
+            version: 3,
+            ..v1.clone()
+        };
+        given.learn(&mislabelled);
+        state.definition_version = 3;
+        let why = given.of_saga(&state).unwrap_err();
+        assert!(why.contains("defines create_order version 1"), "{why}");
+        let unknown = Deployed {
+            version: 4,
+            source: v1.source.replace("version = 1", "version = 4").replacen(
+                "command = \"create_order\"",
+                "command = \"no_such_command\"",
+                1,
+            ),
+            ..v1.clone()
+        };
+        given.learn(&unknown);
+        state.definition_version = 4;
+        let why = given.of_saga(&state).unwrap_err();
+        assert!(why.contains("cannot run here"), "{why}");
     }
 }

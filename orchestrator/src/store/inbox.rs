@@ -92,6 +92,12 @@ impl SagaStore {
                 before.insert(state.saga_id, Before::of(&state));
                 sagas.insert(state.saga_id, (row.try_get("version")?, state, 0));
             }
+            definitions::learn_for(
+                &mut tx,
+                self.definitions.as_ref(),
+                sagas.values().map(|(_, s, _)| s),
+            )
+            .await?;
         }
 
         // 3. Move each saga through its replies, in arrival order, in memory.

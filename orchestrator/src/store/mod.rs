@@ -8,10 +8,12 @@
 //! - [`sagas`]: new sagas, reads, listing, transitions;
 //! - [`inbox`]: replies applied once;
 //! - [`outbox`]: what the relay publishes;
+//! - [`definitions`]: saga definitions every instance can run;
 //! - [`due`]: deadlines claimed by the timers;
 //! - [`prune`]: storage kept bounded;
 //! - [`watch`]: waiting for a saga to end (long polls).
 
+mod definitions;
 mod due;
 mod inbox;
 mod outbox;
@@ -23,6 +25,7 @@ use outbox::insert_outbox;
 use sagas::update_sagas;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value;
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -140,6 +143,8 @@ pub struct SagaStore {
     watchers: watch::Watchers,
     /// Counts what committed transitions did (see [`observe`]).
     metrics: Metrics,
+    /// Where the definitions of stored sagas are looked up, and recorded ones learnt.
+    definitions: Option<Arc<crate::saga::Registry>>,
 }
 
 impl SagaStore {
@@ -148,6 +153,7 @@ impl SagaStore {
             db,
             watchers: Default::default(),
             metrics,
+            definitions: None,
         }
     }
 

@@ -179,7 +179,15 @@ impl SagaStore {
         decide: impl FnOnce(&SagaState) -> Decision,
     ) -> Result<Option<Changed>> {
         let mut tx = self.db.writer.begin().await?;
-        let outcome = transition_in(&mut tx, self.db.engine, saga_id, now, decide).await?;
+        let outcome = transition_in(
+            &mut tx,
+            self.db.engine,
+            self.definitions.as_ref(),
+            saga_id,
+            now,
+            decide,
+        )
+        .await?;
         match outcome {
             Some(Ok((before, state, messages))) => {
                 if has_ended(&state) {
@@ -217,6 +225,7 @@ impl SagaStore {
 pub(super) async fn transition_in(
     tx: &mut Transaction<'_, Any>,
     engine: Engine,
+    definitions: Option<&Arc<crate::saga::Registry>>,
     saga_id: Uuid,
     now: i64,
     decide: impl FnOnce(&SagaState) -> Decision,
@@ -230,6 +239,7 @@ pub(super) async fn transition_in(
     let Some(row) = row else { return Ok(None) };
     let current = decode(&row)?;
     let version: i64 = row.try_get("version")?;
+    super::definitions::learn_for(tx, definitions, [&current]).await?;
     match decide(&current) {
         Decision::Ignored(why) => Ok(Some(Err(why))),
         Decision::Applied { state, messages } => {
