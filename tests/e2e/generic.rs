@@ -12,12 +12,12 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-/// The create-order input as `sagas/create_order.toml` declares it.
+/// The create-order input as `sagas/create_order.toml` declares it (the saga computes
+/// `amount_cents`: 200).
 fn create_order_input(customer: &str) -> Value {
     json!({
         "customer_id": customer,
-        "order_details": {"foodItems": [{"name": "Tea", "price": 2.0, "quantity": 1}]},
-        "amount_cents": 200
+        "order_details": {"foodItems": [{"name": "Tea", "price": 2.0, "quantity": 1}]}
     })
 }
 
@@ -89,7 +89,12 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
     let saga = app.wait_terminal(&id).await;
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
     assert_eq!(saga["id"], id.as_str());
-    assert_eq!(saga["input"], input, "the input as it was given");
+    let mut given_and_computed = input.clone();
+    given_and_computed["amount_cents"] = json!(200);
+    assert_eq!(
+        saga["input"], given_and_computed,
+        "the input as it was given, with the amount the saga computed"
+    );
     assert!(saga["context"]["order_id"].is_string(), "{saga}");
     assert!(saga["context"]["payment_id"].is_string(), "{saga}");
     assert_eq!(saga["context"]["amount_cents"], 200);
@@ -425,6 +430,7 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     // The previous release took NUL in item names: PostgreSQL's JSON types refuse the escape,
     // which stopped the migration there (SQLite migrated the same row).
     let mut input = create_order_input("c-migrated");
+    input["amount_cents"] = json!(200);
     input["order_details"]["foodItems"][0]["name"] = json!("Tea\u{0}\u{0}");
     let (state, _) = orchestrator::saga::engine::start(
         def,
@@ -898,5 +904,86 @@ async fn a_nul_in_a_start_input_is_refused_naming_where() {
     assert!(body["error"].as_str().unwrap().contains("NUL"), "{body}");
     let (_, list) = app.get_json("/sagas").await;
     assert_eq!(list.as_array().unwrap().len(), 0, "nothing stored: {list}");
+    app.stop().await;
+}
+
+/// `POST /sagas/create_order` used to skip every check `POST /orders` made: a client set the
+/// amount (1,000 x $99,999 authorized for 0 cents), a blank or multi-line customer id, items of
+/// any shape, and fields later steps receive (`order_id`, which compensations then send). Both
+/// fronts now hold create_order's input schema, and the amount is computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_fronts_hold_the_same_rules_and_the_amount_is_computed_not_taken() {
+    let app = spawn_app().await;
+    let expensive = json!({
+        "customer_id": "c-expensive",
+        "order_details": {"foodItems": [{"name": "Gold", "price": 99_999.0, "quantity": 1000}]}
+    });
+    let mut cheap = expensive.clone();
+    cheap["amount_cents"] = json!(0);
+    let (status, body, _) = start(&app, "create_order", &cheap, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("/amount_cents: computed by the saga"), "{error}");
+
+    let mut preset = create_order_input("c-preset");
+    preset["order_id"] = json!("ord-of-someone-else");
+    preset["payment_id"] = json!("pay-of-someone-else");
+    let (status, body, _) = start(&app, "create_order", &preset, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("/order_id: set by the reply to step create_order")
+            && error.contains("/payment_id: set by the reply to step authorize_payment"),
+        "{error}"
+    );
+
+    for customer in ["", "   ", "c-1\nc-2", "c-\u{1b}[31m"] {
+        let input = create_order_input(customer);
+        let (status, body, _) = start(&app, "create_order", &input, None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{customer:?}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("/customer_id: "),
+            "{customer:?}: {body}"
+        );
+        let r = app
+            .client
+            .post(app.url("/orders"))
+            .json(&order_body(customer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{customer:?} on /orders");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("/customer_id: "),
+            "the same rule, the same words: {body}"
+        );
+    }
+    let mut shapeless = create_order_input("c-shapeless");
+    shapeless["order_details"]["foodItems"] = json!([{"name": "Tea"}, 7]);
+    let (status, body, _) = start(&app, "create_order", &shapeless, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("/order_details/foodItems/0: ") && error.contains("/order_details/foodItems/1: "),
+        "{error}"
+    );
+    let (_, list) = app.get_json("/sagas").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "nothing stored: {list}");
+
+    // What the items cost is what is authorized.
+    let (status, body, _) = start(&app, "create_order", &expensive, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["saga_id"].as_str().unwrap().to_string();
+    let saga = app.wait_terminal(&id).await;
+    assert_eq!(saga["amount_cents"], 9_999_900_000i64, "{saga}");
+    let db = app.db("payments").await;
+    let authorized = scalar(
+        &db,
+        "SELECT CAST(amount_cents AS TEXT) FROM payments WHERE saga_id = $1",
+        &id,
+    )
+    .await;
+    assert_eq!(authorized.as_deref(), Some("9999900000"));
     app.stop().await;
 }

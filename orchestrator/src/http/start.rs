@@ -66,9 +66,16 @@ pub async fn start(app: &AppState, request: StartRequest<'_>) -> Result<Started,
             problems.join("; ")
         )));
     }
-    let Value::Object(input) = input else {
+    let Value::Object(mut input) = input else {
         unreachable!("built from a map above")
     };
+    // Derived, never taken from the client: an order's amount is what its items cost.
+    for (field, function) in &definition.computed {
+        let value = crate::saga::computed::compute(function, &input).map_err(|why| {
+            ApiError::unprocessable(format!("{field} cannot be computed from the input: {why}"))
+        })?;
+        input.insert(field.clone(), value);
+    }
     // Time-ordered (UUID v7, monotonic within the process): sagas one instance starts in the
     // same millisecond still list newest first, since `GET /sagas` breaks `created_at` ties by id.
     let saga_id = Uuid::now_v7();

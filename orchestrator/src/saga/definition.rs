@@ -123,6 +123,9 @@ pub struct SagaDefinition {
     pub description: String,
     /// JSON Schema of the input that starts a saga.
     pub input_schema: Value,
+    /// Input fields the saga computes from the rest of its input (field → function of
+    /// [`computed`](super::computed)); a start input that sets one is refused.
+    pub computed: std::collections::BTreeMap<String, String>,
     pub steps: Vec<Step>,
     /// Where saga lifecycle events (`saga.started`, ...) are published; `None` publishes none.
     pub lifecycle_topic: Option<String>,
@@ -171,6 +174,7 @@ impl SagaDefinition {
             version: 1,
             description: String::new(),
             input_schema: serde_json::json!({"type": "object"}),
+            computed: Default::default(),
             steps,
             lifecycle_topic: None,
             deadline_ms: None,

@@ -35,6 +35,9 @@ struct SagaFile {
     deadline: Option<String>,
     #[serde(default = "any_object")]
     input: Value,
+    /// Input fields computed from the rest of the input (field → function).
+    #[serde(default)]
+    computed: BTreeMap<String, String>,
     #[serde(default)]
     steps: Vec<StepFile>,
 }
@@ -170,6 +173,8 @@ pub fn parse(
         contract,
         replies: BTreeMap::new(),
         names: BTreeSet::new(),
+        input_fields: BTreeSet::new(),
+        computed: BTreeSet::new(),
         reply_topics: Vec::new(),
     }
     .definition(doc)
@@ -198,6 +203,9 @@ struct Checker<'a> {
     replies: BTreeMap<String, String>,
     /// Step and compensation names so far.
     names: BTreeSet<String>,
+    /// The fields the input schema declares, and those the saga computes.
+    input_fields: BTreeSet<String>,
+    computed: BTreeSet<String>,
     reply_topics: Vec<String>,
 }
 
@@ -226,6 +234,27 @@ impl<'a> Checker<'a> {
         };
         let deadline_ms = duration(&doc.deadline, "deadline")?;
         let mut known = input_fields(&doc.input)?;
+        self.input_fields = known.clone();
+        for (field, function) in &doc.computed {
+            if !super::computed::exists(function) {
+                return Err(format!(
+                    "computed {field}: no function {function:?}; there are: {}",
+                    super::computed::FUNCTIONS
+                        .iter()
+                        .map(|(name, what)| format!("{name} ({what})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if known.contains(field) {
+                return Err(format!(
+                    "computed {field}: the input schema declares it too; a computed field is \
+                     never taken from a client, so leave it out of the schema"
+                ));
+            }
+            known.insert(field.clone());
+        }
+        self.computed = doc.computed.keys().cloned().collect();
         if doc.steps.is_empty() {
             return Err("a saga needs at least one step".into());
         }
@@ -295,6 +324,7 @@ impl<'a> Checker<'a> {
             version: doc.version,
             description: doc.description,
             input_schema: doc.input,
+            computed: doc.computed,
             steps,
             lifecycle_topic,
             deadline_ms,
@@ -328,6 +358,12 @@ impl<'a> Checker<'a> {
             .get(&contract.success)
             .map(|r| &r.payload);
         for field in &entry.receive {
+            if self.input_fields.contains(field) || self.computed.contains(field) {
+                return Err(at(format!(
+                    "receives `{field}`, which the input declares: a start input cannot set a \
+                     field a step receives (compensations would undo what the client named)"
+                )));
+            }
             if !success_schema.is_some_and(|s| declares(s, field)) {
                 return Err(at(format!(
                     "receives `{field}`, which reply {} does not declare in messages.toml",

@@ -455,3 +455,39 @@ fn a_saga_has_one_pivot_outside_any_group() {
         "{err}"
     );
 }
+
+#[test]
+fn a_computed_field_names_a_known_function_and_is_not_client_input() {
+    let computed = |line: &str, schema_amount: bool| {
+        let head = HEAD.replace("saga = \"ship\"", &format!("saga = \"ship\"\n{line}"));
+        let head = if schema_amount {
+            head
+        } else {
+            head.replace("properties.amount_cents = { type = \"integer\" }\n", "")
+        };
+        format!("{head}\n{CREATE}")
+    };
+    let ok = load(&computed("computed = { amount_cents = \"order_total\" }", false)).unwrap();
+    assert_eq!(ok.computed["amount_cents"], "order_total");
+    let err = problem(&computed("computed = { amount_cents = \"sum\" }", false));
+    assert!(err.contains("computed amount_cents: no function \"sum\""), "{err}");
+    assert!(err.contains("order_total ("), "lists the functions: {err}");
+    let err = problem(&computed("computed = { amount_cents = \"order_total\" }", true));
+    assert!(err.contains("the input schema declares it too"), "{err}");
+    // Without the computed field nothing declares what create_order sends.
+    let err = problem(&computed("", false));
+    assert!(err.contains("`amount_cents`"), "{err}");
+}
+
+#[test]
+fn a_step_may_not_receive_a_field_the_input_sets() {
+    let head = HEAD.replace(
+        "properties.order_details = { type = \"object\" }",
+        "properties.order_details = { type = \"object\" }\nproperties.order_id = { type = \"string\" }",
+    );
+    let err = problem(&format!("{head}\n{CREATE}"));
+    assert!(
+        err.contains("step create_order") && err.contains("receives `order_id`, which the input declares"),
+        "{err}"
+    );
+}

@@ -1,12 +1,14 @@
 //! The saga itself, free of I/O.
 //!
 //! - [`definition`]: what a saga type is — an ordered list of steps declared as data.
+//! - [`computed`]: input fields a saga derives instead of taking them from a client.
 //! - [`file`]: definitions read from `sagas/*.toml` and checked before anything runs.
 //! - [`registry`]: every loaded type and version; routes each saga to the one it started under.
 //! - [`engine`]: the pure state machine that interprets any definition:
 //!   `(state, reply) -> (new state, messages to send)`.
 //! - [`state`]: the saga instance the engine moves forward, as stored in the database.
 
+pub mod computed;
 pub mod definition;
 pub mod engine;
 pub mod file;

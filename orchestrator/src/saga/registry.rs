@@ -259,7 +259,32 @@ impl Registry {
                 })
                 .collect());
         }
-        problems(validator, input)
+        let mut refused: Vec<String> = Vec::new();
+        if let serde_json::Value::Object(fields) = input {
+            for key in fields.keys() {
+                let at = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+                if let Some(function) = def.computed.get(key) {
+                    refused.push(format!(
+                        "{at}: computed by the saga ({function}) from the rest of the input; \
+                         leave it out"
+                    ));
+                } else if let Some(step) = def.steps.iter().find(|s| s.receive.contains(key)) {
+                    refused.push(format!(
+                        "{at}: set by the reply to step {}; a start input cannot set it",
+                        step.name
+                    ));
+                }
+            }
+        }
+        if let Err(more) = problems(validator, input) {
+            refused.extend(more);
+        }
+        refused.truncate(MAX_PROBLEMS);
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused)
+        }
     }
 
     /// Checks a reply's payload against its schema in the message contract. A reply the contract
