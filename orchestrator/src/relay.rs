@@ -58,7 +58,7 @@ impl Relay {
                 &cancel,
                 "reading the outbox",
                 |e: &crate::Error| e.is_transient(),
-                || self.store.claim_unsent(BATCH),
+                || self.store.claim_unsent(BATCH, platform::time::now_ms()),
             )
             .await
             {
@@ -83,21 +83,35 @@ impl Relay {
                 continue;
             }
             let full_batch = claim.rows.len() as i64 == BATCH;
-            let (sent, failed) = self.publish(&claim.rows, &cancel).await;
+            let (sent, refused) = self.publish(&claim.rows, &cancel).await;
+            for (id, error) in &refused {
+                if let Some(row) = claim.rows.iter().find(|r| r.id == *id) {
+                    tracing::warn!(
+                        saga_id = %row.key,
+                        topic = %row.topic,
+                        attempts = row.attempts + 1,
+                        %error,
+                        "outbox row not published; it is tried again later, holding back only \
+                         its saga's later messages on that topic"
+                    );
+                }
+            }
+            let nothing_went = sent.is_empty() && !refused.is_empty();
             if let Err(e) = self
                 .store
-                .finish_claim(claim, &sent, platform::time::now_ms())
+                .finish_claim(claim, &sent, &refused, platform::time::now_ms())
                 .await
             {
                 // The rows stay unsent and go out again (receivers de-duplicate on message id).
                 tracing::warn!(error = %e, rows = sent.len(), "cannot mark outbox rows sent");
             }
-            if failed > 0 {
+            if nothing_went {
+                // Every row refused: the broker is likely away; wait before the next round. A
+                // refusal among deliveries that went is the row's own, retried on its schedule.
                 let delay = failures.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(
-                    failed,
                     retry_in_ms = delay.as_millis() as u64,
-                    "outbox rows not published; retrying"
+                    "no outbox row published; retrying"
                 );
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -115,11 +129,17 @@ impl Relay {
     }
 
     /// Hands every row to the producer first, then waits for the deliveries, so a batch costs one
-    /// round trip to the broker rather than one per row. Returns the ids delivered and how many
-    /// were not.
-    async fn publish(&self, rows: &[OutboxRow], cancel: &CancellationToken) -> (Vec<i64>, usize) {
+    /// round trip to the broker rather than one per row. Returns the ids delivered, and those
+    /// refused with why. Rows left unconfirmed by a shutdown are in neither: they go out after
+    /// the restart. A claim holds at most one row per saga and topic, so one refused row never
+    /// lets a later row of its saga overtake it, and the others go on.
+    async fn publish(
+        &self,
+        rows: &[OutboxRow],
+        cancel: &CancellationToken,
+    ) -> (Vec<i64>, Vec<(i64, String)>) {
         let mut pending = Vec::with_capacity(rows.len());
-        let mut failed = 0;
+        let mut refused = Vec::new();
         for row in rows {
             let mut record = FutureRecord::to(&row.topic)
                 .key(&row.key)
@@ -138,15 +158,10 @@ impl Relay {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {
-                        tracing::warn!(error = %e, topic = %row.topic, "cannot enqueue outbox row");
-                        failed += 1;
+                        refused.push((row.id, e.to_string()));
                         break;
                     }
                 }
-            }
-            if failed > 0 {
-                // Keep per-saga order: nothing after a row that could not be enqueued.
-                break;
             }
         }
         let mut sent = Vec::with_capacity(pending.len());
@@ -160,20 +175,14 @@ impl Relay {
         for (id, delivery) in pending {
             let delivery = tokio::select! {
                 d = delivery => d,
-                _ = &mut stop => {
-                    failed += 1;
-                    break;
-                }
+                _ = &mut stop => break,
             };
             match delivery {
                 Ok(Ok(_)) => sent.push(id),
-                Ok(Err((e, _))) => {
-                    tracing::warn!(error = %e, "outbox row delivery failed");
-                    failed += 1;
-                }
-                Err(_) => failed += 1,
+                Ok(Err((e, _))) => refused.push((id, e.to_string())),
+                Err(_) => refused.push((id, "the producer dropped the delivery".to_string())),
             }
         }
-        (sent, failed)
+        (sent, refused)
     }
 }

@@ -630,7 +630,8 @@ async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
             .collect()
     };
 
-    let first = store.claim_unsent(500).await.unwrap();
+    let now = platform::time::now_ms();
+    let first = store.claim_unsent(500, now).await.unwrap();
     assert_eq!(
         round(&first),
         [
@@ -642,22 +643,123 @@ async fn a_failed_delivery_holds_back_the_later_messages_of_its_saga() {
     );
     // The saga's create_order is not delivered; the rest is.
     let delivered = ids(&first, "create_order");
-    store.finish_claim(first, &delivered, 1).await.unwrap();
+    store.finish_claim(first, &delivered, &[], 1).await.unwrap();
 
-    let second = store.claim_unsent(500).await.unwrap();
+    let second = store.claim_unsent(500, now).await.unwrap();
     assert_eq!(
         round(&second),
         [("create_order".to_string(), saga.clone())],
         "the failed row goes again, still ahead of the cancel"
     );
-    let delivered = ids(&second, "");
-    store.finish_claim(second, &delivered, 2).await.unwrap();
+    // This time the broker refuses it: it waits 100 ms before it is claimed again, and its
+    // saga's cancel_order waits behind it.
+    let refused = [(second.rows[0].id, "Message size too large".to_string())];
+    store
+        .finish_claim(second, &[], &refused, now)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_unsent(500, now + 99)
+            .await
+            .unwrap()
+            .rows
+            .is_empty(),
+        "the refused row waits, and holds back its saga's next row"
+    );
+    let (attempts, error): (i64, String) = {
+        let row = sqlx::query(
+            "SELECT CAST(attempts AS BIGINT) AS a, last_error FROM outbox WHERE id = $1",
+        )
+        .bind(refused[0].0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        use sqlx::Row;
+        (row.get("a"), row.get("last_error"))
+    };
+    assert_eq!((attempts, error.as_str()), (1, "Message size too large"));
+    let again = store.claim_unsent(500, now + 100).await.unwrap();
+    assert_eq!(round(&again), [("create_order".to_string(), saga.clone())]);
+    let delivered = ids(&again, "");
+    store
+        .finish_claim(again, &delivered, &[], now + 2)
+        .await
+        .unwrap();
 
-    let third = store.claim_unsent(500).await.unwrap();
+    let third = store.claim_unsent(500, now).await.unwrap();
     assert_eq!(round(&third), [("cancel_order".to_string(), saga.clone())]);
     let delivered = ids(&third, "");
-    store.finish_claim(third, &delivered, 3).await.unwrap();
-    assert!(store.claim_unsent(500).await.unwrap().rows.is_empty());
+    store
+        .finish_claim(third, &delivered, &[], now + 3)
+        .await
+        .unwrap();
+    assert!(store.claim_unsent(500, now).await.unwrap().rows.is_empty());
+    app.stop().await;
+}
+
+/// A message the broker refuses (here one over the producer's `message.max.bytes`) stopped the
+/// relay's round at that row and made it back off, round after round with the row at the head:
+/// every saga's commands stalled behind one. Now the row waits out its own retries and holds
+/// back only its saga; the others complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_refuses_holds_back_its_saga_only() {
+    let mut app = spawn_app_with(&["notification", "orders", "users", "payments"]).await;
+    app.stop_orchestrator().await;
+    let mut kafka = app.kafka.settings();
+    kafka
+        .overrides
+        .push(("message.max.bytes".into(), "20000".into()));
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator_on(kafka).await;
+    let items: Vec<serde_json::Value> = (0..100)
+        .map(|i| serde_json::json!({"name": format!("{i:03}{}", "x".repeat(240)), "price": 1.0, "quantity": 1}))
+        .collect();
+    let huge = serde_json::json!({"customer_id": "c-huge", "order_details": {"foodItems": items}});
+    let r = app
+        .client
+        .post(app.url("/sagas/create_order"))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let stuck: serde_json::Value = r.json().await.unwrap();
+    let stuck = stuck["saga_id"].as_str().unwrap().to_string();
+    let db = app.db("orchestrator").await;
+    for _ in 0..100 {
+        let refused = count(
+            &db,
+            "SELECT COUNT(*) FROM outbox WHERE msg_key = $1 AND attempts > 0",
+            &stuck,
+        )
+        .await;
+        if refused > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut others = Vec::new();
+    for i in 0..5 {
+        others.push(app.start_saga(&format!("c-behind-{i}")).await);
+    }
+    for id in &others {
+        let saga = app.wait_terminal(id).await;
+        assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    }
+    let (_, saga) = app.get_saga(&stuck).await;
+    assert_eq!(saga["status"], "STARTED", "{saga}");
+    let error = scalar(
+        &db,
+        "SELECT last_error FROM outbox WHERE msg_key = $1 AND attempts > 0 ORDER BY id LIMIT 1",
+        &stuck,
+    )
+    .await
+    .unwrap_or_default();
+    assert!(
+        error.contains("too large"),
+        "the refusal is kept: {error:?}"
+    );
     app.stop().await;
 }
 

@@ -923,7 +923,10 @@ async fn both_fronts_hold_the_same_rules_and_the_amount_is_computed_not_taken() 
     let (status, body, _) = start(&app, "create_order", &cheap, None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("/amount_cents: computed by the saga"), "{error}");
+    assert!(
+        error.contains("/amount_cents: computed by the saga"),
+        "{error}"
+    );
 
     let mut preset = create_order_input("c-preset");
     preset["order_id"] = json!("ord-of-someone-else");
@@ -940,7 +943,11 @@ async fn both_fronts_hold_the_same_rules_and_the_amount_is_computed_not_taken() 
     for customer in ["", "   ", "c-1\nc-2", "c-\u{1b}[31m"] {
         let input = create_order_input(customer);
         let (status, body, _) = start(&app, "create_order", &input, None).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{customer:?}: {body}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{customer:?}: {body}"
+        );
         assert!(
             body["error"].as_str().unwrap().contains("/customer_id: "),
             "{customer:?}: {body}"
@@ -952,7 +959,11 @@ async fn both_fronts_hold_the_same_rules_and_the_amount_is_computed_not_taken() 
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{customer:?} on /orders");
+        assert_eq!(
+            r.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{customer:?} on /orders"
+        );
         let body: Value = r.json().await.unwrap();
         assert!(
             body["error"].as_str().unwrap().contains("/customer_id: "),
@@ -965,7 +976,8 @@ async fn both_fronts_hold_the_same_rules_and_the_amount_is_computed_not_taken() 
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
-        error.contains("/order_details/foodItems/0: ") && error.contains("/order_details/foodItems/1: "),
+        error.contains("/order_details/foodItems/0: ")
+            && error.contains("/order_details/foodItems/1: "),
         "{error}"
     );
     let (_, list) = app.get_json("/sagas").await;

@@ -243,7 +243,12 @@ impl TestApp {
     }
 
     pub async fn start_orchestrator(&mut self) {
-        let config = self.config.orchestrator(self.kafka.settings()).unwrap();
+        self.start_orchestrator_on(self.kafka.settings()).await;
+    }
+
+    /// [`Self::start_orchestrator`] with its own Kafka client settings.
+    pub async fn start_orchestrator_on(&mut self, kafka: platform::kafka::KafkaSettings) {
+        let config = self.config.orchestrator(kafka).unwrap();
         let o = orchestrator::Orchestrator::start(config, self.cancel.child_token())
             .await
             .expect("orchestrator starts");

@@ -133,7 +133,10 @@ mod tests {
         let input = saga_input(order);
         registry.check_input(def, &Value::Object(input.clone()))?;
         let function = &def.computed["amount_cents"];
-        Ok(computed::compute(function, &input).unwrap().as_i64().unwrap())
+        Ok(computed::compute(function, &input)
+            .unwrap()
+            .as_i64()
+            .unwrap())
     }
 
     #[test]

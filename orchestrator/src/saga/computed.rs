@@ -97,10 +97,22 @@ mod tests {
         for (input, needle) in [
             (json!({}), "order_details"),
             (json!({"order_details": {}}), "foodItems"),
-            (json!({"order_details": {"foodItems": [{"price": 1}]}}), "foodItems/0"),
-            (json!({"order_details": {"foodItems": [{"price": 1e300, "quantity": 9}]}}), "range"),
-            (json!({"order_details": {"foodItems": [], "deliveryFee": "1"}}), "deliveryFee"),
-            (json!({"order_details": {"foodItems": [], "deliveryFee": -1}}), "range"),
+            (
+                json!({"order_details": {"foodItems": [{"price": 1}]}}),
+                "foodItems/0",
+            ),
+            (
+                json!({"order_details": {"foodItems": [{"price": 1e300, "quantity": 9}]}}),
+                "range",
+            ),
+            (
+                json!({"order_details": {"foodItems": [], "deliveryFee": "1"}}),
+                "deliveryFee",
+            ),
+            (
+                json!({"order_details": {"foodItems": [], "deliveryFee": -1}}),
+                "range",
+            ),
         ] {
             let err = total(input.clone()).unwrap_err();
             assert!(err.contains(needle), "{input}: {err}");

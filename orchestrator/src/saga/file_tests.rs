@@ -467,12 +467,22 @@ fn a_computed_field_names_a_known_function_and_is_not_client_input() {
         };
         format!("{head}\n{CREATE}")
     };
-    let ok = load(&computed("computed = { amount_cents = \"order_total\" }", false)).unwrap();
+    let ok = load(&computed(
+        "computed = { amount_cents = \"order_total\" }",
+        false,
+    ))
+    .unwrap();
     assert_eq!(ok.computed["amount_cents"], "order_total");
     let err = problem(&computed("computed = { amount_cents = \"sum\" }", false));
-    assert!(err.contains("computed amount_cents: no function \"sum\""), "{err}");
+    assert!(
+        err.contains("computed amount_cents: no function \"sum\""),
+        "{err}"
+    );
     assert!(err.contains("order_total ("), "lists the functions: {err}");
-    let err = problem(&computed("computed = { amount_cents = \"order_total\" }", true));
+    let err = problem(&computed(
+        "computed = { amount_cents = \"order_total\" }",
+        true,
+    ));
     assert!(err.contains("the input schema declares it too"), "{err}");
     // Without the computed field nothing declares what create_order sends.
     let err = problem(&computed("", false));
@@ -487,7 +497,8 @@ fn a_step_may_not_receive_a_field_the_input_sets() {
     );
     let err = problem(&format!("{head}\n{CREATE}"));
     assert!(
-        err.contains("step create_order") && err.contains("receives `order_id`, which the input declares"),
+        err.contains("step create_order")
+            && err.contains("receives `order_id`, which the input declares"),
         "{err}"
     );
 }

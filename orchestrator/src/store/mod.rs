@@ -116,6 +116,8 @@ pub enum Changed {
 #[derive(Debug)]
 pub struct OutboxRow {
     pub id: i64,
+    /// Times the broker refused it before.
+    pub attempts: i64,
     pub topic: String,
     pub key: String,
     pub payload: String,

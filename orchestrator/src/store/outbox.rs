@@ -4,7 +4,9 @@
 use super::*;
 
 impl SagaStore {
-    /// Claims up to `limit` unpublished outbox rows for this relay, oldest first.
+    /// Claims up to `limit` unpublished outbox rows for this relay, oldest first, leaving out
+    /// rows waiting out a failure (`not_before`) — which still hold back their saga's later rows
+    /// on their topic.
     ///
     /// On PostgreSQL several orchestrator instances run a relay each: a claim is a transaction
     /// holding row locks (`FOR UPDATE SKIP LOCKED`, so relays never wait for each other nor
@@ -15,54 +17,67 @@ impl SagaStore {
     /// rule applied to what it read: within one round a (topic, key) has at most one row, so a
     /// row whose delivery fails can never be overtaken by a later row of its saga (a
     /// `cancel_order` published before the `create_order` it undoes leaves an order behind).
-    pub async fn claim_unsent(&self, limit: i64) -> Result<Claim> {
+    pub async fn claim_unsent(&self, limit: i64, now: i64) -> Result<Claim> {
+        const OLDEST_OF_ITS_KEY: &str = "SELECT id, topic, msg_key, payload, traceparent, tracestate, attempts \
+             FROM outbox o WHERE sent_at IS NULL AND (not_before IS NULL OR not_before <= $2) \
+             AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.topic = o.topic AND e.msg_key = o.msg_key \
+                             AND e.sent_at IS NULL AND e.id < o.id) \
+             ORDER BY id LIMIT $1";
         match self.db.engine {
             Engine::Postgres => {
                 let mut tx = self.db.writer.begin().await?;
-                let rows = sqlx::query(
-                    "SELECT id, topic, msg_key, payload, traceparent, tracestate FROM outbox o WHERE sent_at IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.topic = o.topic AND e.msg_key = o.msg_key \
-                                     AND e.sent_at IS NULL AND e.id < o.id) \
-                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                )
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+                let rows = sqlx::query(&format!("{OLDEST_OF_ITS_KEY} FOR UPDATE SKIP LOCKED"))
+                    .bind(limit)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 Ok(Claim {
                     rows: outbox_rows(&rows)?,
                     tx: Some(tx),
                 })
             }
             Engine::Sqlite => {
-                let rows = sqlx::query(
-                    "SELECT id, topic, msg_key, payload, traceparent, tracestate FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(&self.db.writer)
-                .await?;
-                // Rows are in id order, and the lowest unsent ids are all here: the first row
-                // of each (topic, key) is the oldest unsent one.
-                let mut seen = HashSet::new();
-                let rows = outbox_rows(&rows)?
-                    .into_iter()
-                    .filter(|r| seen.insert((r.topic.clone(), r.key.clone())))
-                    .collect();
-                Ok(Claim { rows, tx: None })
+                let rows = sqlx::query(OLDEST_OF_ITS_KEY)
+                    .bind(limit)
+                    .bind(now)
+                    .fetch_all(&self.db.writer)
+                    .await?;
+                Ok(Claim {
+                    rows: outbox_rows(&rows)?,
+                    tx: None,
+                })
             }
         }
     }
 
     /// Marks the published rows of a claim as sent and releases the rest: a row not in `sent`
-    /// stays unsent and is claimed again by the next round of any relay.
-    pub async fn finish_claim(&self, claim: Claim, sent: &[i64], now: i64) -> Result<()> {
+    /// stays unsent and is claimed again by a later round of any relay; one in `failed` (with
+    /// the broker's refusal) only once its `not_before` has passed, so it holds back nothing but
+    /// its own saga's later rows on its topic.
+    pub async fn finish_claim(
+        &self,
+        claim: Claim,
+        sent: &[i64],
+        failed: &[(i64, String)],
+        now: i64,
+    ) -> Result<()> {
+        let failed: Vec<(i64, i64, &str)> = failed
+            .iter()
+            .map(|(id, error)| {
+                let before = claim.rows.iter().find(|r| r.id == *id).map(|r| r.attempts);
+                (*id, before.unwrap_or(0) + 1, error.as_str())
+            })
+            .collect();
         match claim.tx {
             Some(mut tx) => {
                 mark_sent(&mut tx, self.db.engine, sent, now).await?;
+                mark_refused(&mut tx, &failed, now).await?;
                 tx.commit().await?;
             }
             None => {
                 let mut conn = self.db.writer.acquire().await?;
                 mark_sent(&mut conn, self.db.engine, sent, now).await?;
+                mark_refused(&mut conn, &failed, now).await?;
             }
         }
         Ok(())
@@ -133,11 +148,42 @@ pub(super) async fn mark_sent(
     Ok(())
 }
 
+/// Records each `(id, attempts so far, refusal)`: the row waits before it is claimed again.
+async fn mark_refused(
+    conn: &mut sqlx::AnyConnection,
+    failed: &[(i64, i64, &str)],
+    now: i64,
+) -> Result<()> {
+    for (id, attempts, error) in failed {
+        sqlx::query(
+            "UPDATE outbox SET attempts = $1, not_before = $2, last_error = $3 WHERE id = $4",
+        )
+        .bind(*attempts)
+        .bind(now + retry_after_ms(*attempts))
+        .bind(*error)
+        .bind(*id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// How long a row the broker refused `attempts` times waits before it is tried again: 100 ms,
+/// doubling, at most 30 s.
+fn retry_after_ms(attempts: i64) -> i64 {
+    100_i64
+        .saturating_mul(1 << attempts.clamp(1, 20).saturating_sub(1))
+        .min(30_000)
+}
+
 pub(super) fn outbox_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<OutboxRow>> {
     rows.iter()
         .map(|r| {
             Ok(OutboxRow {
                 id: r.try_get("id")?,
+                attempts: r
+                    .try_get::<i64, _>("attempts")
+                    .or_else(|_| r.try_get::<i32, _>("attempts").map(i64::from))?,
                 topic: r.try_get("topic")?,
                 key: r.try_get("msg_key")?,
                 payload: r.try_get("payload")?,
