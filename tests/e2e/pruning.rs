@@ -167,3 +167,38 @@ async fn with_saga_retention_sagas_that_ended_well_go_with_their_rows_and_failed
     assert!(rows(failed).await > 0, "a FAILED saga keeps its rows");
     app.stop().await;
 }
+
+/// The saga prune looked for sagas that ended well, then deleted those ids: on PostgreSQL a
+/// completed saga cancelled in between (running again, undoing its steps) was deleted while it
+/// ran. The delete now re-checks that each saga ended well, on the row as the cancel left it.
+/// Here the cancel holds its row lock while the prune looks, and commits once the prune waits
+/// on it. PostgreSQL only: on SQLite one writer at a time leaves no room between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_cancelled_while_the_prune_looks_is_not_deleted() {
+    let app = spawn_app_on(
+        Some(required_postgres()),
+        &["notification", "orders", "users", "payments"],
+        fast_policy(),
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga("c-prune-race").await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    let store = app.orchestrator_store().await;
+    let pool = app.db("orchestrator").await;
+    let mut cancel = pool.begin().await.unwrap();
+    sqlx::query("UPDATE sagas SET status = 'CANCELLING', version = version + 1 WHERE saga_id = $1")
+        .bind(&id)
+        .execute(&mut *cancel)
+        .await
+        .unwrap();
+    let before = platform::time::now_ms() + 60_000;
+    let prune = tokio::spawn(async move { store.prune_sagas(before, 100).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.commit().await.unwrap();
+    let pruned = prune.await.unwrap().unwrap();
+    assert_eq!(pruned, 0, "the cancelled saga is not one that ended well");
+    let status = scalar(&pool, "SELECT status FROM sagas WHERE saga_id = $1", &id).await;
+    assert_eq!(status.as_deref(), Some("CANCELLING"));
+    app.stop().await;
+}

@@ -31,6 +31,10 @@ impl SagaStore {
     /// Deletes up to `limit` sagas that ended well (`COMPLETED`, `COMPENSATED`, `CANCELLED`)
     /// before `before`, with their inbox rows and sent outbox rows, in one transaction; returns
     /// how many sagas went. `FAILED` sagas (an operator's to look at) and unsent rows stay.
+    ///
+    /// The delete itself says which sagas may go, not the look before it: a completed saga
+    /// cancelled between the two (it runs again, undoing its steps) is no longer one that ended
+    /// well, and PostgreSQL re-checks the condition on the row as the cancel left it.
     pub async fn prune_sagas(&self, before: i64, limit: i64) -> Result<u64> {
         let mut tx = self.db.writer.begin().await?;
         let ids: Vec<String> = sqlx::query(
@@ -44,24 +48,44 @@ impl SagaStore {
         .iter()
         .map(|r| r.try_get("saga_id"))
         .collect::<std::result::Result<_, _>>()?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
+        let mut pruned = 0;
         for chunk in ids.chunks(500) {
-            let list = self.db.engine.placeholders(1, chunk.len());
+            // `before` first: SQLite numbers each `?` after the highest number used so far.
+            let (cutoff, list) = (
+                self.db.engine.placeholders(1, 1),
+                self.db.engine.placeholders(2, chunk.len()),
+            );
+            let sql = format!(
+                "DELETE FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') \
+                 AND updated_at < {cutoff} AND saga_id IN ({list}) RETURNING saga_id"
+            );
+            let mut q = db::dynamic(&sql).bind(before);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            let deleted: Vec<String> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("saga_id"))
+                .collect::<std::result::Result<_, _>>()?;
+            if deleted.is_empty() {
+                continue;
+            }
+            pruned += deleted.len() as u64;
+            let list = self.db.engine.placeholders(1, deleted.len());
             for sql in [
                 format!("DELETE FROM inbox WHERE saga_id IN ({list})"),
                 format!("DELETE FROM outbox WHERE sent_at IS NOT NULL AND msg_key IN ({list})"),
-                format!("DELETE FROM sagas WHERE saga_id IN ({list})"),
             ] {
                 let mut q = db::dynamic(&sql);
-                for id in chunk {
+                for id in &deleted {
                     q = q.bind(id);
                 }
                 q.execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
-        Ok(ids.len() as u64)
+        Ok(pruned)
     }
 }
