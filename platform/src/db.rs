@@ -59,6 +59,21 @@ pub fn corrected(mut migrator: Migrator, version: i64, earlier_sql: &'static str
     migrator
 }
 
+/// `migrator`, accepting a database where a newer release applied migrations this one does not
+/// know. Schema changes go expand, then contract: a release adds tables and columns (with
+/// defaults) that the release before it ignores, and drops or renames one only a release after
+/// nothing reads it any more. So an instance of release N keeps working beside release N+1 on
+/// one database during a rolling deploy, and a rollback to N starts on N+1's schema. The
+/// migrations this binary knows are still checked (checksums).
+pub fn tolerant(migrator: &Migrator) -> Migrator {
+    Migrator {
+        migrations: migrator.migrations.clone(),
+        ignore_missing: true,
+        locking: migrator.locking,
+        no_tx: migrator.no_tx,
+    }
+}
+
 /// The migrations of one component, for each engine.
 pub struct Migrations {
     pub sqlite: &'static Migrator,
@@ -157,7 +172,7 @@ impl Db {
                         "connecting to DATABASE_URL={}",
                         redact(url)
                     )))?;
-                migrations.sqlite.run(&writer).await?;
+                tolerant(migrations.sqlite).run(&writer).await?;
                 let reader = options()
                     .max_connections(4)
                     .connect(url)
@@ -206,7 +221,7 @@ impl Db {
                         "connecting to DATABASE_URL={}",
                         redact(url)
                     )))?;
-                migrations.postgres.run(&pool).await?;
+                tolerant(migrations.postgres).run(&pool).await?;
                 // Reads of the API get a pool of their own: a flood of GETs then waits for a
                 // reader connection instead of taking the ones the reply consumer, the relay and
                 // the timers write with. Opened on first use (components that never read there

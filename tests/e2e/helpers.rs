@@ -41,6 +41,8 @@ pub struct TestApp {
     pub procs: crate::procs::Procs,
     /// Extra environment for every process.
     pub proc_env: Vec<(String, String)>,
+    /// Another binary for a component, with environment of its own (an older release).
+    pub binaries: HashMap<&'static str, (std::path::PathBuf, Vec<(String, String)>)>,
     /// Where the orchestrator instances other than the first listen (multi-instance tests).
     pub instance_addrs: HashMap<&'static str, std::net::SocketAddr>,
     cancel: CancellationToken,
@@ -215,6 +217,7 @@ pub async fn spawn_app_over(
         services: HashMap::new(),
         procs: Default::default(),
         proc_env: Vec::new(),
+        binaries: HashMap::new(),
         instance_addrs: HashMap::new(),
         cancel,
         _databases: DropDatabases {

@@ -25,3 +25,4 @@ mod restart;
 mod saga_paths;
 mod security;
 mod soak;
+mod upgrade;

@@ -55,6 +55,16 @@ pub async fn spawn_processes_on(
     env: &[(&str, &str)],
     instances: usize,
 ) -> TestApp {
+    spawn_processes_using(postgres, env, instances, Default::default()).await
+}
+
+/// [`spawn_processes_on`], with other binaries for some components (and their own settings).
+pub async fn spawn_processes_using(
+    postgres: Option<String>,
+    env: &[(&str, &str)],
+    instances: usize,
+    binaries: HashMap<&'static str, (std::path::PathBuf, Vec<(String, String)>)>,
+) -> TestApp {
     // Deadlines that ride out a restart or a 10 s broker outage (2 + 4 + 8 + 8 + 8 s), yet
     // still re-send within the test's patience.
     let policy = orchestrator::Policy {
@@ -71,6 +81,7 @@ pub async fn spawn_processes_on(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    app.binaries = binaries;
     for c in COMPONENTS {
         app.spawn_proc(c);
     }
@@ -103,7 +114,10 @@ impl TestApp {
                 .unwrap()
         };
         let (log, out) = (open(format!("{name}.log")), open(format!("{name}.stdout")));
-        let mut cmd = Command::new(binary(name));
+        let mut cmd = match self.binaries.get(name) {
+            Some((path, _)) => Command::new(path),
+            None => Command::new(binary(name)),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KAFKA_BROKERS", self.kafka.bootstrap_servers())
@@ -146,6 +160,14 @@ impl TestApp {
             }
         }
         for (k, v) in &self.proc_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in self
+            .binaries
+            .get(name)
+            .map(|(_, env)| env.as_slice())
+            .unwrap_or_default()
+        {
             cmd.env(k, v);
         }
         let child = cmd
