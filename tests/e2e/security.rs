@@ -558,3 +558,126 @@ fn no_secret_reaches_the_output_of_a_start_that_fails() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(!stderr.contains(SECRET), "a token was printed: {stderr}");
 }
+
+/// OTLP headers (an API key for the tracing backend) are a secret too: an orchestrator whose
+/// collector takes its export and answers 500, logging at debug, and one given a header it cannot
+/// use, write them nowhere. The failed export itself is logged (it was silent: traces stopped
+/// going out with nothing said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_headers_reach_no_log_when_the_export_fails() {
+    const SECRET: &str = "otlp-key-do-not-print";
+    for (n, headers) in [
+        format!("authorization=Bearer {SECRET},x-tenant=t1"),
+        format!("x-api-key={SECRET}%0Abroken,={SECRET}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        // The topics and a database; the orchestrator runs as its own process.
+        let app = spawn_app_custom(&[NO_IN_PROCESS], fast_policy(), Default::default()).await;
+        let addr = crate::procs::free_addr();
+        let (collector, received) = failing_collector();
+        let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KAFKA_BROKERS", app.kafka.bootstrap_servers())
+            .env("KAFKA_CONFIG", app.kafka.process_config())
+            .env("TOPIC_PREFIX", app.kafka.prefix())
+            .env("GROUP_PREFIX", app.kafka.prefix())
+            .env("CREATE_TOPICS", "false")
+            .env(
+                "DATABASE_URL",
+                app.config.database_url("orchestrator").unwrap(),
+            )
+            .env("LISTEN_ADDR", addr.to_string())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+            .env("OTEL_EXPORTER_OTLP_HEADERS", headers)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::new();
+        let mut served = false;
+        for _ in 0..100 {
+            if let Ok(r) = client.get(format!("http://{addr}/sagas")).send().await {
+                served = r.status().is_success();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Spans to export, then the batch's delay (5 s) and a shutdown's flush, both failing.
+        for _ in 0..5 {
+            let _ = client.get(format!("http://{addr}/livez")).send().await;
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let everything = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            served || n == 1,
+            "the orchestrator served with OTLP headers {headers:?}: {everything}"
+        );
+        let received = received.lock().unwrap().clone();
+        if n == 0 {
+            assert!(
+                received.contains(SECRET) && received.contains("/v1/traces"),
+                "the collector got the export with its key: {received:?}"
+            );
+            assert!(
+                everything
+                    .lines()
+                    .any(|l| l.contains("opentelemetry") && l.contains("500")),
+                "the failed export is logged: {everything}"
+            );
+        }
+        assert!(
+            !everything.contains(SECRET),
+            "an OTLP header was printed: {}",
+            everything
+                .lines()
+                .filter(|l| l.contains(SECRET))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        app.stop().await;
+    }
+}
+
+/// A collector on loopback that reads each request, keeps what it received, and answers 500.
+fn failing_collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = stream.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (addr, received)
+}
