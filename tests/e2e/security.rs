@@ -681,3 +681,58 @@ fn failing_collector() -> (
     });
     (addr, received)
 }
+
+/// Every route of the real router, walked from its own declaration: each guarded one refuses a
+/// request without a token (401) and one whose scope is too small (403); only the declared open
+/// ones answer without. Authorisation used to be a table of paths beside the router, so a new
+/// route nobody added to it needed no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_a_request_without_the_scope_it_declares() {
+    use orchestrator::http::auth::{Access, Auth, Scope};
+    let mut app = spawn_app().await;
+    app.stop_orchestrator().await;
+    const READ: &str = "read-token-0123456789";
+    const START: &str = "start-token-0123456789";
+    app.config.api.auth = Auth::tokens(&[
+        ("read".into(), READ.into()),
+        ("start".into(), START.into()),
+    ])
+    .unwrap();
+    app.config.ops = platform::Ops::default();
+    app.start_orchestrator().await;
+    let routes = orchestrator::http::routes();
+    assert!(routes.declared().len() >= 15, "{:?}", routes.declared());
+    for route in routes.declared() {
+        let path = route
+            .path
+            .replace("{saga_id}", &uuid::Uuid::new_v4().to_string());
+        assert!(!path.contains('{'), "a path parameter to fill in: {path}");
+        let send = |token: Option<&str>| {
+            let mut request = app
+                .client
+                .request(route.method.clone(), app.url(&path))
+                .json(&serde_json::json!({}));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send()
+        };
+        let anonymous = send(None).await.unwrap().status().as_u16();
+        match route.access {
+            Access::Open => assert_ne!(anonymous, 401, "{} {path} is open", route.method),
+            Access::Needs(scope) => {
+                assert_eq!(anonymous, 401, "{} {path} without a token", route.method);
+                let below = match scope {
+                    Scope::Read => None,
+                    Scope::Start => Some(READ),
+                    Scope::Operator => Some(START),
+                };
+                if let Some(token) = below {
+                    let status = send(Some(token)).await.unwrap().status().as_u16();
+                    assert_eq!(status, 403, "{} {path} with a smaller scope", route.method);
+                }
+            }
+        }
+    }
+    app.stop().await;
+}

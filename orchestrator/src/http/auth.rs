@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -50,24 +50,6 @@ impl Scope {
             Scope::Read => "read",
             Scope::Start => "start",
             Scope::Operator => "operator",
-        }
-    }
-
-    /// The scope a route needs; `None` for the open ones (probes, metrics, unknown routes).
-    fn needed(method: &Method, route: &str) -> Option<Scope> {
-        let route = match route.strip_prefix("/api") {
-            Some(rest) if rest.starts_with('/') => rest,
-            _ => route,
-        };
-        match (method, route) {
-            (&Method::POST, "/orders" | "/sagas/{saga_id}") => Some(Scope::Start),
-            (&Method::POST, "/sagas/{saga_id}/cancel" | "/sagas/{saga_id}/retry") => {
-                Some(Scope::Operator)
-            }
-            // Dead letters hold whole messages: customers' data.
-            (_, r) if r.starts_with("/dead-letters") => Some(Scope::Operator),
-            (_, r) if r == "/sagas" || r.starts_with("/sagas/") => Some(Scope::Read),
-            _ => None,
         }
     }
 }
@@ -205,15 +187,111 @@ impl AuthArgs {
     }
 }
 
-/// Checks the bearer token of every request to a guarded route: 401 without a valid one, 403
-/// when its scope is too small. Runs after routing (it needs the route template).
-pub async fn require(State(auth): State<Auth>, req: Request, next: Next) -> Response {
-    let Auth::Tokens(tokens) = &auth else {
-        return next.run(req).await;
-    };
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
-    let Some(needed) = route.and_then(|r| Scope::needed(req.method(), r)) else {
-        return next.run(req).await;
+/// Who may call a route, declared with it (see [`Routes`]): a route cannot be added without
+/// saying, so none is open because nobody listed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: the probes, `/metrics` and the message contract, which platforms and scrapers
+    /// call without one and which show no customer data.
+    Open,
+    /// A token of this scope or a larger one.
+    Needs(Scope),
+}
+
+/// A route as declared: its method, path and who may call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub method: Method,
+    pub path: String,
+    pub access: Access,
+}
+
+/// A router whose every route is added with its [`Access`]; the only way routes reach the API.
+#[derive(Clone, Default)]
+pub struct Routes {
+    router: axum::Router<super::AppState>,
+    declared: Vec<Declared>,
+}
+
+impl Routes {
+    pub fn get<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, super::AppState>,
+        T: 'static,
+    {
+        self.add(Method::GET, path, access, axum::routing::get(handler))
+    }
+
+    pub fn post<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, super::AppState>,
+        T: 'static,
+    {
+        self.add(Method::POST, path, access, axum::routing::post(handler))
+    }
+
+    fn add(
+        mut self,
+        method: Method,
+        path: &str,
+        access: Access,
+        route: axum::routing::MethodRouter<super::AppState>,
+    ) -> Self {
+        let route = match access {
+            Access::Open => route,
+            Access::Needs(scope) => {
+                route.route_layer(axum::middleware::from_fn_with_state(scope, require))
+            }
+        };
+        self.router = self.router.route(path, route);
+        self.declared.push(Declared {
+            method,
+            path: path.to_string(),
+            access,
+        });
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.declared.extend(other.declared);
+        self
+    }
+
+    /// `other`'s routes under `prefix` as well.
+    pub fn nest(mut self, prefix: &str, other: Routes) -> Self {
+        self.router = self.router.nest(prefix, other.router);
+        self.declared
+            .extend(other.declared.into_iter().map(|d| Declared {
+                path: format!("{prefix}{}", d.path),
+                ..d
+            }));
+        self
+    }
+
+    /// Every route, with who may call it.
+    pub fn declared(&self) -> &[Declared] {
+        &self.declared
+    }
+
+    /// The router, checking each guarded route's token against `auth`.
+    pub fn into_router(self, auth: Auth) -> axum::Router<super::AppState> {
+        self.router.layer(axum::Extension(auth))
+    }
+}
+
+/// Checks the bearer token of a request to a route that needs `needed`: 401 without a valid
+/// one, 403 when its scope is too small. The tokens come with the request (see
+/// [`Routes::into_router`]); without them the route is refused, never opened.
+async fn require(State(needed): State<Scope>, req: Request, next: Next) -> Response {
+    let tokens = match req.extensions().get::<Auth>() {
+        Some(Auth::Off) => return next.run(req).await,
+        Some(Auth::Tokens(tokens)) => tokens.clone(),
+        None => {
+            tracing::error!("a guarded route was served without the API's tokens");
+            return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer …)")
+                .into_response();
+        }
     };
     let presented = req
         .headers()
@@ -227,7 +305,7 @@ pub async fn require(State(auth): State<Auth>, req: Request, next: Next) -> Resp
         return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer …)")
             .into_response();
     };
-    match Auth::scope_of(tokens, token.as_bytes()) {
+    match Auth::scope_of(&tokens, token.as_bytes()) {
         None => ApiError::Unauthorized("the bearer token is not valid").into_response(),
         Some(scope) if scope < needed => ApiError::Forbidden(format!(
             "this token has the {} scope; this request needs {}",
@@ -332,24 +410,44 @@ mod tests {
     }
 
     #[test]
-    fn each_route_needs_its_scope() {
-        assert_eq!(Scope::needed(&Method::POST, "/orders"), Some(Scope::Start));
-        assert_eq!(Scope::needed(&Method::GET, "/sagas"), Some(Scope::Read));
+    fn each_route_of_the_api_declares_its_scope() {
+        let routes = crate::http::routes();
+        let access = |method: Method, path: &str| {
+            routes
+                .declared()
+                .iter()
+                .find(|d| d.method == method && d.path == path)
+                .map(|d| d.access)
+                .unwrap_or_else(|| panic!("{method} {path} is not a route"))
+        };
+        use Access::*;
+        assert_eq!(access(Method::POST, "/orders"), Needs(Scope::Start));
+        assert_eq!(access(Method::POST, "/api/orders"), Needs(Scope::Start));
+        assert_eq!(access(Method::GET, "/sagas"), Needs(Scope::Read));
         assert_eq!(
-            Scope::needed(&Method::GET, "/sagas/{saga_id}"),
-            Some(Scope::Read)
+            access(Method::GET, "/api/sagas/{saga_id}"),
+            Needs(Scope::Read)
         );
         assert_eq!(
-            Scope::needed(&Method::POST, "/api/sagas/{saga_id}"),
-            Some(Scope::Start)
+            access(Method::POST, "/sagas/{saga_id}"),
+            Needs(Scope::Start)
         );
-        assert_eq!(Scope::needed(&Method::GET, "/api/sagas"), Some(Scope::Read));
         assert_eq!(
-            Scope::needed(&Method::POST, "/sagas/{saga_id}/cancel"),
-            Some(Scope::Operator)
+            access(Method::POST, "/sagas/{saga_id}/cancel"),
+            Needs(Scope::Operator)
         );
-        assert_eq!(Scope::needed(&Method::GET, "/readyz"), None);
-        assert_eq!(Scope::needed(&Method::GET, "/metrics"), None);
+        assert_eq!(access(Method::GET, "/dead-letters"), Needs(Scope::Operator));
+        // Open: only what probes, scrapers and participants' tooling call.
+        let open: Vec<&str> = routes
+            .declared()
+            .iter()
+            .filter(|d| d.access == Open)
+            .map(|d| d.path.as_str())
+            .collect();
+        assert_eq!(
+            open,
+            ["/health", "/livez", "/readyz", "/metrics", "/asyncapi.json"]
+        );
         assert!(Scope::Read < Scope::Start && Scope::Start < Scope::Operator);
     }
 }

@@ -3,17 +3,17 @@
 //! of at the next background round.
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::{Access::Needs, Routes, Scope};
 use super::{ApiError, ApiQuery, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dead-letters", get(list))
-        .route("/dead-letters/republish", post(republish))
+pub fn routes() -> Routes {
+    Routes::default()
+        .get("/dead-letters", Needs(Scope::Operator), list)
+        .post("/dead-letters/republish", Needs(Scope::Operator), republish)
 }
 
 #[derive(Debug, Deserialize)]

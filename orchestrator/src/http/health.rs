@@ -2,19 +2,19 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::{Access::Open, Routes};
 use super::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/livez", get(platform::ops::livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/asyncapi.json", get(asyncapi))
+pub fn routes() -> Routes {
+    Routes::default()
+        .get("/health", Open, health)
+        .get("/livez", Open, platform::ops::livez)
+        .get("/readyz", Open, readyz)
+        .get("/metrics", Open, metrics)
+        .get("/asyncapi.json", Open, asyncapi)
 }
 
 /// The AsyncAPI document of every topic, command, reply and event, from the loaded definitions.

@@ -107,18 +107,20 @@ pub struct AppParts {
     pub auth: auth::Auth,
 }
 
-pub fn router(state: AppState) -> Router {
+/// Every route of the API, each with who may call it.
+pub fn routes() -> auth::Routes {
     // CampusG's orchestrator serves its API under /api: its clients work against either path.
-    let sagas = orders::router().merge(sagas::router());
-    Router::new()
+    let sagas = orders::routes().merge(sagas::routes());
+    auth::Routes::default()
         .merge(sagas.clone())
         .nest("/api", sagas)
-        .merge(health::router())
-        .merge(dead_letters::router())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.auth.clone(),
-            auth::require,
-        ))
+        .merge(health::routes())
+        .merge(dead_letters::routes())
+}
+
+pub fn router(state: AppState) -> Router {
+    routes()
+        .into_router(state.auth.clone())
         .route_layer(axum::middleware::from_fn(name_route))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -4,12 +4,12 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::post;
-use axum::{Extension, Router};
+use axum::Extension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::auth::{Access::Needs, Routes, Scope};
 use super::start::{self, StartRequest};
 use super::{ApiError, ApiJson, AppState, RequestTrace};
 use crate::intake::Ticket;
@@ -17,8 +17,8 @@ use crate::intake::Ticket;
 /// The saga `POST /orders` starts.
 const CREATE_ORDER: &str = "create_order";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/orders", post(create_order))
+pub fn routes() -> Routes {
+    Routes::default().post("/orders", Needs(Scope::Start), create_order)
 }
 
 /// The CampusG create-order request.

@@ -3,11 +3,11 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::auth::{Access::Needs, Routes, Scope};
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::saga::engine::{self, Ignored};
 use crate::saga::{Attempt, SagaState, SagaStatus, Sagas, StepKind, StepStatus};
@@ -17,16 +17,22 @@ use crate::store::{Changed, ListFilter};
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sagas", get(list_sagas))
+pub fn routes() -> Routes {
+    Routes::default()
+        .get("/sagas", Needs(Scope::Read), list_sagas)
         // One path parameter name for both: the saga's id (GET), or the type to start (POST).
-        .route(
+        .get("/sagas/{saga_id}", Needs(Scope::Read), get_saga)
+        .post(
             "/sagas/{saga_id}",
-            get(get_saga).post(super::start::start_saga),
+            Needs(Scope::Start),
+            super::start::start_saga,
         )
-        .route("/sagas/{saga_id}/cancel", post(cancel_saga))
-        .route("/sagas/{saga_id}/retry", post(retry_saga))
+        .post(
+            "/sagas/{saga_id}/cancel",
+            Needs(Scope::Operator),
+            cancel_saga,
+        )
+        .post("/sagas/{saga_id}/retry", Needs(Scope::Operator), retry_saga)
 }
 
 /// A saga as the API shows it: any type's, with its input and context; a create-order saga also
