@@ -19,6 +19,7 @@ mod instances;
 mod observability;
 mod procs;
 mod pruning;
+mod readme;
 mod real_kafka;
 mod refund;
 mod restart;

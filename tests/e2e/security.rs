@@ -693,11 +693,8 @@ async fn every_route_refuses_a_request_without_the_scope_it_declares() {
     app.stop_orchestrator().await;
     const READ: &str = "read-token-0123456789";
     const START: &str = "start-token-0123456789";
-    app.config.api.auth = Auth::tokens(&[
-        ("read".into(), READ.into()),
-        ("start".into(), START.into()),
-    ])
-    .unwrap();
+    app.config.api.auth =
+        Auth::tokens(&[("read".into(), READ.into()), ("start".into(), START.into())]).unwrap();
     app.config.ops = platform::Ops::default();
     app.start_orchestrator().await;
     let routes = orchestrator::http::routes();
