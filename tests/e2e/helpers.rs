@@ -26,6 +26,9 @@ use services::ServiceHandle;
 /// The components a test can leave out or restart.
 pub const ALL_SERVICES: [&str; 4] = ["notification", "orders", "users", "payments"];
 
+/// Other binaries for some components, each with environment of its own (an older release).
+pub type Binaries = HashMap<&'static str, (std::path::PathBuf, Vec<(String, String)>)>;
+
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub client: reqwest::Client,
@@ -42,7 +45,7 @@ pub struct TestApp {
     /// Extra environment for every process.
     pub proc_env: Vec<(String, String)>,
     /// Another binary for a component, with environment of its own (an older release).
-    pub binaries: HashMap<&'static str, (std::path::PathBuf, Vec<(String, String)>)>,
+    pub binaries: Binaries,
     /// Where the orchestrator instances other than the first listen (multi-instance tests).
     pub instance_addrs: HashMap<&'static str, std::net::SocketAddr>,
     cancel: CancellationToken,

@@ -63,7 +63,7 @@ pub async fn spawn_processes_using(
     postgres: Option<String>,
     env: &[(&str, &str)],
     instances: usize,
-    binaries: HashMap<&'static str, (std::path::PathBuf, Vec<(String, String)>)>,
+    binaries: Binaries,
 ) -> TestApp {
     // Deadlines that ride out a restart or a 10 s broker outage (2 + 4 + 8 + 8 + 8 s), yet
     // still re-send within the test's patience.
