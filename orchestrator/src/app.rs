@@ -135,7 +135,7 @@ impl Orchestrator {
             producer.clone(),
             cancel.clone(),
         ));
-        tasks.spawn(relay.clone().run(cancel.clone()));
+        tasks.spawn(relay.run(cancel.clone()));
         tasks.spawn(watch_definitions(
             store.clone(),
             config.sagas.clone(),
@@ -145,7 +145,6 @@ impl Orchestrator {
         let timers = Timers {
             store: store.clone(),
             sagas: sagas.clone(),
-            relay: relay.clone(),
             failures: Default::default(),
         };
         tasks.spawn(timers.run(cancel.clone()));
@@ -161,7 +160,6 @@ impl Orchestrator {
         let handler = ReplyHandler {
             store: store.clone(),
             sagas: sagas.clone(),
-            relay: relay.clone(),
             max_attempts: config.max_delivery_attempts.max(1),
             cancel: cancel.clone(),
         };
@@ -172,14 +170,13 @@ impl Orchestrator {
             dead_letters.clone(),
             cancel.clone(),
         ));
-        let (intake, intake_task) = Intake::start(store.clone(), relay.clone());
+        let (intake, intake_task) = Intake::start(store.clone());
         tasks.spawn(intake_task);
         let app = http::router(AppState::new(AppParts {
             store: store.clone(),
             intake,
             sagas,
             topics: config.topics.clone(),
-            relay,
             producer,
             ops: ops.clone(),
             long_polls: crate::http::LongPolls::new(config.api.max_long_polls),

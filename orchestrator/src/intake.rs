@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::relay::Relay;
 use crate::saga::engine::Outgoing;
 use crate::saga::SagaState;
 use crate::store::{Created, NewSaga, SagaStore};
@@ -62,12 +61,9 @@ pub struct Intake {
 
 impl Intake {
     /// Starts the intake task; it ends once every clone of the returned handle is dropped.
-    pub fn start(
-        store: SagaStore,
-        relay: Relay,
-    ) -> (Intake, impl std::future::Future<Output = ()>) {
+    pub fn start(store: SagaStore) -> (Intake, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(BATCH * 4);
-        (Intake { tx }, run(store, relay, rx))
+        (Intake { tx }, run(store, rx))
     }
 
     /// Stores a new saga and its first messages (see [`SagaStore::create`]).
@@ -93,7 +89,7 @@ impl Intake {
     }
 }
 
-async fn run(store: SagaStore, relay: Relay, mut rx: mpsc::Receiver<Request>) {
+async fn run(store: SagaStore, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // A request that ran out of time while queued was answered "not stored": keep it so.
@@ -132,9 +128,6 @@ async fn run(store: SagaStore, relay: Relay, mut rx: mpsc::Receiver<Request>) {
                 results
             }
         };
-        if results.iter().any(|r| matches!(r, Ok(Created::New))) {
-            relay.notify();
-        }
         for (waiter, result) in waiters.into_iter().zip(results) {
             // The client may have gone; the saga is stored either way.
             let _ = waiter.send(result);

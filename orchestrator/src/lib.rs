@@ -26,6 +26,7 @@ pub mod replies;
 pub mod saga;
 pub mod store;
 pub mod timers;
+pub mod transition;
 
 pub use app::{Config, Orchestrator};
 pub use error::{Error, Result};

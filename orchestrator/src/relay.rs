@@ -1,7 +1,8 @@
 //! Where commands are sent: the outbox relay.
 //!
 //! It publishes committed outbox rows to Kafka in the order they were written and stamps them as
-//! sent. It wakes when a transaction wrote new rows ([`Relay::notify`]) and also polls, so rows
+//! sent. It wakes when a transaction wrote new rows (the store signals it after each commit,
+//! whoever the writer: [`SagaStore::outbox_written`]) and also polls, so rows
 //! left by a crash (written, never published) go out after a restart, and rows written by another
 //! instance are published even if that instance died. A crash between publishing and stamping
 //! publishes a row twice; receivers de-duplicate on the message id. Several relays (one per
@@ -37,16 +38,10 @@ pub struct Relay {
 impl Relay {
     pub fn new(store: SagaStore, producer: FutureProducer) -> Self {
         Relay {
+            wake: store.outbox_written(),
             store,
             producer,
-            wake: Arc::new(Notify::new()),
         }
-    }
-
-    /// Tells the relay that new rows are committed. Never lost: if the relay is busy, it runs
-    /// another round when it is done.
-    pub fn notify(&self) {
-        self.wake.notify_one();
     }
 
     /// Publishes until `cancel` fires. A round in progress is finished first, so nothing is left

@@ -16,7 +16,6 @@ use platform::kafka::{dead_letter, Batched, Disposition, MessageHandler};
 use platform::retry::{self, Retried};
 use platform::{Envelope, TraceContext};
 
-use crate::relay::Relay;
 use crate::saga::Sagas;
 use crate::store::{ReplyOutcome, SagaStore};
 
@@ -24,7 +23,6 @@ pub struct ReplyHandler {
     pub store: SagaStore,
     /// Each saga's definition, and the timing policy.
     pub sagas: Sagas,
-    pub relay: Relay,
     /// Times a reply may fail with a non-transient error before it is dead-lettered.
     pub max_attempts: u32,
     pub cancel: CancellationToken,
@@ -193,10 +191,7 @@ impl ReplyHandler {
         outcome: Retried<ReplyOutcome, crate::Error>,
     ) -> Disposition {
         match outcome {
-            Retried::Ok(ReplyOutcome::Applied { status, messages }) => {
-                if messages > 0 {
-                    self.relay.notify();
-                }
+            Retried::Ok(ReplyOutcome::Applied { status, .. }) => {
                 tracing::debug!(status = status.as_str(), "reply applied");
                 Disposition::Done
             }

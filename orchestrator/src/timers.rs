@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use platform::retry::{self, Retried};
 
-use crate::relay::Relay;
 use crate::saga::{engine, Sagas};
 use crate::store::{Changed, SagaStore};
+use crate::transition::{transition, Persist};
 
 /// How often the timer looks for due sagas. Deadlines are seconds; this is their resolution.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -38,7 +38,6 @@ pub struct Timers {
     pub store: SagaStore,
     /// Each saga's definition, and the timing policy.
     pub sagas: Sagas,
-    pub relay: Relay,
     /// Permanent failures per saga since its timer last worked (this instance's count).
     pub failures: Mutex<HashMap<Uuid, u32>>,
 }
@@ -95,9 +94,6 @@ impl Timers {
                 }
             }
         }
-        if changed > 0 {
-            self.relay.notify();
-        }
         Some(changed)
     }
 
@@ -109,19 +105,13 @@ impl Timers {
         fields(saga_type = tracing::field::Empty, step = tracing::field::Empty, trace_id = tracing::field::Empty)
     )]
     async fn fire(&self, saga_id: Uuid, now: i64, cancel: &CancellationToken) -> Fired {
-        let span = tracing::Span::current();
-        let outcome = retry::until_cancelled(
-            cancel,
-            "handling a saga timer",
-            |e: &crate::Error| e.is_transient(),
-            || {
-                self.store.transition(saga_id, now, |state| {
-                    let trace = platform::trace::continue_trace(&span, &state.trace);
-                    span.record("saga_type", state.saga_type.as_str());
-                    span.record("step", state.current_step());
-                    self.sagas.on_timer(state, now).traced(&trace)
-                })
-            },
+        let outcome = transition(
+            &self.store,
+            saga_id,
+            now,
+            &tracing::Span::current(),
+            Persist::UntilCancelled(cancel),
+            |state| self.sagas.on_timer(state, now),
         )
         .await;
         if !matches!(outcome, Retried::Permanent(_)) {
@@ -172,19 +162,23 @@ impl Timers {
     /// out of the way and the error is logged at every attempt.
     async fn park(&self, saga_id: Uuid, now: i64, failures: u32, error: &crate::Error) {
         let why = format!("its timer failed {failures} times: {error}");
-        match self
-            .store
-            .transition(saga_id, now, |state| {
-                engine::park_after_failures(state, now, why.clone())
-            })
-            .await
-        {
-            Ok(Some(Changed::Parked { reason, .. })) => {
+        let parked = transition(
+            &self.store,
+            saga_id,
+            now,
+            &tracing::Span::current(),
+            Persist::Request,
+            |state| engine::park_after_failures(state, now, why.clone()),
+        )
+        .await;
+        match parked {
+            Retried::Ok(Some(Changed::Parked { reason, .. })) => {
                 self.forget_failures(saga_id);
                 tracing::error!(%reason, "saga parked for an operator (POST /sagas/{{id}}/retry resumes it)");
             }
-            Ok(_) => self.forget_failures(saga_id),
-            Err(e) => tracing::error!(error = %e, "cannot park the saga either"),
+            Retried::Ok(_) => self.forget_failures(saga_id),
+            Retried::Permanent(e) => tracing::error!(error = %e, "cannot park the saga either"),
+            Retried::Cancelled => {}
         }
     }
 }

@@ -36,7 +36,6 @@ pub use error::ApiError;
 pub use limits::{ApiArgs, ApiConfig, LongPolls};
 
 use crate::intake::{Intake, Ticket};
-use crate::relay::Relay;
 use crate::saga::Sagas;
 use crate::store::SagaStore;
 
@@ -93,7 +92,6 @@ pub struct AppParts {
     pub sagas: Sagas,
     /// Every topic, by role (for `/asyncapi.json`).
     pub topics: platform::Topics,
-    pub relay: Relay,
     /// Used by `/health` to ask the cluster for metadata.
     pub producer: FutureProducer,
     /// Metrics and readiness of the process.

@@ -12,6 +12,8 @@ use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::saga::engine::{self, Ignored};
 use crate::saga::{Attempt, SagaState, SagaStatus, Sagas, StepKind, StepStatus};
 use crate::store::{Changed, ListFilter};
+use crate::transition::{transition, Persist};
+use platform::retry::Retried;
 
 /// CampusG's page size.
 const DEFAULT_LIMIT: i64 = 100;
@@ -316,10 +318,6 @@ impl Accepted {
     }
 }
 
-/// How many times an operator command is decided again after losing a version race, before the
-/// client is told to retry (503).
-const CONFLICT_RETRIES: u32 = 5;
-
 /// An operator command on one saga: the engine function that applies it, and its past tense.
 type Command = fn(&Sagas, &SagaState, i64) -> engine::Decision;
 
@@ -356,25 +354,14 @@ async fn command(
         command = verb,
         trace_id = tracing::field::Empty,
     );
-    // A version conflict means another writer (an instance handling a reply, a timer) stored
-    // the saga between our read and our write: decide again on the fresh state.
-    let mut attempt = 0;
-    let outcome = loop {
-        let result = app
-            .store
-            .transition(saga_id, now, |s| {
-                let trace = platform::trace::continue_trace(&span, &s.trace);
-                span.record("saga_type", s.saga_type.as_str());
-                apply(&app.sagas, s, now).traced(&trace)
-            })
-            .await;
-        match result {
-            Err(crate::Error::Conflict(_)) if attempt < CONFLICT_RETRIES => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
-            }
-            other => break other?,
-        }
+    let outcome = match transition(&app.store, saga_id, now, &span, Persist::Request, |s| {
+        apply(&app.sagas, s, now)
+    })
+    .await
+    {
+        Retried::Ok(outcome) => outcome,
+        Retried::Permanent(e) => return Err(e.into()),
+        Retried::Cancelled => return Err(ApiError::Timeout),
     };
     respond(app, saga_id, outcome, verb).await
 }
@@ -387,10 +374,7 @@ async fn respond(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     match outcome {
         None => Err(ApiError::NotFound(format!("no saga with id {saga_id}"))),
-        Some(Changed::Yes { status, messages }) => {
-            if messages > 0 {
-                app.relay.notify();
-            }
+        Some(Changed::Yes { status, .. }) => {
             tracing::info!(saga_id = %saga_id, status = status.as_str(), "saga {verb}");
             Ok((StatusCode::ACCEPTED, Accepted::new(saga_id, status, verb)))
         }

@@ -170,20 +170,19 @@ impl SagaStore {
             .collect();
         self.announce_ended(&mut tx, &ended).await?;
         tx.commit().await?;
-        for state in ended {
-            self.ended(state);
-        }
+        self.after_commit(
+            sagas
+                .values()
+                .filter(|(_, _, applied)| *applied > 0)
+                .filter_map(|(_, state, _)| before.get(&state.saga_id).map(|b| (Some(b), state))),
+            messages.len(),
+        );
         let duplicates = outcomes
             .iter()
             .filter(|o| **o == ReplyOutcome::Duplicate)
             .count();
         if duplicates > 0 {
             self.metrics.inbox_duplicates.inc_by(duplicates as u64);
-        }
-        for (_, state, applied) in sagas.values() {
-            if let (true, Some(b)) = (*applied > 0, before.get(&state.saga_id)) {
-                observe::observe(&self.metrics, b, state);
-            }
         }
         Ok(outcomes)
     }

@@ -147,6 +147,8 @@ pub struct SagaStore {
     metrics: Metrics,
     /// Where the definitions of stored sagas are looked up, and recorded ones learnt.
     definitions: Option<Arc<crate::saga::Registry>>,
+    /// Signalled after every commit that wrote outbox rows: the relay waits on it.
+    outbox_written: Arc<tokio::sync::Notify>,
 }
 
 impl SagaStore {
@@ -156,6 +158,7 @@ impl SagaStore {
             watchers: Default::default(),
             metrics,
             definitions: None,
+            outbox_written: Default::default(),
         }
     }
 
@@ -163,13 +166,37 @@ impl SagaStore {
         &self.metrics
     }
 
-    /// Tells waiters of `state`'s saga that it ended, if it did; if it runs (again), forgets
-    /// any final state handed out before.
-    fn ended(&self, state: &SagaState) {
-        if has_ended(state) {
-            self.watchers.wake(state);
-        } else {
-            self.watchers.reopened(state.saga_id);
+    /// What the relay waits on: signalled once committed transactions wrote outbox rows. A
+    /// signal while the relay is busy is kept, so it runs another round.
+    pub fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_written.clone()
+    }
+
+    /// Everything a commit causes, run once it has committed and only then, for every writer
+    /// (replies, timers, new sagas, cancel and retry): the relay woken for the `messages` it
+    /// wrote, the waiters of each saga it `moved` told that it ended (or, running again, any
+    /// final state handed out forgotten), and the transitions counted (`None` before: a new
+    /// saga).
+    fn after_commit<'a>(
+        &self,
+        moved: impl IntoIterator<Item = (Option<&'a Before>, &'a SagaState)>,
+        messages: usize,
+    ) {
+        if messages > 0 {
+            self.outbox_written.notify_one();
+        }
+        for (before, state) in moved {
+            match before {
+                None => observe::started(&self.metrics, state),
+                Some(before) => {
+                    if has_ended(state) {
+                        self.watchers.wake(state);
+                    } else {
+                        self.watchers.reopened(state.saga_id);
+                    }
+                    observe::observe(&self.metrics, before, state);
+                }
+            }
         }
     }
 

@@ -75,10 +75,13 @@ impl SagaStore {
             insert_outbox(&mut tx, self.db.engine, &messages, now).await?;
         }
         tx.commit().await?;
+        self.after_commit(
+            sagas.iter().filter(|s| is_new(s)).map(|s| (None, &s.state)),
+            messages.len(),
+        );
         let mut results = Vec::with_capacity(sagas.len());
         for saga in sagas {
             if is_new(saga) {
-                observe::started(&self.metrics, &saga.state);
                 results.push(Ok(Created::New));
                 continue;
             }
@@ -194,8 +197,7 @@ impl SagaStore {
                     self.announce_ended(&mut tx, &[&state]).await?;
                 }
                 tx.commit().await?;
-                self.ended(&state);
-                observe::observe(&self.metrics, &before, &state);
+                self.after_commit([(Some(&before), &state)], messages);
                 match (&state.parked, before.was_parked()) {
                     (Some(reason), false) => Ok(Some(Changed::Parked {
                         status: state.status,
