@@ -104,7 +104,7 @@ impl Orchestrator {
             tracing::info!(saga_type = %d.saga_type, version = d.version, steps = d.steps.len(), "saga definition loaded");
         }
         crate::observe::declare(
-            &ops.metrics,
+            store.saga_metrics(),
             sagas.registry.types().map(|d| d.saga_type.clone()),
         );
         let producer = config.kafka.producer()?;

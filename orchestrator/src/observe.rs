@@ -2,11 +2,205 @@
 //! changed (the state before and after), not counted inside the engine, so the engine stays pure
 //! and a transition that rolls back (a version conflict, retried on fresh state) counts nothing.
 
-use platform::metrics::{
-    CompensationFailureLabels, EndLabels, Metrics, SagaLabels, StepLabels, StepOutcomeLabels,
-};
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use platform::metrics::{HistogramFamily, Metrics};
 
 use crate::saga::{SagaState, SagaStatus, StepKind, StepStatus};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaLabels {
+    pub saga_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    pub saga_type: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub saga_type: String,
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepOutcomeLabels {
+    pub saga_type: String,
+    pub step: String,
+    /// `forward` or `compensation`.
+    pub kind: String,
+    /// `completed` or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompensationFailureLabels {
+    pub saga_type: String,
+    pub step: String,
+    /// `refused` (the participant said no) or `timed_out` (no answer in time).
+    pub reason: String,
+}
+
+fn saga_buckets() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+        3600.0,
+    ])
+}
+
+fn step_buckets() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0,
+    ])
+}
+
+
+/// The orchestrator's own families: sagas, steps, the outbox and the inbox. Registered in the
+/// process's registry once (see [`Metrics::component`]).
+pub struct SagaMetrics {
+    pub sagas_started: Family<SagaLabels, Counter>,
+    pub sagas_ended: Family<EndLabels, Counter>,
+    pub saga_duration: HistogramFamily<EndLabels>,
+    pub step_duration: HistogramFamily<StepOutcomeLabels>,
+    pub command_resends: Family<StepLabels, Counter>,
+    pub step_give_ups: Family<StepLabels, Counter>,
+    pub compensations: Family<StepOutcomeLabels, Counter>,
+    pub compensation_failures: Family<CompensationFailureLabels, Counter>,
+    pub outbox_unsent: Gauge,
+    /// Sagas not yet ended (STARTED, COMPENSATING, CANCELLING), read at scrape time.
+    pub sagas_in_flight: Gauge,
+    /// Sagas set aside for an operator (parked), read at scrape time.
+    pub sagas_parked: Gauge,
+    /// Age of the oldest saga not yet ended (0 when none), read at scrape time.
+    pub oldest_running_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Dead letters kept in the orchestrator's database, waiting for the topic.
+    pub dead_letters_stored: Gauge,
+    pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub inbox_duplicates: Counter,
+}
+
+impl std::fmt::Debug for SagaMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SagaMetrics")
+    }
+}
+
+impl SagaMetrics {
+    /// The orchestrator's families in `metrics`, registered there the first time.
+    pub fn of(metrics: &Metrics) -> Arc<SagaMetrics> {
+        metrics.component(Self::register)
+    }
+
+    fn register(r: &mut Registry) -> SagaMetrics {
+        let m = SagaMetrics {
+            sagas_started: Family::default(),
+            sagas_ended: Family::default(),
+            saga_duration: Family::new_with_constructor(saga_buckets),
+            step_duration: Family::new_with_constructor(step_buckets),
+            command_resends: Family::default(),
+            step_give_ups: Family::default(),
+            compensations: Family::default(),
+            compensation_failures: Family::default(),
+            outbox_unsent: Gauge::default(),
+            sagas_in_flight: Gauge::default(),
+            sagas_parked: Gauge::default(),
+            oldest_running_age: Gauge::default(),
+            dead_letters_stored: Gauge::default(),
+            outbox_oldest_age: Gauge::default(),
+            inbox_duplicates: Counter::default(),
+        };
+        r.register(
+            "saga_started",
+            "Sagas started (stored with their first command), by saga type",
+            m.sagas_started.clone(),
+        );
+        r.register(
+            "saga_ended",
+            "Sagas that reached a final status (COMPLETED, COMPENSATED, CANCELLED, FAILED); a FAILED saga retried ends again",
+            m.sagas_ended.clone(),
+        );
+        r.register_with_unit(
+            "saga_duration",
+            "Time from a saga's start to its final status",
+            Unit::Seconds,
+            m.saga_duration.clone(),
+        );
+        r.register_with_unit(
+            "saga_step_duration",
+            "Time from a step's (or compensation's) first command to the reply that settled it, or to giving up",
+            Unit::Seconds,
+            m.step_duration.clone(),
+        );
+        r.register(
+            "saga_command_resends",
+            "Commands sent again because their reply was overdue (or a compensation was refused)",
+            m.command_resends.clone(),
+        );
+        r.register(
+            "saga_step_give_ups",
+            "Forward steps given up for lack of a reply (they are compensated as if they ran)",
+            m.step_give_ups.clone(),
+        );
+        r.register(
+            "saga_compensations",
+            "Compensations settled: completed, or failed (the saga is FAILED)",
+            m.compensations.clone(),
+        );
+        r.register(
+            "saga_compensation_attempt_failures",
+            "Compensation attempts that were refused or got no answer in time (each is retried)",
+            m.compensation_failures.clone(),
+        );
+        r.register(
+            "saga_in_flight",
+            "Sagas that have not ended yet (STARTED, COMPENSATING, CANCELLING)",
+            m.sagas_in_flight.clone(),
+        );
+        r.register(
+            "saga_parked",
+            "Sagas parked for an operator (a definition version not loaded, a timer failing for good): POST /sagas/{id}/retry",
+            m.sagas_parked.clone(),
+        );
+        r.register_with_unit(
+            "saga_oldest_running_age",
+            "Age of the oldest saga that has not ended (0 when none)",
+            Unit::Seconds,
+            m.oldest_running_age.clone(),
+        );
+        r.register(
+            "dead_letters_stored",
+            "Dead letters kept in the orchestrator's database because the dead-letter topic would not take them",
+            m.dead_letters_stored.clone(),
+        );
+        r.register(
+            "saga_outbox_unsent_messages",
+            "Messages written to the outbox and not yet published to Kafka",
+            m.outbox_unsent.clone(),
+        );
+        r.register_with_unit(
+            "saga_outbox_oldest_unsent_age",
+            "Age of the oldest unpublished outbox message (0 when none)",
+            Unit::Seconds,
+            m.outbox_oldest_age.clone(),
+        );
+        r.register(
+            "saga_inbox_duplicates",
+            "Replies received again and ignored because the inbox had their message id",
+            m.inbox_duplicates.clone(),
+        );
+        m
+    }
+}
 
 /// What [`observe`] needs of the state before a transition: small, so a batch keeps one per saga
 /// without cloning whole states.
@@ -52,7 +246,7 @@ impl Before {
 }
 
 /// A saga was stored for the first time.
-pub fn started(metrics: &Metrics, state: &SagaState) {
+pub fn started(metrics: &SagaMetrics, state: &SagaState) {
     metrics
         .sagas_started
         .get_or_create(&SagaLabels {
@@ -62,7 +256,7 @@ pub fn started(metrics: &Metrics, state: &SagaState) {
 }
 
 /// Counts what the committed transition from `before` to `after` did.
-pub fn observe(metrics: &Metrics, before: &Before, after: &SagaState) {
+pub fn observe(metrics: &SagaMetrics, before: &Before, after: &SagaState) {
     let saga_type = &after.saga_type;
     if after.status.is_terminal() && after.status != before.status {
         let labels = EndLabels {
@@ -171,7 +365,7 @@ fn seconds(ms: i64) -> f64 {
 
 /// Every series an alert watches, created at zero for the loaded saga types: a counter that
 /// was never incremented is not exported, and `increase()` cannot see the first FAILED saga.
-pub fn declare(metrics: &Metrics, saga_types: impl Iterator<Item = String>) {
+pub fn declare(metrics: &SagaMetrics, saga_types: impl Iterator<Item = String>) {
     for saga_type in saga_types {
         let _ = metrics.sagas_started.get_or_create(&SagaLabels {
             saga_type: saga_type.clone(),
@@ -193,7 +387,7 @@ mod tests {
     use super::*;
     use crate::saga::engine::{self, Decision, Policy, Reply};
 
-    fn apply(metrics: &Metrics, state: &SagaState, d: Decision) -> SagaState {
+    fn apply(metrics: &SagaMetrics, state: &SagaState, d: Decision) -> SagaState {
         match d {
             Decision::Applied { state: next, .. } => {
                 observe(metrics, &Before::of(state), &next);
@@ -228,7 +422,8 @@ mod tests {
 
     #[test]
     fn a_declined_payment_counts_one_end_its_steps_and_one_compensation() {
-        let m = Metrics::new();
+        let metrics = Metrics::new();
+        let m = SagaMetrics::of(&metrics);
         let def = crate::saga::create_order();
         let (mut s, _) = engine::start(
             &def,
@@ -248,7 +443,7 @@ mod tests {
             s = apply(&m, &s, d);
         }
         assert_eq!(s.status, SagaStatus::Compensated);
-        let text = m.render();
+        let text = metrics.render();
         let co = "saga_type=\"create_order\"";
         assert_eq!(
             value(&text, &format!("saga_started_total{{{co}}}")).as_deref(),
@@ -284,7 +479,8 @@ mod tests {
 
     #[test]
     fn re_sends_and_a_give_up_are_counted_once_each() {
-        let m = Metrics::new();
+        let metrics = Metrics::new();
+        let m = SagaMetrics::of(&metrics);
         let def = crate::saga::create_order();
         let policy = Policy {
             max_attempts: 3,
@@ -297,7 +493,7 @@ mod tests {
             let d = engine::on_timer(&def, &policy, &s, now);
             s = apply(&m, &s, d);
         }
-        let text = m.render();
+        let text = metrics.render();
         let labels = "saga_type=\"create_order\",step=\"create_order\"";
         assert_eq!(
             value(&text, &format!("saga_command_resends_total{{{labels}}}")).as_deref(),
@@ -311,7 +507,7 @@ mod tests {
         observe(&m, &Before::of(&s), &s);
         assert_eq!(
             value(
-                &m.render(),
+                &metrics.render(),
                 &format!("saga_command_resends_total{{{labels}}}")
             )
             .as_deref(),

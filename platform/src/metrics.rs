@@ -26,41 +26,6 @@ use crate::db::Db;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SagaLabels {
-    pub saga_type: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndLabels {
-    pub saga_type: String,
-    pub status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
-    pub saga_type: String,
-    pub step: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepOutcomeLabels {
-    pub saga_type: String,
-    pub step: String,
-    /// `forward` or `compensation`.
-    pub kind: String,
-    /// `completed` or `failed`.
-    pub outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CompensationFailureLabels {
-    pub saga_type: String,
-    pub step: String,
-    /// `refused` (the participant said no) or `timed_out` (no answer in time).
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeadLetterLabels {
     pub component: String,
     /// A small fixed set: `unreadable`, `unknown_saga`, `rejected`, `failed`.
@@ -111,21 +76,8 @@ pub struct PoolMaxLabels {
     pub pool: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn saga_buckets() -> Histogram {
-    Histogram::new([
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-        3600.0,
-    ])
-}
-
-fn step_buckets() -> Histogram {
-    Histogram::new([
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        300.0,
-    ])
-}
+/// A histogram family whose buckets come from a function.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn http_buckets() -> Histogram {
     Histogram::new([
@@ -138,27 +90,10 @@ fn http_buckets() -> Histogram {
 pub struct Metrics(Arc<Families>);
 
 pub struct Families {
-    registry: Registry,
-    // The orchestrator: sagas and steps.
-    pub sagas_started: Family<SagaLabels, Counter>,
-    pub sagas_ended: Family<EndLabels, Counter>,
-    pub saga_duration: HistogramFamily<EndLabels>,
-    pub step_duration: HistogramFamily<StepOutcomeLabels>,
-    pub command_resends: Family<StepLabels, Counter>,
-    pub step_give_ups: Family<StepLabels, Counter>,
-    pub compensations: Family<StepOutcomeLabels, Counter>,
-    pub compensation_failures: Family<CompensationFailureLabels, Counter>,
-    pub outbox_unsent: Gauge,
-    /// Sagas not yet ended (STARTED, COMPENSATING, CANCELLING), read at scrape time.
-    pub sagas_in_flight: Gauge,
-    /// Sagas set aside for an operator (parked), read at scrape time.
-    pub sagas_parked: Gauge,
-    /// Age of the oldest saga not yet ended (0 when none), read at scrape time.
-    pub oldest_running_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    /// Dead letters kept in the orchestrator's database, waiting for the topic.
-    pub dead_letters_stored: Gauge,
-    pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub inbox_duplicates: Counter,
+    /// Locked only to register a component's families (once per process) and to render.
+    registry: Mutex<Registry>,
+    /// Each component's own families (see [`Metrics::component`]), once per process.
+    components: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     // Every Kafka consumer.
     pub messages_handled: Family<HandledLabels, Counter>,
     pub dead_letters: Family<DeadLetterLabels, Counter>,
@@ -195,21 +130,6 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::default();
         let f = Families {
-            sagas_started: Family::default(),
-            sagas_ended: Family::default(),
-            saga_duration: Family::new_with_constructor(saga_buckets),
-            step_duration: Family::new_with_constructor(step_buckets),
-            command_resends: Family::default(),
-            step_give_ups: Family::default(),
-            compensations: Family::default(),
-            compensation_failures: Family::default(),
-            outbox_unsent: Gauge::default(),
-            sagas_in_flight: Gauge::default(),
-            sagas_parked: Gauge::default(),
-            oldest_running_age: Gauge::default(),
-            dead_letters_stored: Gauge::default(),
-            outbox_oldest_age: Gauge::default(),
-            inbox_duplicates: Counter::default(),
             messages_handled: Family::default(),
             dead_letters: Family::default(),
             consumer_lag: Family::default(),
@@ -218,87 +138,9 @@ impl Metrics {
             pool_connections: Family::default(),
             pool_max: Family::default(),
             pools: Mutex::new(Vec::new()),
-            registry: Registry::default(),
+            registry: Mutex::new(Registry::default()),
+            components: Mutex::new(Vec::new()),
         };
-        r.register(
-            "saga_started",
-            "Sagas started (stored with their first command), by saga type",
-            f.sagas_started.clone(),
-        );
-        r.register(
-            "saga_ended",
-            "Sagas that reached a final status (COMPLETED, COMPENSATED, CANCELLED, FAILED); a FAILED saga retried ends again",
-            f.sagas_ended.clone(),
-        );
-        r.register_with_unit(
-            "saga_duration",
-            "Time from a saga's start to its final status",
-            Unit::Seconds,
-            f.saga_duration.clone(),
-        );
-        r.register_with_unit(
-            "saga_step_duration",
-            "Time from a step's (or compensation's) first command to the reply that settled it, or to giving up",
-            Unit::Seconds,
-            f.step_duration.clone(),
-        );
-        r.register(
-            "saga_command_resends",
-            "Commands sent again because their reply was overdue (or a compensation was refused)",
-            f.command_resends.clone(),
-        );
-        r.register(
-            "saga_step_give_ups",
-            "Forward steps given up for lack of a reply (they are compensated as if they ran)",
-            f.step_give_ups.clone(),
-        );
-        r.register(
-            "saga_compensations",
-            "Compensations settled: completed, or failed (the saga is FAILED)",
-            f.compensations.clone(),
-        );
-        r.register(
-            "saga_compensation_attempt_failures",
-            "Compensation attempts that were refused or got no answer in time (each is retried)",
-            f.compensation_failures.clone(),
-        );
-        r.register(
-            "saga_in_flight",
-            "Sagas that have not ended yet (STARTED, COMPENSATING, CANCELLING)",
-            f.sagas_in_flight.clone(),
-        );
-        r.register(
-            "saga_parked",
-            "Sagas parked for an operator (a definition version not loaded, a timer failing for good): POST /sagas/{id}/retry",
-            f.sagas_parked.clone(),
-        );
-        r.register_with_unit(
-            "saga_oldest_running_age",
-            "Age of the oldest saga that has not ended (0 when none)",
-            Unit::Seconds,
-            f.oldest_running_age.clone(),
-        );
-        r.register(
-            "dead_letters_stored",
-            "Dead letters kept in the orchestrator's database because the dead-letter topic would not take them",
-            f.dead_letters_stored.clone(),
-        );
-        r.register(
-            "saga_outbox_unsent_messages",
-            "Messages written to the outbox and not yet published to Kafka",
-            f.outbox_unsent.clone(),
-        );
-        r.register_with_unit(
-            "saga_outbox_oldest_unsent_age",
-            "Age of the oldest unpublished outbox message (0 when none)",
-            Unit::Seconds,
-            f.outbox_oldest_age.clone(),
-        );
-        r.register(
-            "saga_inbox_duplicates",
-            "Replies received again and ignored because the inbox had their message id",
-            f.inbox_duplicates.clone(),
-        );
         r.register(
             "messages_handled",
             "Kafka messages a component finished with, by outcome",
@@ -335,7 +177,31 @@ impl Metrics {
             "The most connections a pool opens",
             f.pool_max.clone(),
         );
-        Metrics(Arc::new(Families { registry: r, ..f }))
+        Metrics(Arc::new(Families {
+            registry: Mutex::new(r),
+            ..f
+        }))
+    }
+
+    /// The families of one component, registered the first time it asks (by `register`) and
+    /// shared after: a component restarted in the same process (the all-in-one `cargo run`, a
+    /// test) counts on in the same series, and no family appears twice in a scrape. Keeps the
+    /// families a component alone knows (the orchestrator's sagas and steps) in that component.
+    pub fn component<T: Send + Sync + 'static>(
+        &self,
+        register: impl FnOnce(&mut Registry) -> T,
+    ) -> Arc<T> {
+        let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = components
+            .iter()
+            .find_map(|c| c.clone().downcast::<T>().ok())
+        {
+            return found;
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let families = Arc::new(register(&mut registry));
+        components.push(families.clone());
+        families
     }
 
     /// Reports `db`'s pools as `component`'s at every scrape.
@@ -350,7 +216,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.refresh_pools();
         let mut out = String::with_capacity(16 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             // Writing to a String cannot fail; say so rather than serve half a page.
             out.clear();
             let _ = writeln!(out, "# encoding failed\n# EOF");
@@ -415,17 +282,30 @@ mod tests {
     #[test]
     fn families_render_with_conventional_names_and_buckets() {
         let m = Metrics::new();
-        m.sagas_started
-            .get_or_create(&SagaLabels {
-                saga_type: "create_order".into(),
+        let register = |r: &mut Registry| {
+            let started: Family<GroupLabels, Counter> = Family::default();
+            r.register("saga_started", "Sagas started", started.clone());
+            started
+        };
+        let started = m.component(register);
+        started
+            .get_or_create(&GroupLabels {
+                group: "create_order".into(),
+            })
+            .inc();
+        // Asked again (a component restarted in the process): the same family, once.
+        m.component(register)
+            .get_or_create(&GroupLabels {
+                group: "create_order".into(),
             })
             .inc();
         m.http_request("GET", "/sagas/{id}", 200, Duration::from_millis(3));
         let text = m.render();
         assert!(
-            text.contains("saga_started_total{saga_type=\"create_order\"} 1"),
+            text.contains("saga_started_total{group=\"create_order\"} 2"),
             "{text}"
         );
+        assert_eq!(text.matches("# TYPE saga_started counter").count(), 1, "{text}");
         assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
         assert!(text.contains(
             "http_server_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/sagas/{id}\",status=\"200\"} 1"

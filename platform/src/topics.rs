@@ -1,7 +1,10 @@
 //! `topics.json`: the single source of topic names and settings.
 //!
 //! Code never spells a topic name; it asks [`Topics`] for the topic by its role
-//! (`topics.order_commands.name`). The file at the repository root is compiled in as the default,
+//! (`topics.require("order_commands")`). The platform knows one role itself, the dead-letter
+//! topic every component writes to; every other role is the deployment's (its participants'
+//! `*_commands` and `*_events`, the saga lifecycle events), named in `topics.json`, in saga
+//! definitions and in `messages.toml`. The file at the repository root is compiled in as the default,
 //! and `TOPICS_FILE` can point a deployment at its own copy (other names, more partitions, a
 //! higher replication factor) without a rebuild.
 
@@ -28,24 +31,15 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
-/// Every topic of the system, by role. The roles the stub services and the orchestrator use are
-/// fields; a deployment adds roles for its own participants (`"shipping_commands": {...}`), which
-/// saga definitions and `messages.toml` then name like any other.
+/// Every topic of the system, by role. A participant added to a deployment brings its roles
+/// (`"shipping_commands": {...}`), which saga definitions and `messages.toml` then name.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Topics {
-    pub order_commands: TopicSpec,
-    pub order_events: TopicSpec,
-    pub user_commands: TopicSpec,
-    pub user_events: TopicSpec,
-    pub payment_commands: TopicSpec,
-    pub payment_events: TopicSpec,
-    /// Saga lifecycle events published by the orchestrator (started, completed, compensated...).
-    pub notification_events: TopicSpec,
     /// Messages that could not be handled, with headers saying where they came from and why.
     pub dead_letter: TopicSpec,
-    /// Further roles, by name.
+    /// Every other topic, by role.
     #[serde(flatten)]
-    pub others: BTreeMap<String, TopicSpec>,
+    pub by_role: BTreeMap<String, TopicSpec>,
 }
 
 /// Where the topics come from and how they are named on the broker (`TOPICS_FILE`,
@@ -98,18 +92,7 @@ impl Topics {
     }
 
     fn all_mut(&mut self) -> impl Iterator<Item = &mut TopicSpec> {
-        [
-            &mut self.order_commands,
-            &mut self.order_events,
-            &mut self.user_commands,
-            &mut self.user_events,
-            &mut self.payment_commands,
-            &mut self.payment_events,
-            &mut self.notification_events,
-            &mut self.dead_letter,
-        ]
-        .into_iter()
-        .chain(self.others.values_mut())
+        std::iter::once(&mut self.dead_letter).chain(self.by_role.values_mut())
     }
 
     /// Parses and checks a `topics.json` document.
@@ -141,25 +124,29 @@ impl Topics {
         self.roles().map(|(_, t)| t).collect()
     }
 
-    /// Every topic with its role, the built-in roles first.
+    /// Every topic with its role: the dead-letter topic, then the others by name.
     pub fn roles(&self) -> impl Iterator<Item = (&str, &TopicSpec)> {
-        [
-            ("order_commands", &self.order_commands),
-            ("order_events", &self.order_events),
-            ("user_commands", &self.user_commands),
-            ("user_events", &self.user_events),
-            ("payment_commands", &self.payment_commands),
-            ("payment_events", &self.payment_events),
-            ("notification_events", &self.notification_events),
-            ("dead_letter", &self.dead_letter),
-        ]
-        .into_iter()
-        .chain(self.others.iter().map(|(k, v)| (k.as_str(), v)))
+        std::iter::once(("dead_letter", &self.dead_letter))
+            .chain(self.by_role.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// The topic of a role (`"order_commands"`), as saga definitions name it.
     pub fn role(&self, role: &str) -> Option<&TopicSpec> {
-        self.roles().find(|(r, _)| *r == role).map(|(_, t)| t)
+        match role {
+            "dead_letter" => Some(&self.dead_letter),
+            _ => self.by_role.get(role),
+        }
+    }
+
+    /// The topic of a role a component cannot run without; the error names the role, who needs
+    /// it, and the roles topics.json has.
+    pub fn require(&self, role: &str, needed_by: &str) -> Result<&TopicSpec> {
+        self.role(role).ok_or_else(|| {
+            Error::TopicsInvalid(format!(
+                "topics.json has no role {role:?}, which {needed_by} needs (it has: {})",
+                self.roles().map(|(r, _)| r).collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -196,8 +183,14 @@ mod tests {
     #[test]
     fn the_repository_topics_file_is_valid_and_complete() {
         let topics = Topics::load(None).unwrap();
-        assert_eq!(topics.order_commands.name, "order_commands");
+        assert_eq!(topics.role("order_commands").unwrap().name, "order_commands");
         assert_eq!(topics.all().len(), 8);
+        let err = topics.require("shipping_commands", "the shipping service").unwrap_err();
+        assert!(
+            err.to_string().contains("\"shipping_commands\", which the shipping service needs")
+                && err.to_string().contains("order_commands"),
+            "{err}"
+        );
         assert!(topics.all().iter().all(|t| t.partitions >= 1));
     }
 
@@ -226,7 +219,7 @@ mod tests {
     #[test]
     fn a_prefix_renames_every_topic_and_keeps_the_roles() {
         let topics = Topics::load(None).unwrap().prefixed("staging.").unwrap();
-        assert_eq!(topics.order_commands.name, "staging.order_commands");
+        assert_eq!(topics.role("order_commands").unwrap().name, "staging.order_commands");
         assert_eq!(topics.dead_letter.name, "staging.saga_dead_letter");
         assert_eq!(
             topics.role("user_events").unwrap().name,

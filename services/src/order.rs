@@ -13,7 +13,7 @@ use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
 use platform::db::{self, Engine, Migrations};
-use platform::{Envelope, TopicSpec, Topics};
+use platform::Envelope;
 
 use crate::runtime::{
     column, field, pairs, reject_on_err, CommandService, Outcome, Outcomes, StatusStep,
@@ -35,13 +35,8 @@ impl CommandService for OrderService {
         }
     }
 
-    fn commands(topics: &Topics) -> &TopicSpec {
-        &topics.order_commands
-    }
-
-    fn replies(topics: &Topics) -> &TopicSpec {
-        &topics.order_events
-    }
+    const COMMANDS: &'static str = "order_commands";
+    const REPLIES: &'static str = "order_events";
 
     async fn handle(
         &self,

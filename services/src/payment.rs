@@ -15,7 +15,7 @@ use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
 use platform::db::{self, Engine, Migrations};
-use platform::{Envelope, TopicSpec, Topics};
+use platform::Envelope;
 
 use crate::runtime::{column, field, reject_on_err, CommandService, Outcome, Outcomes, StatusStep};
 use crate::Result;
@@ -38,13 +38,8 @@ impl CommandService for PaymentService {
         }
     }
 
-    fn commands(topics: &Topics) -> &TopicSpec {
-        &topics.payment_commands
-    }
-
-    fn replies(topics: &Topics) -> &TopicSpec {
-        &topics.payment_events
-    }
+    const COMMANDS: &'static str = "payment_commands";
+    const REPLIES: &'static str = "payment_events";
 
     async fn handle(
         &self,

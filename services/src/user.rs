@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::{Any, Transaction};
 
 use platform::db::{self, Engine, Migrations};
-use platform::{Envelope, TopicSpec, Topics};
+use platform::Envelope;
 
 use crate::runtime::{field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
 use crate::Result;
@@ -28,13 +28,8 @@ impl CommandService for UserService {
         }
     }
 
-    fn commands(topics: &Topics) -> &TopicSpec {
-        &topics.user_commands
-    }
-
-    fn replies(topics: &Topics) -> &TopicSpec {
-        &topics.user_events
-    }
+    const COMMANDS: &'static str = "user_commands";
+    const REPLIES: &'static str = "user_events";
 
     async fn handle(
         &self,

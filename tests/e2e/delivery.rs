@@ -67,12 +67,12 @@ async fn replies_of_passed_steps_delivered_again_while_the_saga_waits_change_not
         (
             "orders",
             "create_order",
-            app.config.topics.order_events.name.clone(),
+            app.config.topics.role("order_events").unwrap().name.clone(),
         ),
         (
             "users",
             "get_payment_info",
-            app.config.topics.user_events.name.clone(),
+            app.config.topics.role("user_events").unwrap().name.clone(),
         ),
     ] {
         let db = app.db(service).await;
@@ -133,13 +133,13 @@ async fn a_redelivered_command_gets_the_same_reply_and_one_effect() {
         &db,
         &format!(
             "SELECT payload FROM outbox WHERE msg_key = $1 AND topic = '{}'",
-            app.config.topics.payment_commands.name
+            app.config.topics.role("payment_commands").unwrap().name
         ),
         &id,
     )
     .await
     .expect("authorize_payment in the outbox");
-    let topic = app.config.topics.payment_commands.name.clone();
+    let topic = app.config.topics.role("payment_commands").unwrap().name.clone();
     app.produce(&topic, &id, command.as_bytes()).await;
     // The payment service answers the re-sent command with its stored reply: same message id,
     // so the orchestrator's inbox drops it.
@@ -167,7 +167,7 @@ async fn a_redelivered_command_gets_the_same_reply_and_one_effect() {
         .await,
         1
     );
-    app.sync_orchestrator(&app.config.topics.payment_events.name, &id)
+    app.sync_orchestrator(&app.config.topics.role("payment_events").unwrap().name, &id)
         .await;
     let (_, saga) = app.get_saga(&id).await;
     assert_eq!(saga["status"], "COMPLETED");
@@ -245,7 +245,7 @@ async fn a_retried_post_with_the_same_idempotency_key_returns_the_same_saga() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves_on() {
     let app = spawn_app().await;
-    let topic = app.config.topics.user_events.name.clone();
+    let topic = app.config.topics.role("user_events").unwrap().name.clone();
     let key = uuid::Uuid::new_v4().to_string();
     app.produce(&topic, &key, b"{this is not json").await;
     let headers = app.wait_dead_letter(b"{this is not json").await;
@@ -311,7 +311,7 @@ async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves
     );
 
     // Services dead-letter what they cannot read too, and keep serving.
-    let commands = app.config.topics.order_commands.name.clone();
+    let commands = app.config.topics.role("order_commands").unwrap().name.clone();
     app.produce(&commands, &key, b"garbage for the order service")
         .await;
     let headers = app.wait_dead_letter(b"garbage for the order service").await;
@@ -370,7 +370,7 @@ async fn concurrent_posts_with_one_idempotency_key_start_one_saga() {
                 &db,
                 &format!(
                     "SELECT COUNT(*) FROM outbox WHERE msg_key = $1 AND topic = '{}'",
-                    app.config.topics.order_commands.name
+                    app.config.topics.role("order_commands").unwrap().name
                 ),
                 id
             )
@@ -390,7 +390,7 @@ async fn commands_of_one_saga_fetched_together_take_effect_in_their_order() {
     // (of nothing yet) then create must end PENDING — whichever type a batch applies first.
     let app = spawn_app().await;
     let producer = app.producer();
-    let topic = app.config.topics.order_commands.name.clone();
+    let topic = app.config.topics.role("order_commands").unwrap().name.clone();
     let command = |saga: &uuid::Uuid, kind: &str, payload: Value| {
         serde_json::json!({
             "message_id": uuid::Uuid::new_v4(),
@@ -468,7 +468,7 @@ async fn a_reply_failing_for_good_is_tried_max_delivery_attempts_times_then_dead
         "timestamp": "2026-01-01T00:00:00.000Z",
         "payload": {"customer_id": "c-1", "payment_method_id": "pm_1"}})
     .to_string();
-    let events = app.config.topics.user_events.name.clone();
+    let events = app.config.topics.role("user_events").unwrap().name.clone();
     app.produce(&events, &id, reply.as_bytes()).await;
     let headers = app.wait_dead_letter(reply.as_bytes()).await;
     assert_eq!(
@@ -503,7 +503,7 @@ async fn a_reply_breaking_its_contract_is_dead_lettered_and_the_saga_waits_for_a
         "type": "user.payment_info_retrieved", "correlation_id": id, "causation_id": command,
         "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"customer_id": "c-contract"}})
     .to_string();
-    let events = app.config.topics.user_events.name.clone();
+    let events = app.config.topics.role("user_events").unwrap().name.clone();
     app.produce(&events, &id, forged.as_bytes()).await;
     let headers = app.wait_dead_letter(forged.as_bytes()).await;
     assert_eq!(headers["dlq.reason"], "rejected", "{headers:?}");
@@ -571,7 +571,7 @@ async fn a_refusal_delivered_twice_while_its_compensation_waits_counts_once() {
     let again = serde_json::json!({"message_id": refusal, "type": "order.cancel_failed",
         "correlation_id": id, "causation_id": cancel,
         "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"reason": "again"}});
-    let topic = app.config.topics.order_events.name.clone();
+    let topic = app.config.topics.role("order_events").unwrap().name.clone();
     app.produce(&topic, &id, again.to_string().as_bytes()).await;
     app.sync_orchestrator(&topic, &id).await;
 
@@ -853,7 +853,7 @@ async fn an_unwritable_dead_letter_topic_stops_nothing_and_letters_wait_in_the_d
     }
     use rdkafka::bindings::rd_kafka_resp_err_t as E;
     let (app, dlq) = with_the_dead_letter_topic_denied().await;
-    let topic = app.config.topics.user_events.name.clone();
+    let topic = app.config.topics.role("user_events").unwrap().name.clone();
     let key = uuid::Uuid::new_v4().to_string();
     app.produce(&topic, &key, b"{unreadable while the DLQ is denied")
         .await;
@@ -938,7 +938,7 @@ async fn a_reply_without_or_with_a_foreign_causation_is_dead_lettered_naming_why
         "get_payment_info",
     )
     .await;
-    let topic = app.config.topics.user_events.name.clone();
+    let topic = app.config.topics.role("user_events").unwrap().name.clone();
     let reply = |causation: Value| {
         serde_json::json!({
             "message_id": uuid::Uuid::new_v4(),
@@ -998,7 +998,7 @@ async fn a_dead_letter_nobody_takes_waits_and_the_consumer_goes_on() {
         .execute(&db)
         .await
         .unwrap();
-    let topic = app.config.topics.user_events.name.clone();
+    let topic = app.config.topics.role("user_events").unwrap().name.clone();
     let key = uuid::Uuid::new_v4().to_string();
     let unreadable = b"{nobody takes this letter";
     app.produce(&topic, &key, unreadable).await;

@@ -112,13 +112,13 @@ async fn malformed_and_unknown_messages_on_every_topic_are_dead_lettered_and_sag
     .to_string();
     let mut junk = Vec::new();
     for t in [
-        &topics.order_commands,
-        &topics.order_events,
-        &topics.user_commands,
-        &topics.user_events,
-        &topics.payment_commands,
-        &topics.payment_events,
-        &topics.notification_events,
+        topics.role("order_commands").unwrap(),
+        topics.role("order_events").unwrap(),
+        topics.role("user_commands").unwrap(),
+        topics.role("user_events").unwrap(),
+        topics.role("payment_commands").unwrap(),
+        topics.role("payment_events").unwrap(),
+        topics.role("notification_events").unwrap(),
     ] {
         let garbage = format!("\u{0}not json on {}", t.name);
         app.produce(&t.name, "k", garbage.as_bytes()).await;

@@ -110,7 +110,7 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(
         doc["channels"]["payment_commands"]["address"],
-        app.config.topics.payment_commands.name.as_str(),
+        app.config.topics.role("payment_commands").unwrap().name.as_str(),
         "the topic's name on the broker (with TOPIC_PREFIX on a shared one)"
     );
     for (channel, message) in [

@@ -87,7 +87,7 @@ async fn metrics_count_exactly_what_happened_down_every_saga_path() {
     .expect("the reply is in the inbox");
     let duplicate = json!({"message_id": seen, "type": "order.created", "correlation_id": happy,
         "causation_id": uuid::Uuid::new_v4(), "timestamp": "2026-01-01T00:00:00.000Z", "payload": {"order_id": "o-1"}});
-    let events = app.config.topics.order_events.name.clone();
+    let events = app.config.topics.role("order_events").unwrap().name.clone();
     app.produce(&events, happy, duplicate.to_string().as_bytes())
         .await;
     // Junk: dead-lettered as unreadable (and so is the sentinel that waits for it).
@@ -503,7 +503,7 @@ async fn every_message_of_a_saga_carries_the_trace_of_the_request_that_started_i
     let replies: HashSet<&str> = messages
         .iter()
         .filter(|m| {
-            m.topic.ends_with("_events") && m.topic != app.config.topics.notification_events.name
+            m.topic.ends_with("_events") && m.topic != app.config.topics.role("notification_events").unwrap().name
         })
         .map(|m| m.span_id.as_str())
         .collect();
@@ -607,7 +607,7 @@ async fn with_otlp_on_each_message_is_sent_from_an_exported_span_and_handled_in_
     app.wait_terminal(&id).await;
     let messages: Vec<Traced> = messages_of(&app, &id, 10)
         .into_iter()
-        .filter(|m| m.topic != app.config.topics.notification_events.name)
+        .filter(|m| m.topic != app.config.topics.role("notification_events").unwrap().name)
         .collect();
     assert_eq!(messages.len(), 8, "{messages:?}");
 

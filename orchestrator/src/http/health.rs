@@ -36,7 +36,7 @@ async fn readyz(State(app): State<AppState>) -> axum::response::Response {
 /// Every metric of the process; the outbox and saga gauges are read from the database now
 /// (bounded, so a database that is away does not hold the scrape).
 async fn metrics(State(app): State<AppState>) -> axum::response::Response {
-    let m = &app.ops.metrics;
+    let m = app.store.saga_metrics();
     match tokio::time::timeout(Duration::from_secs(2), app.store.outbox_backlog()).await {
         Ok(Ok((unsent, oldest))) => {
             m.outbox_unsent.set(unsent);
@@ -57,7 +57,7 @@ async fn metrics(State(app): State<AppState>) -> axum::response::Response {
         }
         _ => tracing::debug!("saga gauges not read for this scrape"),
     }
-    platform::ops::metrics(m)
+    platform::ops::metrics(&app.ops.metrics)
 }
 
 /// 200 when the database and Kafka both answer, 503 naming what does not. Asks both now (kept

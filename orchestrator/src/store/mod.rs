@@ -36,7 +36,7 @@ use platform::db::{self, Db, Engine, Migrations};
 use platform::metrics::Metrics;
 use platform::{Envelope, TraceContext};
 
-use crate::observe::{self, Before};
+use crate::observe::{self, Before, SagaMetrics};
 use crate::saga::engine::Outgoing;
 use crate::saga::{Decision, Ignored, SagaState, SagaStatus};
 use crate::{Error, Result};
@@ -144,7 +144,7 @@ pub struct SagaStore {
     db: Db,
     watchers: watch::Watchers,
     /// Counts what committed transitions did (see [`observe`]).
-    metrics: Metrics,
+    metrics: Arc<SagaMetrics>,
     /// Where the definitions of stored sagas are looked up, and recorded ones learnt.
     definitions: Option<Arc<crate::saga::Registry>>,
     /// Signalled after every commit that wrote outbox rows: the relay waits on it.
@@ -156,13 +156,14 @@ impl SagaStore {
         SagaStore {
             db,
             watchers: Default::default(),
-            metrics,
+            metrics: SagaMetrics::of(&metrics),
             definitions: None,
             outbox_written: Default::default(),
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    /// The orchestrator's families, for the gauges read at scrape time.
+    pub fn saga_metrics(&self) -> &SagaMetrics {
         &self.metrics
     }
 

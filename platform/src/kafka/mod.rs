@@ -210,7 +210,7 @@ mod tests {
         let kafka = crate::embedded::EmbeddedKafka::start(1).unwrap();
         let topics = crate::Topics::load(None).unwrap();
         kafka.create_topics(&topics).unwrap();
-        let topic = &topics.order_commands;
+        let topic = topics.role("order_commands").unwrap();
         let producer = kafka.settings().producer().unwrap();
         let mut used = std::collections::HashSet::new();
         for _ in 0..32 {

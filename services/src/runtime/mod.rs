@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use platform::db::{Db, Engine, Migrations, SqliteSync};
 use platform::kafka::{DeadLetters, KafkaSettings};
-use platform::{Envelope, Ops, TopicSpec, Topics};
+use platform::{Envelope, Ops, Topics};
 
 use crate::chaos::Chaos;
 use crate::{Error, Result};
@@ -41,8 +41,10 @@ pub trait CommandService: Send + Sync + 'static {
     /// Also the consumer group and the component named in dead letters.
     const NAME: &'static str;
     fn migrations() -> Migrations;
-    fn commands(topics: &Topics) -> &TopicSpec;
-    fn replies(topics: &Topics) -> &TopicSpec;
+    /// The topics.json role of the topic it consumes (`"order_commands"`).
+    const COMMANDS: &'static str;
+    /// The role of the topic it replies on (`"order_events"`).
+    const REPLIES: &'static str;
     /// Applies `commands` inside `tx` and says what to reply to each, in order. Runs at most once
     /// per command id. The commands are of distinct sagas, and commands of different sagas touch
     /// different rows, so a service may apply them in any order: with set-based statements, a
@@ -110,10 +112,10 @@ pub async fn start<S: CommandService>(
     let db = Db::connect(&config.database_url, &S::migrations(), config.sqlite_sync).await?;
     let ops = &config.ops;
     ops.metrics.watch_pool(S::NAME, &db);
+    let commands = config.topics.require(S::COMMANDS, S::NAME)?;
+    let replies = config.topics.require(S::REPLIES, S::NAME)?;
     let producer = config.kafka.producer()?;
-    let consumer = config
-        .kafka
-        .consumer(S::NAME, &[&S::commands(&config.topics).name], ops)?;
+    let consumer = config.kafka.consumer(S::NAME, &[&commands.name], ops)?;
     let dead_letters = DeadLetters::new(
         producer.clone(),
         &config.topics.dead_letter.name,
@@ -130,7 +132,7 @@ pub async fn start<S: CommandService>(
         service: Arc::new(service),
         db: db.clone(),
         producer: producer.clone(),
-        reply_topic: S::replies(&config.topics).name.clone(),
+        reply_topic: replies.name.clone(),
         chaos: config.chaos.clone(),
         max_attempts: config.max_attempts.max(1),
         delayed: delayed.clone(),
