@@ -64,7 +64,6 @@ fn step_buckets() -> Histogram {
     ])
 }
 
-
 /// The orchestrator's own families: sagas, steps, the outbox and the inbox. Registered in the
 /// process's registry once (see [`Metrics::component`]).
 pub struct SagaMetrics {

@@ -65,9 +65,12 @@ pub fn corrected(mut migrator: Migrator, version: i64, earlier_sql: &'static str
 /// nothing reads it any more. So an instance of release N keeps working beside release N+1 on
 /// one database during a rolling deploy, and a rollback to N starts on N+1's schema. The
 /// migrations this binary knows are still checked (checksums).
-pub fn tolerant(migrator: &Migrator) -> Migrator {
+pub fn tolerant(migrator: &Migrator, runtime: Option<&Migrator>) -> Migrator {
+    let mut migrations = migrator.migrations.to_vec();
+    migrations.extend(runtime.iter().flat_map(|r| r.migrations.iter().cloned()));
+    migrations.sort_by_key(|m| m.version);
     Migrator {
-        migrations: migrator.migrations.clone(),
+        migrations: migrations.into(),
         ignore_missing: true,
         locking: migrator.locking,
         no_tx: migrator.no_tx,
@@ -78,6 +81,9 @@ pub fn tolerant(migrator: &Migrator) -> Migrator {
 pub struct Migrations {
     pub sqlite: &'static Migrator,
     pub postgres: &'static Migrator,
+    /// The migrations of the runtime the component is built on (the participants' shared
+    /// tables), one set for both engines, numbered apart and run with the component's own.
+    pub runtime: Option<&'static Migrator>,
 }
 
 /// How a SQLite database trades durability for speed.
@@ -172,7 +178,9 @@ impl Db {
                         "connecting to DATABASE_URL={}",
                         redact(url)
                     )))?;
-                tolerant(migrations.sqlite).run(&writer).await?;
+                tolerant(migrations.sqlite, migrations.runtime)
+                    .run(&writer)
+                    .await?;
                 let reader = options()
                     .max_connections(4)
                     .connect(url)
@@ -221,7 +229,9 @@ impl Db {
                         "connecting to DATABASE_URL={}",
                         redact(url)
                     )))?;
-                tolerant(migrations.postgres).run(&pool).await?;
+                tolerant(migrations.postgres, migrations.runtime)
+                    .run(&pool)
+                    .await?;
                 // Reads of the API get a pool of their own: a flood of GETs then waits for a
                 // reader connection instead of taking the ones the reply consumer, the relay and
                 // the timers write with. Opened on first use (components that never read there

@@ -305,7 +305,11 @@ mod tests {
             text.contains("saga_started_total{group=\"create_order\"} 2"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE saga_started counter").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("# TYPE saga_started counter").count(),
+            1,
+            "{text}"
+        );
         assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
         assert!(text.contains(
             "http_server_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/sagas/{id}\",status=\"200\"} 1"

@@ -183,11 +183,17 @@ mod tests {
     #[test]
     fn the_repository_topics_file_is_valid_and_complete() {
         let topics = Topics::load(None).unwrap();
-        assert_eq!(topics.role("order_commands").unwrap().name, "order_commands");
+        assert_eq!(
+            topics.role("order_commands").unwrap().name,
+            "order_commands"
+        );
         assert_eq!(topics.all().len(), 8);
-        let err = topics.require("shipping_commands", "the shipping service").unwrap_err();
+        let err = topics
+            .require("shipping_commands", "the shipping service")
+            .unwrap_err();
         assert!(
-            err.to_string().contains("\"shipping_commands\", which the shipping service needs")
+            err.to_string()
+                .contains("\"shipping_commands\", which the shipping service needs")
                 && err.to_string().contains("order_commands"),
             "{err}"
         );
@@ -219,7 +225,10 @@ mod tests {
     #[test]
     fn a_prefix_renames_every_topic_and_keeps_the_roles() {
         let topics = Topics::load(None).unwrap().prefixed("staging.").unwrap();
-        assert_eq!(topics.role("order_commands").unwrap().name, "staging.order_commands");
+        assert_eq!(
+            topics.role("order_commands").unwrap().name,
+            "staging.order_commands"
+        );
         assert_eq!(topics.dead_letter.name, "staging.saga_dead_letter");
         assert_eq!(
             topics.role("user_events").unwrap().name,

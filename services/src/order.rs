@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
-use platform::db::{self, Engine, Migrations};
+use platform::db::{self, Engine};
 use platform::Envelope;
 
 use crate::runtime::{
@@ -20,19 +20,24 @@ use crate::runtime::{
 };
 use crate::Result;
 
-/// The same SQL runs on SQLite and PostgreSQL.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/order");
+/// Its tables; the same SQL runs on SQLite and PostgreSQL. Migration 1 once created
+/// `processed_commands` too, which the runtime now owns: a database that ran that text is
+/// accepted.
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    db::corrected(
+        sqlx::migrate!("./migrations/order"),
+        1,
+        include_str!("../migrations/superseded/order/0001_orders.sql"),
+    )
+});
 
 pub struct OrderService;
 
 impl CommandService for OrderService {
     const NAME: &'static str = "order-service";
 
-    fn migrations() -> Migrations {
-        Migrations {
-            sqlite: &MIGRATOR,
-            postgres: &MIGRATOR,
-        }
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 
     const COMMANDS: &'static str = "order_commands";

@@ -14,14 +14,22 @@ use serde_json::{json, Value};
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use platform::db::{self, Engine, Migrations};
+use platform::db::{self, Engine};
 use platform::Envelope;
 
 use crate::runtime::{column, field, reject_on_err, CommandService, Outcome, Outcomes, StatusStep};
 use crate::Result;
 
-/// The same SQL runs on SQLite and PostgreSQL.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/payment");
+/// Its tables; the same SQL runs on SQLite and PostgreSQL. Migration 1 once created
+/// `processed_commands` too, which the runtime now owns: a database that ran that text is
+/// accepted.
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    db::corrected(
+        sqlx::migrate!("./migrations/payment"),
+        1,
+        include_str!("../migrations/superseded/payment/0001_payments.sql"),
+    )
+});
 
 /// Larger amounts are declined: 1,000,000 cents.
 pub const MAX_AMOUNT_CENTS: i64 = 1_000_000;
@@ -31,11 +39,8 @@ pub struct PaymentService;
 impl CommandService for PaymentService {
     const NAME: &'static str = "payment-service";
 
-    fn migrations() -> Migrations {
-        Migrations {
-            sqlite: &MIGRATOR,
-            postgres: &MIGRATOR,
-        }
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 
     const COMMANDS: &'static str = "payment_commands";

@@ -7,25 +7,30 @@
 use serde_json::json;
 use sqlx::{Any, Transaction};
 
-use platform::db::{self, Engine, Migrations};
+use platform::db::{self, Engine};
 use platform::Envelope;
 
 use crate::runtime::{field, pairs, reject_on_err, CommandService, Outcome, Outcomes};
 use crate::Result;
 
-/// The same SQL runs on SQLite and PostgreSQL.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/user");
+/// Its tables; the same SQL runs on SQLite and PostgreSQL. Migration 1 once created
+/// `processed_commands` too, which the runtime now owns: a database that ran that text is
+/// accepted.
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    db::corrected(
+        sqlx::migrate!("./migrations/user"),
+        1,
+        include_str!("../migrations/superseded/user/0001_payment_methods.sql"),
+    )
+});
 
 pub struct UserService;
 
 impl CommandService for UserService {
     const NAME: &'static str = "user-service";
 
-    fn migrations() -> Migrations {
-        Migrations {
-            sqlite: &MIGRATOR,
-            postgres: &MIGRATOR,
-        }
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 
     const COMMANDS: &'static str = "user_commands";

@@ -139,7 +139,13 @@ async fn a_redelivered_command_gets_the_same_reply_and_one_effect() {
     )
     .await
     .expect("authorize_payment in the outbox");
-    let topic = app.config.topics.role("payment_commands").unwrap().name.clone();
+    let topic = app
+        .config
+        .topics
+        .role("payment_commands")
+        .unwrap()
+        .name
+        .clone();
     app.produce(&topic, &id, command.as_bytes()).await;
     // The payment service answers the re-sent command with its stored reply: same message id,
     // so the orchestrator's inbox drops it.
@@ -311,7 +317,13 @@ async fn unreadable_and_orphan_replies_are_dead_lettered_and_the_partition_moves
     );
 
     // Services dead-letter what they cannot read too, and keep serving.
-    let commands = app.config.topics.role("order_commands").unwrap().name.clone();
+    let commands = app
+        .config
+        .topics
+        .role("order_commands")
+        .unwrap()
+        .name
+        .clone();
     app.produce(&commands, &key, b"garbage for the order service")
         .await;
     let headers = app.wait_dead_letter(b"garbage for the order service").await;
@@ -390,7 +402,13 @@ async fn commands_of_one_saga_fetched_together_take_effect_in_their_order() {
     // (of nothing yet) then create must end PENDING — whichever type a batch applies first.
     let app = spawn_app().await;
     let producer = app.producer();
-    let topic = app.config.topics.role("order_commands").unwrap().name.clone();
+    let topic = app
+        .config
+        .topics
+        .role("order_commands")
+        .unwrap()
+        .name
+        .clone();
     let command = |saga: &uuid::Uuid, kind: &str, payload: Value| {
         serde_json::json!({
             "message_id": uuid::Uuid::new_v4(),

@@ -110,7 +110,12 @@ async fn any_saga_starts_by_type_and_shows_its_input_and_context() {
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(
         doc["channels"]["payment_commands"]["address"],
-        app.config.topics.role("payment_commands").unwrap().name.as_str(),
+        app.config
+            .topics
+            .role("payment_commands")
+            .unwrap()
+            .name
+            .as_str(),
         "the topic's name on the broker (with TOPIC_PREFIX on a shared one)"
     );
     for (channel, message) in [
@@ -409,6 +414,7 @@ fn migrations_until(version: i64) -> platform::db::Migrations {
     platform::db::Migrations {
         sqlite: cut(orchestrator::store::MIGRATIONS.sqlite),
         postgres: cut(orchestrator::store::MIGRATIONS.postgres),
+        runtime: None,
     }
 }
 
@@ -860,6 +866,7 @@ async fn a_database_that_ran_migration_7s_first_text_still_starts() {
         &platform::db::Migrations {
             sqlite: orchestrator::store::MIGRATIONS.sqlite,
             postgres: earlier,
+            runtime: None,
         },
         platform::db::SqliteSync::Normal,
     )

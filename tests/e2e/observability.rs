@@ -503,7 +503,8 @@ async fn every_message_of_a_saga_carries_the_trace_of_the_request_that_started_i
     let replies: HashSet<&str> = messages
         .iter()
         .filter(|m| {
-            m.topic.ends_with("_events") && m.topic != app.config.topics.role("notification_events").unwrap().name
+            m.topic.ends_with("_events")
+                && m.topic != app.config.topics.role("notification_events").unwrap().name
         })
         .map(|m| m.span_id.as_str())
         .collect();

@@ -140,3 +140,94 @@ async fn this_release_starts_on_a_schema_a_newer_release_migrated() {
     assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
     app.stop().await;
 }
+
+/// The stub services' databases from before the participant runtime owned `processed_commands`
+/// and `dead_letters` (each service's own migrations 1 to 3 created them) start under this
+/// release, which records the runtime's migration beside theirs, and handle commands as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_database_of_the_previous_layout_starts_and_serves() {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use std::borrow::Cow;
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], fast_policy(), Default::default()).await;
+    let firsts = [
+        (
+            "orders",
+            include_str!("../../services/migrations/superseded/order/0001_orders.sql"),
+        ),
+        (
+            "users",
+            include_str!("../../services/migrations/superseded/user/0001_payment_methods.sql"),
+        ),
+        (
+            "payments",
+            include_str!("../../services/migrations/superseded/payment/0001_payments.sql"),
+        ),
+    ];
+    for (component, first) in firsts {
+        let step = |version, sql: &'static str| {
+            Migration::new(
+                version,
+                Cow::Borrowed("previous layout"),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        };
+        let mut old = Migrator::DEFAULT;
+        old.migrations = vec![
+            step(1, first),
+            step(
+                2,
+                "CREATE INDEX processed_commands_by_time ON processed_commands (processed_at);",
+            ),
+            step(
+                3,
+                "CREATE TABLE dead_letters (dlq_id TEXT PRIMARY KEY, component TEXT NOT NULL, \
+                 source_topic TEXT NOT NULL, source_partition INTEGER NOT NULL, \
+                 source_offset BIGINT NOT NULL, msg_key TEXT, payload TEXT, headers TEXT NOT NULL, \
+                 reason TEXT NOT NULL, error TEXT NOT NULL, stored_at BIGINT NOT NULL);",
+            ),
+        ]
+        .into();
+        let old: &'static Migrator = Box::leak(Box::new(old));
+        let url = app.config.database_url(component).unwrap();
+        let db = platform::db::Db::connect(
+            &url,
+            &platform::db::Migrations {
+                sqlite: old,
+                postgres: old,
+                runtime: None,
+            },
+            platform::db::SqliteSync::Normal,
+        )
+        .await
+        .unwrap();
+        db.close().await;
+    }
+    for s in ALL_SERVICES {
+        app.start_service(s).await;
+    }
+    app.start_orchestrator().await;
+    let id = app.start_saga("c-previous-layout").await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    for (component, _) in firsts {
+        let db = app.db(component).await;
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2, 3, 9_000_001], "{component}");
+        let handled = count(
+            &db,
+            "SELECT COUNT(*) FROM processed_commands WHERE saga_id = $1",
+            &id,
+        )
+        .await;
+        assert!(
+            handled >= 1,
+            "{component} handled the saga's commands once each"
+        );
+    }
+    app.stop().await;
+}

@@ -55,6 +55,7 @@ static POSTGRES: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyL
 pub static MIGRATIONS: std::sync::LazyLock<Migrations> = std::sync::LazyLock::new(|| Migrations {
     sqlite: &SQLITE,
     postgres: &POSTGRES,
+    runtime: None,
 });
 
 /// What happened to a `POST /orders`.

@@ -11,12 +11,3 @@ CREATE TABLE payments (
     created_at        BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL
 );
-
--- Every command handled, with the reply sent: a redelivered command gets the same reply again.
-CREATE TABLE processed_commands (
-    command_id   TEXT PRIMARY KEY,
-    command_type TEXT NOT NULL,
-    saga_id      TEXT NOT NULL,
-    reply        TEXT NOT NULL,
-    processed_at BIGINT NOT NULL
-);

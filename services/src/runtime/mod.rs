@@ -36,11 +36,16 @@ use platform::{Envelope, Ops, Topics};
 use crate::chaos::Chaos;
 use crate::{Error, Result};
 
+/// The runtime's tables in every participant's database (see the migration's comment).
+static RUNTIME_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/runtime");
+
 /// One stub service: its name, its topics, its tables and its business rules.
 pub trait CommandService: Send + Sync + 'static {
     /// Also the consumer group and the component named in dead letters.
     const NAME: &'static str;
-    fn migrations() -> Migrations;
+    /// Its own tables (one set for both engines); the runtime adds its `processed_commands`
+    /// and `dead_letters`.
+    fn migrator() -> &'static sqlx::migrate::Migrator;
     /// The topics.json role of the topic it consumes (`"order_commands"`).
     const COMMANDS: &'static str;
     /// The role of the topic it replies on (`"order_events"`).
@@ -109,7 +114,12 @@ pub async fn start<S: CommandService>(
     config: &ServiceConfig,
     cancel: CancellationToken,
 ) -> Result<ServiceHandle> {
-    let db = Db::connect(&config.database_url, &S::migrations(), config.sqlite_sync).await?;
+    let migrations = Migrations {
+        sqlite: S::migrator(),
+        postgres: S::migrator(),
+        runtime: Some(&RUNTIME_MIGRATIONS),
+    };
+    let db = Db::connect(&config.database_url, &migrations, config.sqlite_sync).await?;
     let ops = &config.ops;
     ops.metrics.watch_pool(S::NAME, &db);
     let commands = config.topics.require(S::COMMANDS, S::NAME)?;
