@@ -54,16 +54,11 @@ pub struct SystemConfig {
     pub topics: Topics,
     /// Every saga type the orchestrator runs (`sagas/*.toml`).
     pub sagas: std::sync::Arc<orchestrator::saga::Registry>,
-    pub policy: orchestrator::Policy,
+    /// Deadlines, retries and retention: the orchestrator's, and the services' delivery
+    /// attempts and retention of processed commands.
+    pub tuning: orchestrator::Tuning,
     /// Faults the stub services inject (off by default).
     pub chaos: services::chaos::Chaos,
-    /// Times a message may fail with a non-transient error before it is dead-lettered.
-    pub max_delivery_attempts: u32,
-    /// How long processed inbox and sent outbox rows (orchestrator) and processed commands
-    /// (services) are kept.
-    pub retention: std::time::Duration,
-    /// How long sagas that ended well are kept (`None`: for ever; `SAGA_RETENTION`).
-    pub saga_retention: Option<std::time::Duration>,
     /// Metrics and readiness of every component (one registry per process; the orchestrator's
     /// port serves them).
     pub ops: platform::Ops,
@@ -98,12 +93,9 @@ impl SystemConfig {
             sqlite_sync: self.sqlite_sync,
             kafka,
             topics: self.topics.clone(),
-            group_id: "saga-orchestrator".into(),
+            group_id: orchestrator::app::DEFAULT_GROUP.into(),
             sagas: self.sagas.clone(),
-            policy: self.policy,
-            max_delivery_attempts: self.max_delivery_attempts,
-            retention: self.retention,
-            saga_retention: self.saga_retention,
+            tuning: self.tuning,
             ops: self.ops.clone(),
             api: self.api.clone(),
         })
@@ -116,8 +108,8 @@ impl SystemConfig {
             kafka,
             topics: self.topics.clone(),
             chaos: self.chaos.clone(),
-            max_attempts: self.max_delivery_attempts,
-            retention: self.retention,
+            max_attempts: self.tuning.max_delivery_attempts,
+            retention: self.tuning.retention,
             ops: self.ops.clone(),
         })
     }

@@ -87,11 +87,8 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
         notification_rotation: args.notification_rotation.rotation(),
         topics,
         sagas,
-        policy: args.policy.policy(),
+        tuning: args.policy.tuning(),
         chaos: args.chaos,
-        max_delivery_attempts: args.policy.max_delivery_attempts(),
-        retention: args.policy.retention(),
-        saga_retention: args.policy.saga_retention(),
         ops: platform::Ops::default(),
         api: args
             .api

@@ -35,7 +35,21 @@ pub struct Config {
     pub group_id: String,
     /// Every saga type the orchestrator runs (`sagas/*.toml`).
     pub sagas: Arc<Registry>,
-    /// Deadlines, retries and limits.
+    /// Deadlines, retries and retention.
+    pub tuning: Tuning,
+    /// Where metrics and readiness go (shared with the other components of the process).
+    pub ops: Ops,
+    /// Bounds and authentication of the HTTP API.
+    pub api: crate::http::ApiConfig,
+}
+
+/// The consumer group of the orchestrator instances unless `ORCHESTRATOR_GROUP` says otherwise.
+pub const DEFAULT_GROUP: &str = "saga-orchestrator";
+
+/// Deadlines, retries and retention, however the orchestrator is started (its flags and
+/// environment through [`PolicyArgs::tuning`], or a whole system's configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
     pub policy: Policy,
     /// Times a reply may fail with a non-transient error before it is dead-lettered.
     pub max_delivery_attempts: u32,
@@ -43,10 +57,17 @@ pub struct Config {
     pub retention: std::time::Duration,
     /// How long sagas that ended well are kept (`None`: for ever).
     pub saga_retention: Option<std::time::Duration>,
-    /// Where metrics and readiness go (shared with the other components of the process).
-    pub ops: Ops,
-    /// Bounds and authentication of the HTTP API.
-    pub api: crate::http::ApiConfig,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            policy: Policy::default(),
+            max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,
+            retention: platform::prune::DEFAULT_RETENTION,
+            saga_retention: None,
+        }
+    }
 }
 
 /// A running orchestrator.
@@ -80,10 +101,11 @@ impl Orchestrator {
         config: Config,
         cancel: CancellationToken,
     ) -> Result<Self> {
-        let resend_window = config.policy.saga_timeout_ms + config.policy.compensation_limit_ms;
-        if i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX) < resend_window {
+        let tuning = config.tuning;
+        let resend_window = tuning.policy.saga_timeout_ms + tuning.policy.compensation_limit_ms;
+        if i64::try_from(tuning.retention.as_millis()).unwrap_or(i64::MAX) < resend_window {
             tracing::warn!(
-                retention_ms = config.retention.as_millis() as u64,
+                retention_ms = tuning.retention.as_millis() as u64,
                 resend_window_ms = resend_window,
                 "RETENTION_MS is shorter than SAGA_TIMEOUT_MS + COMPENSATION_LIMIT_MS: a command \
                  re-sent after its services pruned it would be handled again"
@@ -98,7 +120,7 @@ impl Orchestrator {
         store.deploy(&config.sagas).await?;
         let sagas = Sagas {
             registry: config.sagas.clone(),
-            policy: config.policy,
+            policy: tuning.policy,
         };
         for d in sagas.registry.all() {
             tracing::info!(saga_type = %d.saga_type, version = d.version, steps = d.steps.len(), "saga definition loaded");
@@ -150,8 +172,8 @@ impl Orchestrator {
         tasks.spawn(timers.run(cancel.clone()));
         let pruner = Pruner {
             store: store.clone(),
-            retention: config.retention,
-            saga_retention: config.saga_retention,
+            retention: tuning.retention,
+            saga_retention: tuning.saga_retention,
         };
         tasks.spawn(pruner.run(cancel.clone()));
         let (listening, url) = (store.clone(), config.database_url.clone());
@@ -160,7 +182,7 @@ impl Orchestrator {
         let handler = ReplyHandler {
             store: store.clone(),
             sagas: sagas.clone(),
-            max_attempts: config.max_delivery_attempts.max(1),
+            max_attempts: tuning.max_delivery_attempts.max(1),
             cancel: cancel.clone(),
         };
         tasks.spawn(dead_letters.clone().drain(cancel.clone()));
@@ -375,7 +397,17 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    pub fn policy(&self) -> Policy {
+    /// The settings as the orchestrator takes them.
+    pub fn tuning(&self) -> Tuning {
+        Tuning {
+            policy: self.policy(),
+            max_delivery_attempts: self.retention.max_delivery_attempts,
+            retention: self.retention.retention,
+            saga_retention: self.saga_retention,
+        }
+    }
+
+    fn policy(&self) -> Policy {
         Policy {
             step_timeout_ms: self.step_timeout_ms.max(1),
             max_step_timeout_ms: self.max_step_timeout_ms.max(1),
@@ -384,17 +416,5 @@ impl PolicyArgs {
             compensation_limit_ms: self.compensation_limit_ms.max(0),
             saga_timeout_ms: self.saga_timeout_ms.max(1),
         }
-    }
-
-    pub fn retention(&self) -> std::time::Duration {
-        self.retention.retention
-    }
-
-    pub fn max_delivery_attempts(&self) -> u32 {
-        self.retention.max_delivery_attempts
-    }
-
-    pub fn saga_retention(&self) -> Option<std::time::Duration> {
-        self.saga_retention
     }
 }

@@ -1,4 +1,5 @@
-//! Where new sagas come in: `POST /orders` hands its new saga to the intake, which stores the
+//! Where new sagas come in: a start (`POST /sagas/{type}`, or `POST /orders` for create-order)
+//! hands its new saga to the intake, which stores the
 //! sagas of requests that arrive together in ONE transaction (group commit) — under load a
 //! create costs a share of one commit instead of a commit and four round trips of its own, and
 //! requests stop queueing one by one for the single SQLite writer.
@@ -53,7 +54,7 @@ impl Ticket {
     }
 }
 
-/// The handle `POST /orders` uses.
+/// The handle every start uses.
 #[derive(Clone)]
 pub struct Intake {
     tx: mpsc::Sender<Request>,

@@ -5,13 +5,15 @@
 //!   from one state to the next. No I/O; unit-tested on every path.
 //! - [`store`]: where state is stored — sagas, inbox and outbox — one transaction per change.
 //! - [`replies`]: where replies are handled — the consumer of the `*_events` topics.
-//! - [`intake`]: where new sagas come in — `POST /orders` batched into group commits.
+//! - [`intake`]: where new sagas come in — starts batched into group commits.
 //! - [`relay`]: where commands are sent — the outbox relay that publishes to the `*_commands`
 //!   topics.
 //! - [`timers`]: where time is handled — re-sends, give-ups, saga deadlines.
 //! - [`pruner`]: where storage is kept bounded — old inbox and sent outbox rows are deleted.
 //! - [`observe`]: where sagas are measured — metrics read off each committed transition.
-//! - [`http`]: the API — `POST /orders`, `GET /sagas/{id}`, `GET /sagas`, `GET /health`.
+//! - [`http`]: the API — `POST /sagas/{type}`, `POST /orders`, `GET /sagas/{id}`, `GET /sagas`,
+//!   the probes.
+//! - [`transition`]: how one saga is moved (timers, cancel, retry).
 //! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
 
 pub mod app;
@@ -28,6 +30,6 @@ pub mod store;
 pub mod timers;
 pub mod transition;
 
-pub use app::{Config, Orchestrator};
+pub use app::{Config, Orchestrator, Tuning};
 pub use error::{Error, Result};
 pub use saga::engine::Policy;

@@ -21,7 +21,7 @@ struct Args {
     #[command(flatten)]
     db: platform::db::DbArgs,
     /// The consumer group of all orchestrator instances.
-    #[arg(long, env = "ORCHESTRATOR_GROUP", default_value = "saga-orchestrator")]
+    #[arg(long, env = "ORCHESTRATOR_GROUP", default_value = orchestrator::app::DEFAULT_GROUP)]
     group_id: String,
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -88,10 +88,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         topics,
         group_id: args.group_id,
         sagas,
-        policy: args.policy.policy(),
-        max_delivery_attempts: args.policy.max_delivery_attempts(),
-        retention: args.policy.retention(),
-        saga_retention: args.policy.saga_retention(),
+        tuning: args.policy.tuning(),
         ops: platform::Ops::default(),
         api,
     };

@@ -182,13 +182,13 @@ pub async fn spawn_app_over(
         sagas: orchestrator::app::SagaArgs::default()
             .load(&Topics::load(None).unwrap())
             .unwrap(),
-        policy,
+        tuning: orchestrator::Tuning {
+            policy,
+            ..Default::default()
+        },
         chaos,
-        max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,
-        retention: platform::prune::DEFAULT_RETENTION,
         ops: platform::Ops::default(),
         api: Default::default(),
-        saga_retention: None,
     };
     let (kafka, topics) = match broker {
         None => crate::broker::TestKafka::start(config.topics.clone()).await,

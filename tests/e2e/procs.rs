@@ -133,7 +133,7 @@ impl TestApp {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(log);
-        let p = self.config.policy;
+        let p = self.config.tuning.policy;
         match name {
             instance if instance.starts_with("orchestrator") => {
                 cmd.env(

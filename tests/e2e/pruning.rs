@@ -9,7 +9,7 @@ use crate::helpers::*;
 async fn old_inbox_outbox_and_processed_command_rows_are_pruned_and_sagas_stay_queryable() {
     let mut app = spawn_app().await;
     app.stop_orchestrator().await;
-    app.config.retention = Duration::from_secs(2);
+    app.config.tuning.retention = Duration::from_secs(2);
     for service in ["orders", "users", "payments"] {
         app.restart_service(service, Default::default()).await;
     }
@@ -91,7 +91,7 @@ async fn unsent_outbox_rows_are_never_pruned() {
     // No services: the saga waits; with the broker down its command cannot be published.
     let mut app = spawn_app_with(&[]).await;
     app.stop_orchestrator().await;
-    app.config.retention = Duration::from_millis(100);
+    app.config.tuning.retention = Duration::from_millis(100);
     app.kafka.broker_down(1).unwrap();
     app.start_orchestrator().await;
     let id = app.start_saga("c-waiting").await;
@@ -127,7 +127,7 @@ async fn with_saga_retention_sagas_that_ended_well_go_with_their_rows_and_failed
     };
     let mut app = spawn_app_custom(&ALL_SERVICES, policy, refuse_cancel).await;
     app.stop_orchestrator().await;
-    app.config.saga_retention = Some(Duration::from_secs(2));
+    app.config.tuning.saga_retention = Some(Duration::from_secs(2));
     app.start_orchestrator().await;
 
     let done = app.start_saga("c-prunable").await;

@@ -116,13 +116,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             notification_rotation: Default::default(),
             topics: platform::Topics::load(None)?,
             sagas: orchestrator::app::SagaArgs::default().load(&platform::Topics::load(None)?)?,
-            policy: orchestrator::Policy::default(),
+            tuning: Default::default(),
             chaos: Default::default(),
-            max_delivery_attempts: platform::prune::DEFAULT_MAX_DELIVERY_ATTEMPTS,
-            retention: platform::prune::DEFAULT_RETENTION,
             ops: platform::Ops::default(),
             api: Default::default(),
-            saga_retention: None,
         };
         if let Some(brokers) = &args.kafka_brokers {
             if args.instances > 0 {

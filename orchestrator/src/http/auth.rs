@@ -3,7 +3,7 @@
 //! | scope | may |
 //! |---|---|
 //! | `read` | `GET /sagas`, `GET /sagas/{id}` |
-//! | `start` | the above, and `POST /orders` |
+//! | `start` | the above, and `POST /sagas/{type}`, `POST /orders` |
 //! | `operator` | the above, and `POST /sagas/{id}/cancel`, `POST /sagas/{id}/retry`, `/dead-letters` |
 //!
 //! The probes and `/metrics` need no token (probes and scrapers rarely carry one; they reveal

@@ -1,4 +1,5 @@
-//! The HTTP front: `POST /orders`, `POST /sagas/{type}`, `GET /sagas/{id}`, `GET /sagas`
+//! The HTTP front: `POST /sagas/{type}` (any saga), `POST /orders` (CampusG's create-order),
+//! `GET /sagas/{id}`, `GET /sagas`, cancel and retry, `/dead-letters`
 //! (also under `/api`, where CampusG serves them), the probes (`/livez`, `/readyz`, `/health`)
 //! and `/metrics`.
 //!
@@ -86,7 +87,7 @@ impl std::ops::Deref for AppState {
 
 pub struct AppParts {
     pub store: SagaStore,
-    /// Where `POST /orders` stores new sagas (group commit).
+    /// Where starts store new sagas (group commit).
     pub intake: Intake,
     /// Every saga type, and the timing policy.
     pub sagas: Sagas,

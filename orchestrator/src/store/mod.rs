@@ -58,7 +58,7 @@ pub static MIGRATIONS: std::sync::LazyLock<Migrations> = std::sync::LazyLock::ne
     runtime: None,
 });
 
-/// What happened to a `POST /orders`.
+/// What happened to a start.
 #[derive(Debug)]
 pub enum Created {
     New,

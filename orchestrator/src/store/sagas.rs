@@ -27,7 +27,7 @@ impl SagaStore {
     }
 
     /// Stores new sagas and their first messages in ONE transaction (group commit for
-    /// `POST /orders`): one multi-row insert of the sagas, one of their messages. A saga whose
+    /// starts): one multi-row insert of the sagas, one of their messages. A saga whose
     /// idempotency key was used before (by an earlier request, or earlier in this batch) is not
     /// stored; its result is the saga the key started.
     #[tracing::instrument(level = "debug", name = "intake", skip_all, fields(sagas = sagas.len()))]
