@@ -6,7 +6,10 @@
 #   PREVIOUS_RELEASE_DIR=$(scripts/previous-release.sh) cargo test --test e2e upgrade
 #
 # It shares target/ with this checkout, so only the project's own crates are compiled again (its
-# dependencies are the same builds). Needs the repository's history (a clone, not an export).
+# dependencies are the same builds). Its crates are given another version first: cargo names a
+# workspace's artifacts without the folder it lives in, so under the same version the previous
+# release's builds would take this checkout's places in target/. Needs the repository's history
+# (a clone, not an export).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 commit=$(tr -d '[:space:]' < "$root/.ci/previous-release")
@@ -22,9 +25,11 @@ fi
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
 git -C "$root" archive "$commit" | tar -x -C "$src"
+sed -i '0,/^version = "[^"]*"/s//version = "0.0.0-previous"/' "$src/Cargo.toml"
+grep -q '^version = "0.0.0-previous"' "$src/Cargo.toml" || { echo "error: no workspace version in $src/Cargo.toml" >&2; exit 1; }
 echo "building the previous release's orchestrator ($commit)" >&2
-# Its binary lands at target/debug/orchestrator, this checkout's path: take it, and remove it so
-# this checkout's next build links its own there again.
+# Its binary still lands at target/debug/orchestrator, this checkout's path: take it, and remove
+# it so this checkout's next build links its own there again.
 CARGO_TARGET_DIR="$root/target" cargo build -q --manifest-path "$src/Cargo.toml" -p saga-system --bin orchestrator >&2
 mkdir -p "$out.tmp"
 cp "$root/target/debug/orchestrator" "$out.tmp/orchestrator"
