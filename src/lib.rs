@@ -41,6 +41,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct SystemConfig {
     pub listen: SocketAddr,
+    /// Where other programs reach the embedded Kafka (`EMBEDDED_KAFKA_ADDR`); `None`:
+    /// [`EMBEDDED_KAFKA_DEFAULT`] when free, else a free port.
+    pub embedded_kafka_addr: Option<SocketAddr>,
     /// SQLite files and the notification log go here.
     pub data_dir: PathBuf,
     /// A PostgreSQL URL to use instead of SQLite. Each component gets a database of its own on
@@ -157,6 +160,24 @@ pub async fn start_services(
     ])
 }
 
+/// Where the embedded Kafka listens unless told otherwise: Kafka's own port, on loopback, so
+/// kcat and Kafka UIs find it as they would a local broker.
+pub const EMBEDDED_KAFKA_DEFAULT: &str = "127.0.0.1:9092";
+
+/// The embedded Kafka's address: the one asked for, or the default when free, else a free port.
+fn embedded_kafka_listener(asked: Option<SocketAddr>) -> Result<std::net::TcpListener> {
+    match asked {
+        Some(addr) => std::net::TcpListener::bind(addr).map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on {addr} (EMBEDDED_KAFKA_ADDR): {e}"
+            ))
+        }),
+        None => std::net::TcpListener::bind(EMBEDDED_KAFKA_DEFAULT)
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| Error::Config(format!("cannot listen for the embedded Kafka: {e}"))),
+    }
+}
+
 /// The running system.
 pub struct System {
     /// The embedded broker, unless the system runs against a Kafka cluster of its own.
@@ -169,12 +190,13 @@ impl System {
     /// Starts everything; returns when the API accepts connections.
     pub async fn start(config: &SystemConfig, cancel: &CancellationToken) -> Result<Self> {
         let listener = orchestrator::app::bind(config.listen).await?;
-        let kafka = EmbeddedKafka::start(1)?;
+        let kafka = EmbeddedKafka::start_at(embedded_kafka_listener(config.embedded_kafka_addr)?)?;
         kafka.create_topics(&config.topics)?;
         tracing::warn!(
             bootstrap = kafka.bootstrap_servers(),
-            "embedded Kafka started: librdkafka's in-memory mock cluster, for development only; \
-             messages are lost when this process stops"
+            "embedded Kafka started at {0} (kcat -b {0} -L): librdkafka's in-memory mock cluster, \
+             for development only; messages are lost when this process stops",
+            kafka.bootstrap_servers()
         );
         let mut system = Self::start_with(listener, config, &kafka.settings(), cancel).await?;
         system.kafka = Some(kafka);

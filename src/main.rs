@@ -20,6 +20,10 @@ struct Args {
     /// Address of the orchestrator's HTTP API.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Where other programs (kcat, a Kafka UI) reach the embedded Kafka. Default: 127.0.0.1:9092
+    /// when free, else a free port (the log says which).
+    #[arg(long, env = "EMBEDDED_KAFKA_ADDR")]
+    embedded_kafka_addr: Option<SocketAddr>,
     /// SQLite databases and the notification log go here.
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -80,6 +84,7 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
     }
     let config = saga_system::SystemConfig {
         listen: args.listen,
+        embedded_kafka_addr: args.embedded_kafka_addr,
         data_dir: args.data_dir,
         postgres_url: args.database_url.filter(|u| !u.is_empty()),
         sqlite_sync: args.sqlite_synchronous,

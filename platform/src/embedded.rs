@@ -11,6 +11,11 @@
 //! may be used from any thread.
 
 use std::ffi::{CStr, CString};
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::bindings as rd;
 use rdkafka::config::ClientConfig;
@@ -23,6 +28,8 @@ use crate::{Error, Result, Topics};
 pub struct EmbeddedKafka {
     cluster: *mut rd::rd_kafka_mock_cluster_t,
     bootstrap: String,
+    /// The relay from a known address to the broker, when it has one (see [`Self::start_at`]).
+    _relay: Option<Relay>,
     /// Owns the cluster: librdkafka destroys the mock cluster with the client that created it.
     _host: BaseProducer,
 }
@@ -58,8 +65,38 @@ impl EmbeddedKafka {
         Ok(EmbeddedKafka {
             cluster,
             bootstrap,
+            _relay: None,
             _host: host,
         })
+    }
+
+    /// A one-broker cluster that other programs reach at `listener`'s address (kcat, a Kafka
+    /// UI): the mock broker binds a random port of its own, so a relay forwards each
+    /// connection from the address to it, and the broker advertises the address in its metadata
+    /// so that every client stays on it.
+    pub fn start_at(listener: TcpListener) -> Result<Self> {
+        let mut kafka = Self::start(1)?;
+        let io_error = |e: io::Error| Error::Embedded(format!("the embedded kafka's address: {e}"));
+        let addr = listener.local_addr().map_err(io_error)?;
+        let broker = kafka
+            .bootstrap
+            .to_socket_addrs()
+            .map_err(io_error)?
+            .next()
+            .ok_or_else(|| Error::Embedded(format!("no address in {:?}", kafka.bootstrap)))?;
+        let host = CString::new(addr.ip().to_string()).expect("an IP address has no NUL");
+        // SAFETY: `cluster` is valid; the host string is copied by librdkafka.
+        unsafe {
+            rd::rd_kafka_mock_broker_set_host_port(
+                kafka.cluster,
+                1,
+                host.as_ptr(),
+                i32::from(addr.port()),
+            )
+        };
+        kafka._relay = Some(Relay::start(listener, broker).map_err(io_error)?);
+        kafka.bootstrap = addr.to_string();
+        Ok(kafka)
     }
 
     /// `host:port,...` of the brokers, for any client, in this process or another.
@@ -126,4 +163,65 @@ fn check(err: rd::rd_kafka_resp_err_t, what: &str) -> Result<()> {
     } else {
         Err(Error::Embedded(format!("{what}: error {err:?}")))
     }
+}
+
+/// Forwards every connection made to a listener to the broker, both ways, until dropped.
+struct Relay {
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(listener: TcpListener, broker: SocketAddr) -> io::Result<Relay> {
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::Builder::new()
+            .name("embedded-kafka-relay".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            if let Err(e) = pipe(client, broker) {
+                                tracing::debug!(error = %e, "embedded kafka relay: a connection failed");
+                            }
+                        }
+                        // Nothing to accept: look again shortly (and for the stop flag).
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "embedded kafka relay: accept failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })?;
+        Ok(Relay { stop })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copies `client` to the broker and back, each way on a thread of its own; when either side
+/// closes, both are shut down (the broker closes its side when the cluster stops).
+fn pipe(client: TcpStream, broker: SocketAddr) -> io::Result<()> {
+    client.set_nonblocking(false)?;
+    let upstream = TcpStream::connect(broker)?;
+    client.set_nodelay(true)?;
+    upstream.set_nodelay(true)?;
+    for (mut from, mut to) in [
+        (client.try_clone()?, upstream.try_clone()?),
+        (upstream, client),
+    ] {
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut from, &mut to);
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
+    Ok(())
 }

@@ -172,6 +172,7 @@ pub async fn spawn_app_over(
         platform::db::with_database_name(&base, &name)
     });
     let config = SystemConfig {
+        embedded_kafka_addr: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         postgres_url,

@@ -186,6 +186,7 @@ async fn every_command_of_the_readme_runs_as_shown() {
     let data = dir.path().join("data");
     let (system, addr) = start_system(&[], &data);
     wait_ready(&client, &addr, &data.with_extension("log")).await;
+    let kafka = kafka_address(&data.with_extension("log"));
     // The README's saga, and the completed order its refund example refunds.
     let followed = order(&client, &addr, "c-readme").await;
     let refunded = order(&client, &addr, "c-1").await;
@@ -194,6 +195,7 @@ async fn every_command_of_the_readme_runs_as_shown() {
     let fill = |command: &str| -> String {
         command
             .replace("localhost:8080", &addr)
+            .replace("127.0.0.1:9092", &kafka)
             .replace(PLACEHOLDER_ID, followed["saga_id"].as_str().unwrap())
             .replace(
                 r#""order_id":"…""#,
@@ -236,6 +238,24 @@ async fn every_command_of_the_readme_runs_as_shown() {
                 run_variant(&client, *line, code, env).await;
                 ran += 1;
             }
+            "kcat" => {
+                if kcat().is_none() {
+                    continue;
+                }
+                let (ok, stdout, _, stderr) = run_shell(&fill(command), Path::new(REPO));
+                assert!(ok, "README line {line}: {command}\n{stderr}");
+                assert!(
+                    !stdout.trim().is_empty(),
+                    "README line {line} printed nothing"
+                );
+                if code.contains("-C -t order_commands") {
+                    assert!(
+                        stdout.contains(followed["saga_id"].as_str().unwrap()),
+                        "README line {line}: the followed saga's commands: {stdout}"
+                    );
+                }
+                ran += 1;
+            }
             "curl" | "for" | "tail" => {
                 let (ok, stdout, statuses, stderr) = run_shell(&fill(command), Path::new(REPO));
                 assert!(ok, "README line {line}: {command}\n{stderr}");
@@ -269,6 +289,16 @@ async fn every_command_of_the_readme_runs_as_shown() {
     }
     assert!(ran >= 20, "{ran} commands run");
     stop(system);
+}
+
+/// The embedded Kafka's address, as the system's start-up log names it.
+fn kafka_address(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .find_map(|l| l.split("embedded Kafka started at ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no embedded Kafka address in the log: {text}"))
+        .to_string()
 }
 
 fn skip(line: usize, command: &str, why: &str) {
@@ -340,4 +370,90 @@ async fn run_variant(
         }
         admin.close().await;
     }
+}
+
+/// kcat, if installed (`.ci/run` installs it); without it the caller says why it does not run.
+fn kcat() -> Option<&'static str> {
+    let found = Command::new("kcat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        skip(0, "kcat", "not installed (apt-get install kcat)");
+    }
+    found.then_some("kcat")
+}
+
+fn kcat_output(args: &[&str]) -> String {
+    let out = Command::new("kcat").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `cargo run`'s embedded Kafka on a known address: kcat (another program, librdkafka of its
+/// own) lists its topics and reads a saga's commands, keyed by the saga id, through it. With the
+/// default address taken, it takes a free port and the log says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_kafka_answers_kcat_at_its_address() {
+    if kcat().is_none() {
+        return;
+    }
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kafka = free_addr().to_string();
+    let (system, addr) = start_system(&[("EMBEDDED_KAFKA_ADDR", kafka.clone())], &data);
+    wait_ready(&client, &addr, &data.with_extension("log")).await;
+    let saga = order(&client, &addr, "c-kcat").await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let listing = kcat_output(&["-b", &kafka, "-L"]);
+    for topic in ["order_commands", "payment_events", "saga_dead_letter"] {
+        assert!(
+            listing.contains(&format!("topic \"{topic}\"")),
+            "{topic} in {listing}"
+        );
+    }
+    assert!(
+        listing.contains(&kafka),
+        "the broker is advertised at {kafka}: {listing}"
+    );
+    let keys = kcat_output(&[
+        "-b",
+        &kafka,
+        "-C",
+        "-t",
+        "order_commands",
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%k %s\n",
+    ]);
+    let id = saga["saga_id"].as_str().unwrap();
+    let mine: Vec<&str> = keys.lines().filter(|l| l.starts_with(id)).collect();
+    assert!(
+        mine.iter().any(|l| l.contains("\"create_order\""))
+            && mine.iter().any(|l| l.contains("\"update_order_status\"")),
+        "the saga's commands, keyed by its id: {keys}"
+    );
+    stop(system);
+
+    // The default address taken (by this test, or by anyone): a free port, named in the log.
+    let _held = std::net::TcpListener::bind(saga_system::EMBEDDED_KAFKA_DEFAULT);
+    let data = dir.path().join("data2");
+    let (system, addr) = start_system(&[], &data);
+    let log = data.with_extension("log");
+    wait_ready(&client, &addr, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let started = kafka_address(&log);
+    assert_ne!(started, saga_system::EMBEDDED_KAFKA_DEFAULT, "{text}");
+    assert!(kcat_output(&["-b", &started, "-L"]).contains("order_commands"));
+    stop(system);
 }

@@ -105,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err("--instances above 1 needs --database-url postgres://... (one database shared by every instance; a SQLite file belongs to one process)".into());
         }
         let config = saga_system::SystemConfig {
+            embedded_kafka_addr: None,
             listen: "127.0.0.1:0".parse()?,
             data_dir: data_dir.clone(),
             postgres_url: postgres_url.map(|u| {
