@@ -1057,9 +1057,6 @@ async fn with_the_dead_letter_topic_denied() -> (TestApp, String) {
         .mock()
         .topic_error(&dlq, E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
         .unwrap();
-    for s in ["notification", "orders", "users", "payments"] {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await;
+    app.start_all().await;
     (app, dlq)
 }

@@ -321,10 +321,7 @@ async fn a_saga_defined_in_a_folder_runs_end_to_end_with_a_parallel_group() {
     .load(&app.config.topics)
     .unwrap();
     app.config.sagas = Arc::clone(&registry);
-    for s in ["notification", "orders", "users", "payments"] {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await;
+    app.start_all().await;
 
     let input =
         json!({"customer_id": "c-quick", "amount_cents": 1500, "order_details": {"foodItems": []}});
@@ -462,10 +459,7 @@ async fn sagas_stored_by_the_previous_schema_are_migrated_and_go_on() {
     .unwrap();
     old.close().await;
 
-    for s in ["notification", "orders", "users", "payments"] {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await; // runs the new migrations
+    app.start_all().await; // runs the new migrations
     let id = saga_id.to_string();
     let saga = app.wait_terminal(&id).await;
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
@@ -524,6 +518,27 @@ async fn redeploy(app: &mut TestApp, version: u32, keep_v1: bool) -> tempfile::T
     dir
 }
 
+/// A create-order saga of `customer` waiting on get_payment_info: no user service runs yet.
+/// Short deadlines, and attempts enough to outlast the user service's group join later.
+async fn waiting_on_the_user_service(customer: &str) -> (TestApp, String) {
+    let policy = orchestrator::Policy {
+        max_attempts: 40,
+        ..fast_policy()
+    };
+    let app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        policy,
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga(customer).await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    (app, id)
+}
+
 /// Removes `version` of create_order from the definitions recorded in the database, as a
 /// database of a release that did not record them would be: a deploy without that version then
 /// has nowhere to learn it from.
@@ -541,23 +556,7 @@ async fn forget_recorded(app: &TestApp, version: i64) {
 /// once the version is back, `retry` resumes it and it completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_whose_definition_version_is_gone_is_parked_and_reported_until_it_is_back() {
-    // No user service: the saga waits on get_payment_info.
-    // Short deadlines, and attempts enough to outlast the user service's group join.
-    let policy = orchestrator::Policy {
-        max_attempts: 40,
-        ..fast_policy()
-    };
-    let mut app = spawn_app_custom(
-        &["notification", "orders", "payments"],
-        policy,
-        Default::default(),
-    )
-    .await;
-    let id = app.start_saga("c-versioned").await;
-    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
-        s["current_step"] == "get_payment_info"
-    })
-    .await;
+    let (mut app, id) = waiting_on_the_user_service("c-versioned").await;
 
     // Deploy: create_order version 2 only, on a database without version 1's record.
     let _v2_dir = redeploy(&mut app, 2, false).await;
@@ -705,21 +704,7 @@ async fn a_saga_parked_by_a_reply_completes_when_its_version_is_back_and_it_is_r
 /// version 1 and retried it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_whose_version_was_dropped_from_the_files_goes_on_under_the_recorded_copy() {
-    let policy = orchestrator::Policy {
-        max_attempts: 40,
-        ..fast_policy()
-    };
-    let mut app = spawn_app_custom(
-        &["notification", "orders", "payments"],
-        policy,
-        Default::default(),
-    )
-    .await;
-    let id = app.start_saga("c-recorded").await;
-    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
-        s["current_step"] == "get_payment_info"
-    })
-    .await;
+    let (mut app, id) = waiting_on_the_user_service("c-recorded").await;
     let _v2_dir = redeploy(&mut app, 2, false).await;
     app.start_orchestrator().await;
     app.start_service("users").await;
@@ -873,10 +858,7 @@ async fn a_database_that_ran_migration_7s_first_text_still_starts() {
     .await
     .unwrap();
     old.close().await;
-    for s in ["notification", "orders", "users", "payments"] {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await; // would panic on a checksum mismatch
+    app.start_all().await;
     let id = app.start_saga("c-after-first-text").await;
     assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
     app.stop().await;

@@ -263,6 +263,15 @@ impl TestApp {
         self.orchestrator = Some(o);
     }
 
+    /// Starts the four services and the orchestrator in-process (after a test prepared their
+    /// databases).
+    pub async fn start_all(&mut self) {
+        for s in ALL_SERVICES {
+            self.start_service(s).await;
+        }
+        self.start_orchestrator().await;
+    }
+
     pub async fn stop_orchestrator(&mut self) {
         if let Some(o) = self.orchestrator.take() {
             o.stop().await;

@@ -132,10 +132,7 @@ async fn this_release_starts_on_a_schema_a_newer_release_migrated() {
         .await
         .unwrap();
     db.close().await;
-    for s in ALL_SERVICES {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await;
+    app.start_all().await;
     let id = app.start_saga("c-rolled-back").await;
     assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
     app.stop().await;
@@ -204,10 +201,7 @@ async fn a_participant_database_of_the_previous_layout_starts_and_serves() {
         .unwrap();
         db.close().await;
     }
-    for s in ALL_SERVICES {
-        app.start_service(s).await;
-    }
-    app.start_orchestrator().await;
+    app.start_all().await;
     let id = app.start_saga("c-previous-layout").await;
     assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
     for (component, _) in firsts {
