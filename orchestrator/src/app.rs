@@ -192,6 +192,8 @@ impl Orchestrator {
             dead_letters.clone(),
             cancel.clone(),
         ));
+        let feed = crate::live::Feed::new(&store, config.api.streams, cancel.clone());
+        tasks.spawn(feed.clone().run(store.clone()));
         let (intake, intake_task) = Intake::start(store.clone());
         tasks.spawn(intake_task);
         let app = http::router(AppState::new(AppParts {
@@ -205,6 +207,7 @@ impl Orchestrator {
             dead_letters,
             db: db.clone(),
             auth: config.api.auth.clone(),
+            feed,
         }));
         let stop = cancel.clone();
         let health = ops.health.clone();

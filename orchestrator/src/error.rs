@@ -11,6 +11,8 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the change log holds an unreadable value: {0:?}")]
+    CorruptChange(String),
     #[error("saga {0} was changed by someone else; retry")]
     Conflict(uuid::Uuid),
     #[error("cannot listen on {addr} (LISTEN_ADDR): {source}")]

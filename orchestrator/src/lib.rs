@@ -10,9 +10,11 @@
 //!   topics.
 //! - [`timers`]: where time is handled — re-sends, give-ups, saga deadlines.
 //! - [`pruner`]: where storage is kept bounded — old inbox and sent outbox rows are deleted.
+//! - [`live`]: where changes are followed — one tail of the change log per instance, fanned out
+//!   to the event streams.
 //! - [`observe`]: where sagas are measured — metrics read off each committed transition.
 //! - [`http`]: the API — `POST /sagas/{type}`, `POST /orders`, `GET /sagas/{id}`, `GET /sagas`,
-//!   the probes.
+//!   the event streams, the probes.
 //! - [`transition`]: how one saga is moved (timers, cancel, retry).
 //! - [`app`]: assembly — builds all of the above from a [`Config`] and runs it until stopped.
 
@@ -21,6 +23,7 @@ pub mod asyncapi;
 mod error;
 pub mod http;
 pub mod intake;
+pub mod live;
 pub mod observe;
 pub mod pruner;
 pub mod relay;

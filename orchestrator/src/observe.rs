@@ -13,6 +13,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use platform::metrics::{HistogramFamily, Metrics};
 
+use crate::saga::changes::{Before, StepMark};
 use crate::saga::{SagaState, SagaStatus, StepKind, StepStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +87,10 @@ pub struct SagaMetrics {
     pub dead_letters_stored: Gauge,
     pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub inbox_duplicates: Counter,
+    /// Event streams (`/events`, `/sagas/{id}/events`) open on this instance.
+    pub event_streams_open: Gauge,
+    /// Event streams closed because their client fell a broadcast buffer behind.
+    pub event_streams_dropped: Counter,
 }
 
 impl std::fmt::Debug for SagaMetrics {
@@ -117,6 +122,8 @@ impl SagaMetrics {
             dead_letters_stored: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
             inbox_duplicates: Counter::default(),
+            event_streams_open: Gauge::default(),
+            event_streams_dropped: Counter::default(),
         };
         r.register(
             "saga_started",
@@ -197,50 +204,17 @@ impl SagaMetrics {
             "Replies received again and ignored because the inbox had their message id",
             m.inbox_duplicates.clone(),
         );
+        r.register(
+            "saga_event_streams_open",
+            "Event streams (/events, /sagas/{id}/events) open on this instance",
+            m.event_streams_open.clone(),
+        );
+        r.register(
+            "saga_event_streams_dropped",
+            "Event streams closed because their client fell too far behind (it reconnects and resumes)",
+            m.event_streams_dropped.clone(),
+        );
         m
-    }
-}
-
-/// What [`observe`] needs of the state before a transition: small, so a batch keeps one per saga
-/// without cloning whole states.
-#[derive(Debug, Clone)]
-pub struct Before {
-    status: SagaStatus,
-    parked: bool,
-    /// Per step record: whether it had finished, and how many of its attempts had an outcome and
-    /// how many were logged at all.
-    steps: Vec<StepMark>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct StepMark {
-    finished: bool,
-    logged: usize,
-    closed: usize,
-}
-
-impl Before {
-    pub fn of(state: &SagaState) -> Self {
-        Before {
-            status: state.status,
-            parked: state.parked.is_some(),
-            steps: state
-                .steps
-                .iter()
-                .map(|r| StepMark {
-                    finished: r.finished_at.is_some(),
-                    logged: r.attempt_log.len(),
-                    closed: r.attempt_log.iter().filter(|a| a.outcome.is_some()).count(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Before {
-    /// Whether the saga was parked already (so a transition that leaves it parked did not park it).
-    pub fn was_parked(&self) -> bool {
-        self.parked
     }
 }
 

@@ -1,5 +1,5 @@
-//! Where storage is kept bounded: sent outbox rows and processed inbox rows older than the
-//! retention time are deleted, a bounded batch at a time, so the tables stop growing under
+//! Where storage is kept bounded: sent outbox rows, processed inbox rows and change-log rows
+//! older than the retention time are deleted, a bounded batch at a time, so the tables stop growing under
 //! sustained load. Sagas are kept, and stay queryable, unless `SAGA_RETENTION` is set: then
 //! sagas that ended well that long ago go too, with their rows.
 //!
@@ -56,11 +56,18 @@ impl Pruner {
                 let store = store.clone();
                 async move {
                     let pruned = store.prune(before, limit).await?;
-                    if pruned.outbox > 0 || pruned.inbox > 0 {
-                        tracing::debug!(outbox = pruned.outbox, inbox = pruned.inbox, "pruned");
+                    if pruned.outbox > 0 || pruned.inbox > 0 || pruned.changes > 0 {
+                        tracing::debug!(
+                            outbox = pruned.outbox,
+                            inbox = pruned.inbox,
+                            changes = pruned.changes,
+                            "pruned"
+                        );
                     }
                     Ok::<_, crate::Error>(
-                        pruned.outbox as i64 == limit || pruned.inbox as i64 == limit,
+                        pruned.outbox as i64 == limit
+                            || pruned.inbox as i64 == limit
+                            || pruned.changes as i64 == limit,
                     )
                 }
             },

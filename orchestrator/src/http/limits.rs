@@ -16,6 +16,8 @@ pub struct ApiConfig {
     pub max_long_polls: usize,
     /// Who may call what (see [`super::auth`]).
     pub auth: super::auth::Auth,
+    /// How many event streams, how far behind, how often a heartbeat.
+    pub streams: crate::live::StreamLimits,
 }
 
 impl Default for ApiConfig {
@@ -24,6 +26,7 @@ impl Default for ApiConfig {
             limits: Limits::default(),
             max_long_polls: DEFAULT_MAX_LONG_POLLS,
             auth: super::auth::Auth::Off,
+            streams: Default::default(),
         }
     }
 }
@@ -38,6 +41,19 @@ pub struct ApiArgs {
     /// Long polls (`GET /sagas/{id}?wait_ms=`) waiting at once; more are answered 503.
     #[arg(long, env = "MAX_LONG_POLLS", default_value_t = DEFAULT_MAX_LONG_POLLS)]
     pub max_long_polls: usize,
+    /// Event streams (`/events`, `/sagas/{id}/events`) open at once on this instance; more are
+    /// answered 503.
+    #[arg(long, env = "MAX_EVENT_STREAMS", default_value_t = crate::live::StreamLimits::default().max_streams)]
+    pub max_event_streams: usize,
+    /// How often a quiet event stream gets a heartbeat comment (`15s`).
+    #[arg(long, env = "EVENT_STREAM_HEARTBEAT", default_value = "15s",
+          value_parser = platform::time::parse_duration_setting)]
+    pub event_stream_heartbeat: std::time::Duration,
+    /// Batches of changes an event stream may fall behind before it is dropped (its client
+    /// reconnects and resumes).
+    #[arg(long, env = "EVENT_STREAM_BUFFER", default_value_t = crate::live::StreamLimits::default().buffer as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_stream_buffer: u32,
     #[command(flatten)]
     pub auth: super::auth::AuthArgs,
 }
@@ -49,6 +65,11 @@ impl ApiArgs {
             limits: self.limits.limits(),
             max_long_polls: self.max_long_polls,
             auth: self.auth.auth(listen)?,
+            streams: crate::live::StreamLimits {
+                max_streams: self.max_event_streams,
+                buffer: self.event_stream_buffer as usize,
+                heartbeat: self.event_stream_heartbeat,
+            },
         })
     }
 }

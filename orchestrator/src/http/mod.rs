@@ -1,5 +1,6 @@
 //! The HTTP front: `POST /sagas/{type}` (any saga), `POST /orders` (CampusG's create-order),
-//! `GET /sagas/{id}`, `GET /sagas`, cancel and retry, `/dead-letters`
+//! `GET /sagas/{id}`, `GET /sagas`, cancel and retry, the event streams (`/events`,
+//! `/sagas/{id}/events`), `/dead-letters`
 //! (also under `/api`, where CampusG serves them), the probes (`/livez`, `/readyz`, `/health`)
 //! and `/metrics`.
 //!
@@ -10,11 +11,13 @@
 pub mod auth;
 mod dead_letters;
 mod error;
+mod events;
 mod health;
 mod limits;
 mod orders;
 mod sagas;
 mod start;
+mod types;
 
 use std::sync::Arc;
 
@@ -104,12 +107,17 @@ pub struct AppParts {
     pub db: platform::db::Db,
     /// Who may call what.
     pub auth: auth::Auth,
+    /// What the event streams follow.
+    pub feed: crate::live::Feed,
 }
 
 /// Every route of the API, each with who may call it.
 pub fn routes() -> auth::Routes {
     // CampusG's orchestrator serves its API under /api: its clients work against either path.
-    let sagas = orders::routes().merge(sagas::routes());
+    let sagas = orders::routes()
+        .merge(sagas::routes())
+        .merge(events::routes())
+        .merge(types::routes());
     auth::Routes::default()
         .merge(sagas.clone())
         .nest("/api", sagas)

@@ -60,6 +60,9 @@ pub struct SagaView {
     /// Why the saga is FAILED: the compensation that could not be done.
     compensation_error: Option<String>,
     steps: Vec<StepView>,
+    /// The commands the saga waits on a reply to now: one, or every running member of a
+    /// parallel group; empty once it has ended.
+    waiting: Vec<WaitView>,
     created_at: String,
     updated_at: String,
     completed_at: Option<String>,
@@ -81,10 +84,29 @@ struct OrderFields {
     amount_cents: Option<i64>,
 }
 
+/// A command the saga waits on.
+#[derive(Debug, Serialize)]
+struct WaitView {
+    /// The step (or compensation) whose reply is awaited.
+    step: String,
+    kind: StepKind,
+    command_id: Uuid,
+    /// The sending in flight, 1 for the first.
+    attempt: u32,
+    /// When the command was first sent.
+    since: String,
+    /// When the orchestrator stops waiting: it re-sends, or gives up.
+    deadline_at: String,
+}
+
 #[derive(Debug, Serialize)]
 struct StepView {
     name: String,
     kind: StepKind,
+    /// The forward step this entry is or undoes (a compensation is named after its command).
+    step: Option<String>,
+    /// The parallel group the step ran in.
+    group: Option<String>,
     status: StepStatus,
     attempts: u32,
     started_at: String,
@@ -138,12 +160,33 @@ impl From<&SagaState> for SagaView {
                 .map(|r| StepView {
                     name: r.name.clone(),
                     kind: r.kind,
+                    step: forward_name(s, r.step_index),
+                    group: r.group.clone(),
                     status: r.status,
                     attempts: r.attempts,
                     started_at: time(r.started_at),
                     finished_at: r.finished_at.map(time),
                     error: r.error.clone(),
                     history: r.attempt_log.iter().map(AttemptView::from).collect(),
+                })
+                .collect(),
+            waiting: s
+                .pending
+                .iter()
+                .filter_map(|p| {
+                    let record = s
+                        .steps
+                        .iter()
+                        .rev()
+                        .find(|r| r.command_id == p.command_id)?;
+                    Some(WaitView {
+                        step: record.name.clone(),
+                        kind: p.kind,
+                        command_id: p.command_id,
+                        attempt: p.attempt,
+                        since: time(p.first_sent_at),
+                        deadline_at: time(p.deadline_at),
+                    })
                 })
                 .collect(),
             created_at: time(s.created_at),
@@ -159,7 +202,16 @@ impl From<&SagaState> for SagaView {
     }
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+/// The name of the forward step at `index`: the first record that ran it (a compensation
+/// carries its step's index).
+fn forward_name(s: &SagaState, index: usize) -> Option<String> {
+    s.steps
+        .iter()
+        .find(|r| r.kind == StepKind::Forward && r.step_index == index)
+        .map(|r| r.name.clone())
+}
+
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::bad_request("saga id must be a UUID"))
 }
 
@@ -211,24 +263,17 @@ struct ListParams {
     limit: Option<i64>,
     /// Where the previous page ended (from its `Link: <...>; rel="next"`).
     cursor: Option<String>,
+    /// A saga id, or text found in a saga's input or context (a customer, an order id).
+    search: Option<String>,
 }
 
-/// `GET /sagas?type=&status=&limit=&cursor=`: a JSON array, newest first (CampusG's shape); when
+/// `GET /sagas?type=&status=&search=&limit=&cursor=`: a JSON array, newest first (CampusG's shape); when
 /// more follow, `Link: </sagas?...&cursor=...>; rel="next"` points at the next page.
 async fn list_sagas(
     State(app): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
-    let status = match params.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(SagaStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
-            let known: Vec<&str> = SagaStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request(format!(
-                "unknown status {s:?}; expected one of {}",
-                known.join(", ")
-            ))
-        })?),
-    };
+    let status = parse_status(params.status.as_deref())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -251,10 +296,18 @@ async fn list_sagas(
             })
         })
         .transpose()?;
+    let search = params
+        .search
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    if search.as_ref().is_some_and(|t| t.chars().count() > 256) {
+        return Err(ApiError::bad_request("search is at most 256 characters"));
+    }
     let filter = ListFilter {
         saga_type: saga_type.clone(),
         status,
         after,
+        search: search.clone(),
     };
     // One more than asked for: whether another page follows.
     let mut sagas = app.store.list(&filter, limit + 1).await?;
@@ -272,6 +325,10 @@ async fn list_sagas(
         if let Some(s) = status {
             query.push(format!("status={}", s.as_str()));
         }
+        if let Some(t) = &search {
+            let t = percent_encoding::utf8_percent_encode(t, QUERY_VALUE);
+            query.push(format!("search={t}"));
+        }
         query.push(format!("cursor={}.{}", last.created_at, last.saga_id));
         let link = format!("</sagas?{}>; rel=\"next\"", query.join("&"));
         if let Ok(v) = HeaderValue::from_str(&link) {
@@ -279,6 +336,22 @@ async fn list_sagas(
         }
     }
     Ok(response)
+}
+
+/// A `status` filter, in any case; empty is none.
+pub(super) fn parse_status(status: Option<&str>) -> Result<Option<SagaStatus>, ApiError> {
+    match status {
+        None | Some("") => Ok(None),
+        Some(s) => SagaStatus::parse(&s.to_ascii_uppercase())
+            .map(Some)
+            .ok_or_else(|| {
+                let known: Vec<&str> = SagaStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::bad_request(format!(
+                    "unknown status {s:?}; expected one of {}",
+                    known.join(", ")
+                ))
+            }),
+    }
 }
 
 /// `created_at.saga_id` of the last saga of a page.

@@ -1,6 +1,7 @@
 //! The saga itself, free of I/O.
 //!
 //! - [`definition`]: what a saga type is — an ordered list of steps declared as data.
+//! - [`changes`]: what a transition did, in words (the live streams show it).
 //! - [`computed`]: input fields a saga derives instead of taking them from a client.
 //! - [`file`]: definitions read from `sagas/*.toml` and checked before anything runs.
 //! - [`registry`]: every loaded type and version; routes each saga to the one it started under.
@@ -8,6 +9,7 @@
 //!   `(state, reply) -> (new state, messages to send)`.
 //! - [`state`]: the saga instance the engine moves forward, as stored in the database.
 
+pub mod changes;
 pub mod computed;
 pub mod definition;
 pub mod engine;

@@ -151,6 +151,11 @@ impl SagaStore {
         // 4. Store each changed saga once, under its version check, and the messages.
         let changed: Vec<_> = sagas.values().filter(|(_, _, n)| *n > 0).collect();
         update_sagas(&mut tx, self.db.engine, &changed).await?;
+        let moved: Vec<_> = changed
+            .iter()
+            .map(|(version, state, n)| (before.get(&state.saga_id), state, version + n))
+            .collect();
+        changes::record(&mut tx, self.db.engine, &moved).await?;
         insert_outbox(&mut tx, self.db.engine, &messages, now).await?;
         if !forget.is_empty() {
             let sql = format!(

@@ -8,11 +8,13 @@
 //! - [`sagas`]: new sagas, reads, listing, transitions;
 //! - [`inbox`]: replies applied once;
 //! - [`outbox`]: what the relay publishes;
+//! - [`changes`]: every committed change, in commit order, for the live streams;
 //! - [`definitions`]: saga definitions every instance can run;
 //! - [`due`]: deadlines claimed by the timers;
 //! - [`prune`]: storage kept bounded;
 //! - [`watch`]: waiting for a saga to end (long polls).
 
+mod changes;
 mod definitions;
 mod due;
 mod inbox;
@@ -21,6 +23,7 @@ mod prune;
 mod sagas;
 mod watch;
 
+pub use changes::{ChangeFilter, ChangeRecord, Cursor};
 use outbox::insert_outbox;
 use sagas::update_sagas;
 
@@ -36,7 +39,8 @@ use platform::db::{self, Db, Engine, Migrations};
 use platform::metrics::Metrics;
 use platform::{Envelope, TraceContext};
 
-use crate::observe::{self, Before, SagaMetrics};
+use crate::observe::{self, SagaMetrics};
+use crate::saga::changes::Before;
 use crate::saga::engine::Outgoing;
 use crate::saga::{Decision, Ignored, SagaState, SagaStatus};
 use crate::{Error, Result};
@@ -81,6 +85,8 @@ pub struct ListFilter {
     pub status: Option<SagaStatus>,
     /// Only sagas after this one (its `created_at` and id) in newest-first order.
     pub after: Option<(i64, Uuid)>,
+    /// The saga with this id, or sagas whose input or context holds this text.
+    pub search: Option<String>,
 }
 
 /// What happened to a reply.
@@ -138,6 +144,7 @@ pub struct Claim {
 pub struct Pruned {
     pub outbox: u64,
     pub inbox: u64,
+    pub changes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +157,8 @@ pub struct SagaStore {
     definitions: Option<Arc<crate::saga::Registry>>,
     /// Signalled after every commit that wrote outbox rows: the relay waits on it.
     outbox_written: Arc<tokio::sync::Notify>,
+    /// Signalled after every commit that recorded saga changes: the live feed waits on it.
+    changes_written: Arc<tokio::sync::Notify>,
 }
 
 impl SagaStore {
@@ -160,7 +169,13 @@ impl SagaStore {
             metrics: SagaMetrics::of(&metrics),
             definitions: None,
             outbox_written: Default::default(),
+            changes_written: Default::default(),
         }
+    }
+
+    /// The orchestrator's families, shared (the live feed counts its streams there).
+    pub fn saga_metrics_arc(&self) -> Arc<SagaMetrics> {
+        self.metrics.clone()
     }
 
     /// The orchestrator's families, for the gauges read at scrape time.
@@ -174,11 +189,16 @@ impl SagaStore {
         self.outbox_written.clone()
     }
 
+    /// What the live feed waits on: signalled once committed transactions recorded changes.
+    pub fn changes_written(&self) -> Arc<tokio::sync::Notify> {
+        self.changes_written.clone()
+    }
+
     /// Everything a commit causes, run once it has committed and only then, for every writer
     /// (replies, timers, new sagas, cancel and retry): the relay woken for the `messages` it
     /// wrote, the waiters of each saga it `moved` told that it ended (or, running again, any
-    /// final state handed out forgotten), and the transitions counted (`None` before: a new
-    /// saga).
+    /// final state handed out forgotten), the live feed woken, and the transitions counted
+    /// (`None` before: a new saga).
     fn after_commit<'a>(
         &self,
         moved: impl IntoIterator<Item = (Option<&'a Before>, &'a SagaState)>,
@@ -187,7 +207,9 @@ impl SagaStore {
         if messages > 0 {
             self.outbox_written.notify_one();
         }
+        let mut any = false;
         for (before, state) in moved {
+            any = true;
             match before {
                 None => observe::started(&self.metrics, state),
                 Some(before) => {
@@ -199,6 +221,9 @@ impl SagaStore {
                     observe::observe(&self.metrics, before, state);
                 }
             }
+        }
+        if any {
+            self.changes_written.notify_one();
         }
     }
 

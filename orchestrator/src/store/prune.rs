@@ -4,8 +4,8 @@
 use super::*;
 
 impl SagaStore {
-    /// Deletes up to `limit` sent outbox rows and up to `limit` inbox rows recorded before
-    /// `before`; returns how many of each. Sagas are never deleted: terminal ones stay queryable.
+    /// Deletes up to `limit` sent outbox rows, up to `limit` inbox rows and up to `limit` change
+    /// log rows recorded before `before`; returns how many of each. Sagas are never deleted: terminal ones stay queryable.
     pub async fn prune(&self, before: i64, limit: i64) -> Result<Pruned> {
         let outbox = sqlx::query(
             "DELETE FROM outbox WHERE id IN \
@@ -25,7 +25,22 @@ impl SagaStore {
         .execute(&self.db.writer)
         .await?
         .rows_affected();
-        Ok(Pruned { outbox, inbox })
+        // The live streams resume from here; a client away longer than the retention gets the
+        // changes still stored.
+        let changes = sqlx::query(
+            "DELETE FROM saga_changes WHERE seq IN \
+             (SELECT seq FROM saga_changes WHERE at < $1 ORDER BY at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.db.writer)
+        .await?
+        .rows_affected();
+        Ok(Pruned {
+            outbox,
+            inbox,
+            changes,
+        })
     }
 
     /// Deletes up to `limit` sagas that ended well (`COMPLETED`, `COMPENSATED`, `CANCELLED`)

@@ -74,6 +74,12 @@ impl SagaStore {
         if let Some(now) = sagas.iter().map(|s| s.state.created_at).max() {
             insert_outbox(&mut tx, self.db.engine, &messages, now).await?;
         }
+        let started: Vec<_> = sagas
+            .iter()
+            .filter(|s| is_new(s))
+            .map(|s| (None, &s.state, 1))
+            .collect();
+        changes::record(&mut tx, self.db.engine, &started).await?;
         tx.commit().await?;
         self.after_commit(
             sagas.iter().filter(|s| is_new(s)).map(|s| (None, &s.state)),
@@ -140,6 +146,16 @@ impl SagaStore {
         if filter.status.is_some() {
             conditions.push(format!("status = ${}", next()));
         }
+        if filter.search.is_some() {
+            // The state's JSON holds the context, which holds the input. Case-insensitive on
+            // both engines (SQLite's LIKE is, for ASCII).
+            let (a, b) = (next(), next());
+            let like = match self.db.engine {
+                Engine::Postgres => "ILIKE",
+                Engine::Sqlite => "LIKE",
+            };
+            conditions.push(format!("(saga_id = ${a} OR state {like} ${b} ESCAPE '\\')"));
+        }
         if filter.after.is_some() {
             let (a, b, c) = (next(), next(), next());
             conditions.push(format!(
@@ -162,6 +178,9 @@ impl SagaStore {
         }
         if let Some(status) = filter.status {
             q = q.bind(status.as_str());
+        }
+        if let Some(text) = &filter.search {
+            q = q.bind(text.clone()).bind(like_pattern(text));
         }
         if let Some((created_at, saga_id)) = filter.after {
             q = q
@@ -248,7 +267,9 @@ pub(super) async fn transition_in(
             let changed = (version, state, 1);
             update_sagas(tx, engine, &[&changed]).await?;
             insert_outbox(tx, engine, &messages, now).await?;
-            Ok(Some(Ok((Before::of(&current), changed.1, messages.len()))))
+            let before = Before::of(&current);
+            super::changes::record(tx, engine, &[(Some(&before), &changed.1, version + 1)]).await?;
+            Ok(Some(Ok((before, changed.1, messages.len()))))
         }
     }
 }
@@ -296,6 +317,25 @@ pub(super) async fn update_sagas(
         }
     }
     Ok(())
+}
+
+/// `%text%` for `LIKE … ESCAPE '\'`, with the wildcards in `text` taken literally. The text is
+/// matched as it appears in JSON (a quote in it is `\"` there).
+fn like_pattern(text: &str) -> String {
+    let json = serde_json::to_string(text).unwrap_or_default();
+    let inner = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or_default();
+    let mut pattern = String::with_capacity(inner.len() + 2);
+    pattern.push('%');
+    for c in inner.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Sagas per multi-row update (7 parameters each).
