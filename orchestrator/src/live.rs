@@ -6,8 +6,8 @@
 //!
 //! A stream subscribes before it reads what it missed from the database, so nothing falls
 //! between the two; every batch says where the feed read from ([`Batch::after`]), so a stream
-//! that finds a gap (the feed restarted its tail while nobody listened) reads the gap from the
-//! database too. A stream that falls a whole broadcast buffer behind — a client that does not
+//! that finds a gap (the feed restarted its tail at the head, past changes committed since the
+//! stream opened) reads the gap from the database too. A stream that falls a whole broadcast buffer behind — a client that does not
 //! read — is dropped, not buffered: the client reconnects with its last event id and resumes
 //! from the database.
 
@@ -138,8 +138,17 @@ impl Feed {
             }
             let mut at = match cursor {
                 Some(c) => c,
+                // Starting again from the head: the streams that opened since the last tail
+                // are told where it is, and read what came before it themselves (their cursor
+                // is older), even if nothing more is ever committed.
                 None => match store.changes_head().await {
-                    Ok(head) => head,
+                    Ok(head) => {
+                        let _ = inner.sender.send(Arc::new(Batch {
+                            after: head,
+                            changes: Vec::new(),
+                        }));
+                        head
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the change log's head; retrying");
                         continue;

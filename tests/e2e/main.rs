@@ -11,6 +11,7 @@ mod chaos;
 mod deadlines;
 mod delivery;
 mod deploy;
+mod events;
 mod faults;
 mod generic;
 mod helpers;
