@@ -273,10 +273,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 follow: !args.no_follow,
                 pretty: (!json && std::io::stdout().is_terminal()).then_some(paint),
             };
-            // Reading a file and sleeping: kept off the async workers.
-            tokio::task::spawn_blocking(move || tail.run(&mut std::io::stdout().lock()))
-                .await
-                .map_err(|e| Error::Io(e.to_string()))?
+            // Blocking reads and sleeps: nothing else runs in this process meanwhile.
+            tail.run(out)
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sagactl", out);

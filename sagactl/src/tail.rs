@@ -230,6 +230,30 @@ mod tests {
     }
 
     #[test]
+    fn a_terminal_gets_aligned_columns_and_colour() {
+        let line = json!({
+            "time": "2026-12-04T19:35:10.029Z", "topic": "order_events", "type": "order.creation_failed",
+            "saga_id": "s-1", "payload": {"reason": "no"}
+        });
+        let mut t = tail(None, None);
+        t.pretty = Some(Paint { enabled: false });
+        let plain = t.format("", &line);
+        assert_eq!(
+            plain,
+            format!(
+                "19:35:10.029  {:<22}  {:<32}  s-1  {{\"reason\":\"no\"}}",
+                "order_events", "order.creation_failed"
+            )
+        );
+        t.pretty = Some(Paint { enabled: true });
+        let coloured = t.format("", &line);
+        assert!(
+            coloured.contains("\u{1b}[31morder.creation_failed"),
+            "{coloured:?}"
+        );
+    }
+
+    #[test]
     fn shows_the_last_lines_that_match_then_stops_without_follow() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notifications.log");

@@ -8,6 +8,7 @@ mod broker;
 mod campusg;
 mod cancel;
 mod chaos;
+mod cli;
 mod deadlines;
 mod delivery;
 mod deploy;

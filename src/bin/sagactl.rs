@@ -1,3 +1,5 @@
+//! `sagactl`: the saga orchestrator from a terminal (see the `sagactl` crate).
+
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
