@@ -263,7 +263,7 @@ async fn a_reconnect_with_the_last_event_id_misses_no_change() {
     let (ended, _) = collect(
         &client,
         "/events?type=create_order&status=compensated",
-        Some("0-0"),
+        Some("0t0"),
         Duration::from_secs(10),
         |got| got.len() >= 4,
     )

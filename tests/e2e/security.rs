@@ -697,12 +697,13 @@ async fn every_route_refuses_a_request_without_the_scope_it_declares() {
         Auth::tokens(&[("read".into(), READ.into()), ("start".into(), START.into())]).unwrap();
     app.config.ops = platform::Ops::default();
     app.start_orchestrator().await;
-    let routes = orchestrator::http::routes();
+    let routes = orchestrator::http::routes(&app.config.sagas);
     assert!(routes.declared().len() >= 15, "{:?}", routes.declared());
     for route in routes.declared() {
         let path = route
             .path
-            .replace("{saga_id}", &uuid::Uuid::new_v4().to_string());
+            .replace("{saga_id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{saga_type}", "create_order");
         assert!(!path.contains('{'), "a path parameter to fill in: {path}");
         let send = |token: Option<&str>| {
             let mut request = app

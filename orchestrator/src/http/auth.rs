@@ -45,7 +45,7 @@ impl Scope {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Start => "start",
@@ -73,6 +73,11 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// Whether requests must carry a token.
+    pub fn is_on(&self) -> bool {
+        matches!(self, Auth::Tokens(_))
+    }
+
     /// Parses `scope:token` pairs (as in `API_TOKENS`) and `scope token` lines (as in a file).
     pub fn tokens(entries: &[(String, String)]) -> Result<Auth, String> {
         let mut tokens = Vec::with_capacity(entries.len());
@@ -411,7 +416,11 @@ mod tests {
 
     #[test]
     fn each_route_of_the_api_declares_its_scope() {
-        let routes = crate::http::routes();
+        let topics = platform::Topics::load(None).unwrap();
+        let registry = crate::saga::SagasSource::BuiltIn
+            .load(&topics, platform::Contract::built_in())
+            .unwrap();
+        let routes = crate::http::routes(&registry);
         let access = |method: Method, path: &str| {
             routes
                 .declared()

@@ -5,7 +5,8 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -96,12 +97,41 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// What every refusal answers: `success: false` as CampusG's errors carry it, and what went
+/// wrong in words.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    pub error: String,
+}
+
+/// A refusal because of the saga's status (409), with that status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConflictBody {
+    /// Always `false`.
+    pub success: bool,
+    pub error: String,
+    pub status: crate::saga::SagaStatus,
+}
+
+fn body(error: String) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        success: false,
+        error,
+    })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Conflict { message, status } = &self {
             return (
                 StatusCode::CONFLICT,
-                Json(json!({ "success": false, "error": message, "status": status })),
+                Json(ConflictBody {
+                    success: false,
+                    error: message.clone(),
+                    status: *status,
+                }),
             )
                 .into_response();
         }
@@ -109,7 +139,7 @@ impl IntoResponse for ApiError {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({ "success": false, "error": message })),
+                body(message.to_string()),
             )
                 .into_response();
         }
@@ -143,7 +173,6 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        // `success: false` as CampusG's errors carry it; `error` says what went wrong.
-        (status, Json(json!({ "success": false, "error": message }))).into_response()
+        (status, body(message)).into_response()
     }
 }

@@ -21,10 +21,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Access::Needs, Routes, Scope};
@@ -45,22 +46,41 @@ const RECONNECT_MS: u64 = 1_000;
 /// A saga's changes read up front when a stream of one saga opens: far more than any saga makes.
 const MAX_SAGA_BACKLOG: usize = 10_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsParams {
+    /// Only changes of sagas of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type", max_length = 64)]
     saga_type: Option<String>,
+    /// Only changes that leave their saga in this status (any case).
     status: Option<String>,
 }
 
 /// `GET /events?type=&status=`.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    summary = "Every change of every saga as Server-Sent Events (`event: change`), from now or after Last-Event-ID",
+    params(
+        EventsParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "An event stream that does not end: `event: change` with a ChangeView", content_type = "text/event-stream", body = ChangeView),
+        (status = 400, description = "A bad filter or Last-Event-ID", body = super::error::ErrorBody),
+        (status = 503, description = "Too many event streams open on this instance", body = super::error::ErrorBody),
+    )
+)]
 async fn all_events(
     State(app): State<AppState>,
     ApiQuery(params): ApiQuery<EventsParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let saga_type = params.saga_type.filter(|t| !t.is_empty());
-    if saga_type.as_ref().is_some_and(|t| t.len() > 64) {
+    if saga_type.as_ref().is_some_and(|t| t.chars().count() > 64) {
         return Err(ApiError::bad_request("type is at most 64 characters"));
     }
     let filter = ChangeFilter {
@@ -90,6 +110,23 @@ async fn all_events(
 }
 
 /// `GET /sagas/{id}/events`.
+#[utoipa::path(
+    get,
+    path = "/sagas/{saga_id}/events",
+    tag = "events",
+    summary = "One saga live as Server-Sent Events: its state (`event: saga`), then each change (`event: change`, then `event: saga`), ending with it",
+    params(
+        ("saga_id" = Uuid, Path, description = "The saga's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "An event stream: `event: saga` with a SagaView, `event: change` with a ChangeView", content_type = "text/event-stream", body = super::sagas::SagaView),
+        (status = 204, description = "Resumed after the end: nothing more will come"),
+        (status = 404, description = "No such saga", body = super::error::ErrorBody),
+        (status = 400, description = "A bad filter or Last-Event-ID", body = super::error::ErrorBody),
+        (status = 503, description = "Too many event streams open on this instance", body = super::error::ErrorBody),
+    )
+)]
 async fn saga_events(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -161,13 +198,12 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Cursor>, ApiError> {
     let Some(v) = headers.get("last-event-id") else {
         return Ok(None);
     };
-    let text = v.to_str().unwrap_or_default().trim();
+    let refused = || ApiError::bad_request("Last-Event-ID is not an event id this API gave out");
+    let text = v.to_str().map_err(|_| refused())?.trim();
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|()| ApiError::bad_request("Last-Event-ID is not an event id this API gave out"))
+    text.parse().map(Some).map_err(|()| refused())
 }
 
 fn stream(feed: &Feed, tail: Tail) -> Response {
@@ -240,14 +276,16 @@ impl Tail {
                     );
                     self.feed.dropped();
                     self.done = true;
+                    let body = super::error::ErrorBody {
+                        success: false,
+                        error: "this stream fell too far behind and is closed; reconnect with \
+                                Last-Event-ID to resume"
+                            .into(),
+                    };
                     self.queue.push_back(
-                        Event::default().event("dropped").data(
-                            json!({
-                                "error": "this stream fell too far behind and is closed; \
-                                          reconnect with Last-Event-ID to resume"
-                            })
-                            .to_string(),
-                        ),
+                        Event::default()
+                            .event("dropped")
+                            .data(serde_json::to_string(&body).unwrap_or_default()),
                     );
                 }
                 Err(RecvError::Closed) => return None,
@@ -306,22 +344,39 @@ impl Tail {
     }
 }
 
-/// `event: change`: what one committed transition did to one saga.
+/// The data of `event: change`: what one committed transition did to one saga.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ChangeView {
+    /// The event id: where a reconnect resumes (`Last-Event-ID`).
+    id: String,
+    saga_id: Uuid,
+    saga_type: String,
+    /// The saga's status once the change committed.
+    status: crate::saga::SagaStatus,
+    /// The saga's stored version once the change committed.
+    version: i64,
+    at: String,
+    /// What happened, in order: `started`; `sent`, `resent` (`step`, `compensation`,
+    /// `attempt`); `replied` (with its `outcome`); `timed_out`; `status` (`from`, `to`);
+    /// `parked` (`reason`); `resumed`.
+    #[schema(value_type = Vec<Object>)]
+    changes: Value,
+}
+
 fn change_event(c: &ChangeRecord) -> Event {
-    let what: Value = serde_json::from_str(&c.what).unwrap_or(Value::Array(Vec::new()));
-    let body = json!({
-        "id": c.cursor.to_string(),
-        "saga_id": c.saga_id,
-        "saga_type": c.saga_type,
-        "status": c.status,
-        "version": c.version,
-        "at": platform::time::rfc3339(c.at),
-        "changes": what,
-    });
+    let body = ChangeView {
+        id: c.cursor.to_string(),
+        saga_id: c.saga_id,
+        saga_type: c.saga_type.clone(),
+        status: c.status,
+        version: c.version,
+        at: platform::time::rfc3339(c.at),
+        changes: serde_json::from_str(&c.what).unwrap_or(Value::Array(Vec::new())),
+    };
     Event::default()
         .event("change")
         .id(c.cursor.to_string())
-        .data(body.to_string())
+        .data(serde_json::to_string(&body).unwrap_or_default())
 }
 
 /// `event: saga`: the saga as `GET /sagas/{id}` shows it.

@@ -11,13 +11,23 @@ use super::AppState;
 pub fn routes() -> Routes {
     Routes::default()
         .get("/health", Open, health)
-        .get("/livez", Open, platform::ops::livez)
+        .get("/livez", Open, livez)
         .get("/readyz", Open, readyz)
         .get("/metrics", Open, metrics)
         .get("/asyncapi.json", Open, asyncapi)
 }
 
+/// The process is up (no dependency is asked).
+#[utoipa::path(get, path = "/livez", tag = "operations", summary = "Liveness: the process answers",
+    responses((status = 200, description = "`{\"status\":\"alive\"}`", body = Object)))]
+async fn livez() -> axum::response::Response {
+    platform::ops::livez().await
+}
+
 /// The AsyncAPI document of every topic, command, reply and event, from the loaded definitions.
+#[utoipa::path(get, path = "/asyncapi.json", tag = "operations",
+    summary = "The AsyncAPI document of every topic, command, reply and lifecycle event",
+    responses((status = 200, description = "AsyncAPI 3.0", body = Object)))]
 async fn asyncapi(State(app): State<AppState>) -> Json<Value> {
     let registry = &app.sagas.registry;
     Json(crate::asyncapi::document(
@@ -29,12 +39,21 @@ async fn asyncapi(State(app): State<AppState>) -> Json<Value> {
 
 /// Database, broker and consumer group, as last checked in the background: answers at once
 /// even while the broker is away.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness: the database, Kafka and the consumer group, as last checked",
+    responses(
+        (status = 200, description = "Ready; the checks and any warnings", body = Object),
+        (status = 503, description = "Not ready; what failed", body = Object),
+    ))]
 async fn readyz(State(app): State<AppState>) -> axum::response::Response {
     platform::ops::readyz(&app.ops.health)
 }
 
 /// Every metric of the process; the outbox and saga gauges are read from the database now
 /// (bounded, so a database that is away does not hold the scrape).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    responses((status = 200, description = "Every metric of the process", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(app): State<AppState>) -> axum::response::Response {
     let m = app.store.saga_metrics();
     match tokio::time::timeout(Duration::from_secs(2), app.store.outbox_backlog()).await {
@@ -62,6 +81,12 @@ async fn metrics(State(app): State<AppState>) -> axum::response::Response {
 
 /// 200 when the database and Kafka both answer, 503 naming what does not. Asks both now (kept
 /// as it was for existing probes; `/livez` and `/readyz` are what probes should use).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    summary = "The database and Kafka, asked now",
+    responses(
+        (status = 200, description = "Both answer", body = Object),
+        (status = 503, description = "One does not", body = Object),
+    ))]
 async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let (db, kafka) = tokio::join!(
         app.store.db().ping(),

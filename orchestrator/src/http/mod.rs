@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod health;
 mod limits;
+mod openapi;
 mod orders;
 mod sagas;
 mod start;
@@ -38,6 +39,7 @@ use platform::{Ops, TraceContext};
 
 pub use error::ApiError;
 pub use limits::{ApiArgs, ApiConfig, LongPolls};
+pub use openapi::document as openapi_document;
 
 use crate::intake::{Intake, Ticket};
 use crate::saga::Sagas;
@@ -111,11 +113,20 @@ pub struct AppParts {
     pub feed: crate::live::Feed,
 }
 
-/// Every route of the API, each with who may call it.
-pub fn routes() -> auth::Routes {
+/// Every route of the API, each with who may call it: among them a start path per saga type
+/// of `registry`.
+pub fn routes(registry: &crate::saga::Registry) -> auth::Routes {
+    let typed = registry.types().fold(auth::Routes::default(), |r, d| {
+        r.post(
+            &format!("/sagas/{}", d.saga_type),
+            auth::Access::Needs(auth::Scope::Start),
+            start::start_typed,
+        )
+    });
     // CampusG's orchestrator serves its API under /api: its clients work against either path.
     let sagas = orders::routes()
         .merge(sagas::routes())
+        .merge(typed)
         .merge(events::routes())
         .merge(types::routes());
     auth::Routes::default()
@@ -123,11 +134,21 @@ pub fn routes() -> auth::Routes {
         .nest("/api", sagas)
         .merge(health::routes())
         .merge(dead_letters::routes())
+        .merge(auth::Routes::default().get(
+            "/openapi.json",
+            auth::Access::Open,
+            openapi::openapi_json,
+        ))
 }
 
 pub fn router(state: AppState) -> Router {
-    routes()
+    routes(&state.sagas.registry)
         .into_router(state.auth.clone())
+        // Swagger UI's page and files (not API routes: they read /openapi.json like any client).
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json").try_it_out_enabled(true)),
+        )
         .route_layer(axum::middleware::from_fn(name_route))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::auth::{Access::Needs, Routes, Scope};
@@ -22,42 +22,7 @@ pub fn routes() -> Routes {
 }
 
 /// The CampusG create-order request.
-#[derive(Debug, Deserialize, Serialize, PartialEq)]
-pub struct CreateOrder {
-    pub customer_id: String,
-    pub order_details: OrderDetails,
-}
-
-#[derive(Debug, Deserialize, Serialize, PartialEq)]
-pub struct OrderDetails {
-    #[serde(rename = "foodItems")]
-    pub food_items: Vec<FoodItem>,
-    #[serde(
-        rename = "storeLocation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub store_location: Option<String>,
-    #[serde(
-        rename = "deliveryLocation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub delivery_location: Option<String>,
-    #[serde(rename = "deliveryFee", default)]
-    pub delivery_fee: f64,
-}
-
-#[derive(Debug, Deserialize, Serialize, PartialEq)]
-pub struct FoodItem {
-    pub name: String,
-    pub price: f64,
-    pub quantity: u32,
-}
-
-/// CampusG's answer to a started order saga (`success`, `message`, `saga_id`, `status`), and
-/// the saga's type.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Accepted {
     success: bool,
     message: &'static str,
@@ -66,14 +31,37 @@ struct Accepted {
     status: &'static str,
 }
 
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    summary = "CampusG's create-order front: starts a create_order saga",
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried order with the same key answers with the saga the first one started")),
+    request_body(content = Object, description = "The order; create_order's input schema says what it must hold"),
+    responses(
+        (status = 202, description = "Started (or replayed for its Idempotency-Key)", body = Accepted, headers(
+            ("Location" = String, description = "`/sagas/{saga_id}`"),
+            ("idempotent-replayed" = String, description = "`true` when the Idempotency-Key had started it before"),
+        )),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = super::error::ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = super::error::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used before with a different order", body = super::error::ErrorBody),
+        (status = 422, description = "The order does not match create_order's input schema", body = super::error::ErrorBody),
+        (status = 503, description = "The database is away, or the request timed out", body = super::error::ErrorBody),
+    )
+)]
 async fn create_order(
     State(app): State<AppState>,
     trace: Option<Extension<RequestTrace>>,
     ticket: Option<Extension<Ticket>>,
     headers: HeaderMap,
-    ApiJson(order): ApiJson<CreateOrder>,
+    ApiJson(order): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = start::idempotency_key(&headers)?;
+    let Value::Object(order) = order else {
+        return Err(ApiError::unprocessable("the order must be a JSON object"));
+    };
     // Checked by create_order's input schema and its amount computed, as for
     // `POST /sagas/create_order`: one set of rules for both fronts.
     let started = start::start(
@@ -103,34 +91,41 @@ async fn create_order(
 
 /// The saga's input: what `sagas/create_order.toml` declares, built from CampusG's request
 /// (fields it does not know are left out; the amount is computed by the saga).
-fn saga_input(order: &CreateOrder) -> Map<String, Value> {
-    let mut input = Map::new();
-    input.insert("customer_id".into(), json!(order.customer_id));
-    input.insert("order_details".into(), json!(order.order_details));
-    input
+/// create_order's input: the order's customer and details (CampusG's other fields are not the
+/// saga's); the input schema then says whether they are right.
+fn saga_input(order: &Map<String, Value>) -> Map<String, Value> {
+    ["customer_id", "order_details"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), order.get(*k)?.clone())))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::saga::{computed, SagaDefinition};
+    use serde_json::json;
 
-    fn order(items: Value, fee: f64) -> CreateOrder {
-        serde_json::from_value(json!({
+    fn order(items: Value, fee: f64) -> Map<String, Value> {
+        let Value::Object(order) = json!({
             "customer_id": "c-1",
-            "order_details": {"foodItems": items, "storeLocation": "s", "deliveryLocation": "d", "deliveryFee": fee}
-        }))
-        .unwrap()
+            "order_details": {"foodItems": items, "storeLocation": "s", "deliveryLocation": "d", "deliveryFee": fee},
+            "campusg_field": "not the saga's"
+        }) else {
+            unreachable!()
+        };
+        order
     }
 
     /// What the start path does with an order's input: the schema's check, then the amount.
-    fn started(order: &CreateOrder) -> Result<i64, Vec<String>> {
+    fn started(order: &Map<String, Value>) -> Result<i64, Vec<String>> {
         let topics = platform::Topics::load(None).unwrap();
         let registry = crate::saga::SagasSource::BuiltIn
             .load(&topics, platform::Contract::built_in())
             .unwrap();
         let def: &SagaDefinition = registry.latest(CREATE_ORDER).unwrap();
         let input = saga_input(order);
+        assert!(!input.contains_key("campusg_field"));
         registry.check_input(def, &Value::Object(input.clone()))?;
         let function = &def.computed["amount_cents"];
         Ok(computed::compute(function, &input)
@@ -197,7 +192,7 @@ mod tests {
         }
         let mut o = order(json!([{"name": "A", "price": 1.0, "quantity": 1}]), 0.0);
         for blank in ["", "  ", "a\nb", "a\u{7}b", "\t", &"x".repeat(257)] {
-            o.customer_id = blank.into();
+            o.insert("customer_id".into(), json!(blank));
             let problems = started(&o).unwrap_err();
             assert!(
                 problems.iter().any(|p| p.starts_with("/customer_id: ")),
@@ -205,7 +200,7 @@ mod tests {
             );
         }
         for fine in ["c-1", "Zoë O'Brien", " padded "] {
-            o.customer_id = fine.into();
+            o.insert("customer_id".into(), json!(fine));
             assert!(started(&o).is_ok(), "{fine:?}");
         }
     }

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Access::Needs, Routes, Scope};
@@ -39,7 +40,7 @@ pub fn routes() -> Routes {
 
 /// A saga as the API shows it: any type's, with its input and context; a create-order saga also
 /// carries CampusG's fields (`customer_id`, `order_id`, ...).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SagaView {
     /// CampusG's name for the saga id.
     id: Uuid,
@@ -49,11 +50,14 @@ pub struct SagaView {
     definition_version: u32,
     status: SagaStatus,
     current_step: Option<String>,
+    /// A create-order saga's fields, as CampusG shows them.
     #[serde(flatten)]
     order: Option<OrderFields>,
     /// What started the saga.
+    #[schema(value_type = Option<Object>)]
     input: Option<serde_json::Value>,
     /// What the saga knows now: its input and the fields its steps received.
+    #[schema(value_type = Object)]
     context: serde_json::Map<String, serde_json::Value>,
     /// Why compensation started: the failed step, the deadline.
     error: Option<String>,
@@ -76,7 +80,7 @@ pub struct SagaView {
 }
 
 /// The create-order saga's fields, as CampusG shows them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OrderFields {
     customer_id: Option<String>,
     order_id: Option<String>,
@@ -85,7 +89,7 @@ struct OrderFields {
 }
 
 /// A command the saga waits on.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct WaitView {
     /// The step (or compensation) whose reply is awaited.
     step: String,
@@ -99,7 +103,7 @@ struct WaitView {
     deadline_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct StepView {
     name: String,
     kind: StepKind,
@@ -116,10 +120,11 @@ struct StepView {
     history: Vec<AttemptView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct AttemptView {
     attempt: u32,
     sent_at: String,
+    /// `null` while waiting; then `succeeded`, `failed: <reason>` or `timed out`.
     outcome: Option<String>,
 }
 
@@ -218,15 +223,30 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 /// The longest `wait_ms` accepted: below the request timeout, so a wait ends with the saga.
 const MAX_WAIT_MS: u64 = 9_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 // An unknown parameter is a mistake to name (`?customer_id=` filters nothing), not to ignore.
 #[serde(deny_unknown_fields)]
 struct GetParams {
     /// Hold the response until the saga has ended, for at most this long (long polling).
+    #[param(maximum = 9000)]
     wait_ms: Option<u64>,
 }
 
 /// `GET /sagas/{id}`, and with `?wait_ms=N` the same once the saga has ended (or after N ms).
+#[utoipa::path(
+    get,
+    path = "/sagas/{saga_id}",
+    tag = "sagas",
+    summary = "A saga: where it is and what happened to it",
+    params(("saga_id" = Uuid, Path, description = "The saga's id"), GetParams),
+    responses(
+        (status = 200, description = "The saga", body = SagaView),
+        (status = 400, description = "Not a UUID, or a bad parameter", body = super::error::ErrorBody),
+        (status = 404, description = "No such saga", body = super::error::ErrorBody),
+        (status = 503, description = "Too many long polls, or the database is away", body = super::error::ErrorBody),
+    )
+)]
 async fn get_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -253,22 +273,42 @@ async fn get_saga(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 // An unknown parameter is a mistake to name (`?customer_id=` filters nothing), not to ignore.
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// Only sagas of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type", max_length = 64)]
     saga_type: Option<String>,
+    /// Only sagas in this status (any case).
     status: Option<String>,
+    /// Sagas per page (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// Where the previous page ended (from its `Link: <...>; rel="next"`).
     cursor: Option<String>,
     /// A saga id, or text found in a saga's input or context (a customer, an order id).
+    #[param(max_length = 256)]
     search: Option<String>,
 }
 
 /// `GET /sagas?type=&status=&search=&limit=&cursor=`: a JSON array, newest first (CampusG's shape); when
 /// more follow, `Link: </sagas?...&cursor=...>; rel="next"` points at the next page.
+#[utoipa::path(
+    get,
+    path = "/sagas",
+    tag = "sagas",
+    summary = "Sagas, newest first, a page at a time",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of sagas", body = Vec<SagaView>,
+         headers(("Link" = String, description = "`<...>; rel=\"next\"` when more follow"))),
+        (status = 400, description = "A bad filter, limit or cursor", body = super::error::ErrorBody),
+        (status = 503, description = "The database is away", body = super::error::ErrorBody),
+    )
+)]
 async fn list_sagas(
     State(app): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -281,7 +321,7 @@ async fn list_sagas(
         )));
     }
     let saga_type = params.saga_type.filter(|t| !t.is_empty());
-    if saga_type.as_ref().is_some_and(|t| t.len() > 64) {
+    if saga_type.as_ref().is_some_and(|t| t.chars().count() > 64) {
         return Err(ApiError::bad_request("type is at most 64 characters"));
     }
     let after = params
@@ -354,9 +394,16 @@ pub(super) fn parse_status(status: Option<&str>) -> Result<Option<SagaStatus>, A
     }
 }
 
-/// `created_at.saga_id` of the last saga of a page.
+/// What a page cursor looks like (the API's document says so): `created_at.saga_id`.
+pub const PAGE_CURSOR_PATTERN: &str =
+    "^[0-9]{1,18}\\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// `created_at.saga_id` of the last saga of a page: exactly [`PAGE_CURSOR_PATTERN`].
 fn parse_cursor(cursor: &str) -> Option<(i64, Uuid)> {
     let (at, id) = cursor.split_once('.')?;
+    let digits = !at.is_empty() && at.len() <= 18 && at.bytes().all(|b| b.is_ascii_digit());
+    // 36 characters: the hyphenated form only (a UUID also parses from 32, 38 and 45).
+    (digits && id.len() == 36).then_some(())?;
     Some((at.parse().ok()?, Uuid::parse_str(id).ok()?))
 }
 
@@ -368,7 +415,7 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'~');
 
 /// An operator command taken: `message` as CampusG answers a cancel, the saga and its status.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Accepted {
     message: String,
     saga_id: Uuid,
@@ -396,6 +443,20 @@ type Command = fn(&Sagas, &SagaState, i64) -> engine::Decision;
 
 /// `POST /sagas/{id}/cancel`: 202 when accepted (again), 409 with the status when the saga is
 /// compensating or has ended otherwise.
+#[utoipa::path(
+    post,
+    path = "/sagas/{saga_id}/cancel",
+    tag = "sagas",
+    summary = "Cancel a saga: its completed steps are undone",
+    params(("saga_id" = Uuid, Path, description = "The saga's id")),
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 400, description = "Not a UUID", body = super::error::ErrorBody),
+        (status = 404, description = "No such saga", body = super::error::ErrorBody),
+        (status = 409, description = "Its status does not allow it", body = super::error::ConflictBody),
+        (status = 503, description = "The database is away", body = super::error::ErrorBody),
+    )
+)]
 async fn cancel_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -404,6 +465,20 @@ async fn cancel_saga(
 }
 
 /// `POST /sagas/{id}/retry`: re-drives the failed compensation of a `FAILED` saga.
+#[utoipa::path(
+    post,
+    path = "/sagas/{saga_id}/retry",
+    tag = "sagas",
+    summary = "Retry the failed compensation of a FAILED saga",
+    params(("saga_id" = Uuid, Path, description = "The saga's id")),
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 400, description = "Not a UUID", body = super::error::ErrorBody),
+        (status = 404, description = "No such saga", body = super::error::ErrorBody),
+        (status = 409, description = "Its status does not allow it", body = super::error::ConflictBody),
+        (status = 503, description = "The database is away", body = super::error::ErrorBody),
+    )
+)]
 async fn retry_saga(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,

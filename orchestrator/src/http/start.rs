@@ -6,7 +6,7 @@
 //! `Idempotency-Key` (unique per saga type) makes a retried request answer with the saga the
 //! first one started.
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -58,7 +58,10 @@ pub async fn start(app: &AppState, request: StartRequest<'_>) -> Result<Started,
             ))
         })?
         .clone();
-    let input = Value::Object(request.input);
+    let mut input = Value::Object(request.input);
+    // 2.0 and 2 are the same number to JSON Schema (an integer either way): stored and sent as
+    // 2, so participants that read an integer get one.
+    integral_as_integers(&mut input);
     if let Err(problems) = app.sagas.registry.check_input(&definition, &input) {
         return Err(ApiError::unprocessable(format!(
             "the input does not match the {} input schema: {}",
@@ -122,9 +125,13 @@ pub async fn start(app: &AppState, request: StartRequest<'_>) -> Result<Started,
             }
             Created::Existing(existing) => {
                 if input_of(&existing) != input_of(&state) {
-                    return Err(ApiError::unprocessable(
-                        "this Idempotency-Key was already used with a different request",
-                    ));
+                    // 409: the key is taken by another request (the resource's state conflicts
+                    // with this one), not a fault of this request's body.
+                    return Err(ApiError::Client {
+                        status: StatusCode::CONFLICT,
+                        message: "this Idempotency-Key was already used with a different request"
+                            .into(),
+                    });
                 }
                 tracing::info!(existing = %existing.saga_id, "idempotent retry; returning the existing saga");
                 Ok(Started {
@@ -136,6 +143,22 @@ pub async fn start(app: &AppState, request: StartRequest<'_>) -> Result<Started,
     }
     .instrument(span)
     .await
+}
+
+/// Every number with no fraction (`2.0`) as an integer (`2`), within the range JSON carries
+/// integers exactly.
+fn integral_as_integers(value: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT) {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_as_integers),
+        _ => {}
+    }
 }
 
 /// The input a saga was started with, as stored.
@@ -174,8 +197,8 @@ pub fn accepted(started: &Started, body: impl Serialize) -> Response {
     response
 }
 
-#[derive(Debug, Serialize)]
-struct StartedBody {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct StartedBody {
     saga_id: Uuid,
     saga_type: String,
     definition_version: u32,
@@ -183,6 +206,30 @@ struct StartedBody {
 }
 
 /// `POST /sagas/{type}`: the body is the saga's input.
+#[utoipa::path(
+    post,
+    path = "/sagas/{saga_id}",
+    tag = "sagas",
+    summary = "Start a saga of any type (the path names the type); each type's own path below has its input schema",
+    params(
+        ("saga_id" = String, Path, description = "The saga type to start (the path is shared with GET /sagas/{saga_id})"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key answers with the saga the first one started"),
+    ),
+    request_body(content = Object, description = "The input; the type's JSON Schema says what it must hold"),
+    responses(
+        (status = 202, description = "Started (or replayed for its Idempotency-Key)", body = StartedBody, headers(
+            ("Location" = String, description = "`/sagas/{saga_id}`"),
+            ("idempotent-replayed" = String, description = "`true` when the Idempotency-Key had started it before"),
+        )),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = super::error::ErrorBody),
+        (status = 404, description = "No such saga type", body = super::error::ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = super::error::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used before with a different input", body = super::error::ErrorBody),
+        (status = 422, description = "The input does not match the type's schema", body = super::error::ErrorBody),
+        (status = 503, description = "The database is away, or the request timed out", body = super::error::ErrorBody),
+    )
+)]
 pub async fn start_saga(
     State(app): State<AppState>,
     ApiPath(saga_type): ApiPath<String>,
@@ -191,14 +238,40 @@ pub async fn start_saga(
     headers: HeaderMap,
     ApiJson(input): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
+    start_of_type(&app, &saga_type, trace, ticket, headers, input).await
+}
+
+/// `POST /sagas/create_order` and the like: one route per loaded type, so the API (and its
+/// document) says exactly which methods each type's path takes. The type is the path's last
+/// segment.
+pub async fn start_typed(
+    State(app): State<AppState>,
+    path: MatchedPath,
+    trace: Option<Extension<RequestTrace>>,
+    ticket: Option<Extension<Ticket>>,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let saga_type = path.as_str().rsplit('/').next().unwrap_or_default();
+    start_of_type(&app, saga_type, trace, ticket, headers, input).await
+}
+
+async fn start_of_type(
+    app: &AppState,
+    saga_type: &str,
+    trace: Option<Extension<RequestTrace>>,
+    ticket: Option<Extension<Ticket>>,
+    headers: HeaderMap,
+    input: Value,
+) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let Value::Object(input) = input else {
         return Err(ApiError::unprocessable("the input must be a JSON object"));
     };
     let started = start(
-        &app,
+        app,
         StartRequest {
-            saga_type: &saga_type,
+            saga_type,
             input,
             idempotency_key,
             trace,
@@ -213,4 +286,20 @@ pub async fn start_saga(
         status: started.state.status,
     };
     Ok(accepted(&started, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_numbers_become_integers_and_the_rest_stay() {
+        let mut v = serde_json::json!({"q": 959.0, "p": 12.5, "n": [2.0, -3.0, 1e300], "i": 7});
+        integral_as_integers(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"q": 959, "p": 12.5, "n": [2, -3, 1e300], "i": 7})
+        );
+        assert!(v["q"].is_i64());
+    }
 }

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Access::Needs, Routes, Scope};
 use super::{ApiError, ApiPath, ApiQuery, AppState};
@@ -18,7 +19,7 @@ pub fn routes() -> Routes {
 }
 
 /// A saga type at one version.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TypeView {
     saga_type: String,
     version: u32,
@@ -26,6 +27,7 @@ pub struct TypeView {
     versions: Vec<u32>,
     description: String,
     /// The JSON Schema a start's input must match.
+    #[schema(value_type = Object)]
     input_schema: Value,
     /// Input fields derived by the orchestrator, never taken from a client: field → function.
     computed: std::collections::BTreeMap<String, String>,
@@ -37,7 +39,8 @@ pub struct TypeView {
     steps: Vec<StepView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TypeStepView)]
 struct StepView {
     name: String,
     /// The parallel group the step runs in with its neighbours of the same group.
@@ -52,7 +55,7 @@ struct StepView {
     nothing_to_undo: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct CommandView {
     name: String,
     topic: String,
@@ -63,7 +66,7 @@ struct CommandView {
     failure: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct CompensationView {
     name: String,
     command: CommandView,
@@ -123,11 +126,19 @@ fn view(app: &AppState, def: &SagaDefinition) -> TypeView {
 }
 
 /// `GET /saga-types`: the latest version of every type, by name.
+#[utoipa::path(
+    get,
+    path = "/saga-types",
+    tag = "saga types",
+    summary = "Every saga type at its latest version: steps, groups, compensations, input schema",
+    responses((status = 200, description = "The saga types", body = Vec<TypeView>))
+)]
 async fn list_types(State(app): State<AppState>) -> Json<Vec<TypeView>> {
     Json(app.sagas.registry.types().map(|d| view(&app, d)).collect())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TypeParams {
     /// A version other than the latest (one a running saga still uses).
@@ -135,6 +146,18 @@ struct TypeParams {
 }
 
 /// `GET /saga-types/{type}?version=`: one type, at its latest version or the one asked for.
+#[utoipa::path(
+    get,
+    path = "/saga-types/{saga_type}",
+    tag = "saga types",
+    summary = "One saga type, at its latest version or the one asked for",
+    params(("saga_type" = String, Path, description = "The saga type"), TypeParams),
+    responses(
+        (status = 200, description = "The saga type", body = TypeView),
+        (status = 400, description = "A bad parameter", body = super::error::ErrorBody),
+        (status = 404, description = "No such type or version", body = super::error::ErrorBody),
+    )
+)]
 async fn get_type(
     State(app): State<AppState>,
     ApiPath(saga_type): ApiPath<String>,

@@ -11,7 +11,8 @@ use crate::saga::changes::changes;
 
 /// A position in the change log, in commit order: the writing transaction's id (PostgreSQL; 0 on
 /// SQLite, whose single writer takes `seq` in commit order) and the row's number. Given out as
-/// `<tx>-<seq>`, the streams' event id.
+/// `<tx>t<seq>`, the streams' event id: letters and digits only, as some clients (and HTTP
+/// tooling) keep header values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor {
     pub tx: u64,
@@ -20,19 +21,28 @@ pub struct Cursor {
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.tx, self.seq)
+        write!(f, "{}t{}", self.tx, self.seq)
     }
 }
 
+/// What an event id looks like (the API's document says so).
+pub const CURSOR_PATTERN: &str = "^[0-9]{1,19}t[0-9]{1,18}$";
+
 impl FromStr for Cursor {
     type Err = ();
+    /// Exactly [`CURSOR_PATTERN`]: digits only (no sign), within range.
     fn from_str(s: &str) -> std::result::Result<Self, ()> {
-        let (tx, seq) = s.split_once('-').ok_or(())?;
-        let cursor = Cursor {
+        let (tx, seq) = s.split_once('t').ok_or(())?;
+        let digits = |t: &str, max: usize| {
+            !t.is_empty() && t.len() <= max && t.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(tx, 19) || !digits(seq, 18) {
+            return Err(());
+        }
+        Ok(Cursor {
             tx: tx.parse().map_err(|_| ())?,
             seq: seq.parse().map_err(|_| ())?,
-        };
-        (cursor.seq >= 0).then_some(cursor).ok_or(())
+        })
     }
 }
 
@@ -223,7 +233,9 @@ mod tests {
     fn a_cursor_reads_back_what_it_writes_and_refuses_anything_else() {
         let c = Cursor { tx: 812, seq: 4 };
         assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
-        for bad in ["", "4", "a-1", "1-b", "1-2-3", "-1", "1--1"] {
+        for bad in [
+            "", "4", "at1", "1tb", "1t2t3", "t1", "1-1", "+1t2", "1t+2", "1t", "1tt1",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?} was taken");
         }
         assert!(Cursor { tx: 1, seq: 0 } > Cursor { tx: 0, seq: 9 });

@@ -23,7 +23,7 @@ mod prune;
 mod sagas;
 mod watch;
 
-pub use changes::{ChangeFilter, ChangeRecord, Cursor};
+pub use changes::{ChangeFilter, ChangeRecord, Cursor, CURSOR_PATTERN};
 use outbox::insert_outbox;
 use sagas::update_sagas;
 
