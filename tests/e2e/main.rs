@@ -29,3 +29,4 @@ mod saga_paths;
 mod security;
 mod soak;
 mod upgrade;
+mod web;

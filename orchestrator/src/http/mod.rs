@@ -19,6 +19,7 @@ mod orders;
 mod sagas;
 mod start;
 mod types;
+mod ui;
 
 use std::sync::Arc;
 
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .config(utoipa_swagger_ui::Config::from("/openapi.json").try_it_out_enabled(true)),
         )
+        .merge(ui::router())
         .route_layer(axum::middleware::from_fn(name_route))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
