@@ -209,8 +209,9 @@ async fn a_retried_post_with_the_same_idempotency_key_returns_the_same_saga() {
         "the retry reports where the saga is now"
     );
 
+    // The key is another request's: a conflict (409), not a fault of this body.
     let misuse = post("key-1", "someone-else").await.unwrap();
-    assert_eq!(misuse.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(misuse.status(), StatusCode::CONFLICT);
     let misuse: Value = misuse.json().await.unwrap();
     assert!(misuse["error"]
         .as_str()

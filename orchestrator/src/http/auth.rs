@@ -2,14 +2,15 @@
 //!
 //! | scope | may |
 //! |---|---|
-//! | `read` | `GET /sagas`, `GET /sagas/{id}` |
+//! | `read` | `GET /sagas`, `GET /sagas/{id}`, the event streams, `GET /saga-types` |
 //! | `start` | the above, and `POST /sagas/{type}`, `POST /orders` |
 //! | `operator` | the above, and `POST /sagas/{id}/cancel`, `POST /sagas/{id}/retry`, `/dead-letters` |
 //!
-//! The probes and `/metrics` need no token (probes and scrapers rarely carry one; they reveal
-//! no customer data). Tokens come from `API_TOKENS` (`scope:token,scope:token`) and/or
-//! `API_TOKENS_FILE` (one `scope token` per line, `#` comments), so they can live in a secret
-//! mount rather than the environment. They are compared in constant time and never logged.
+//! The probes, `/metrics`, `/asyncapi.json` and `/openapi.json` need no token (probes, scrapers
+//! and client generators rarely carry one; they reveal no customer data), nor do the web view's
+//! files and `/docs` (the page asks for a token when the API answers 401). Tokens come from
+//! `API_TOKENS` (`scope:token,scope:token`) and/or `API_TOKENS_FILE` (one `scope token` per
+//! line, `#` comments), so they can live in a secret mount rather than the environment. They are compared in constant time and never logged.
 //!
 //! `API_AUTH=auto` (the default) turns authentication on when the API listens beyond loopback
 //! and refuses to start without tokens then; `cargo run` (127.0.0.1) needs none. `on` and `off`
@@ -446,7 +447,8 @@ mod tests {
             Needs(Scope::Operator)
         );
         assert_eq!(access(Method::GET, "/dead-letters"), Needs(Scope::Operator));
-        // Open: only what probes, scrapers and participants' tooling call.
+        // Open: only what probes, scrapers, participants' tooling and API clients' generators
+        // call (the documents show no customer data).
         let open: Vec<&str> = routes
             .declared()
             .iter()
@@ -455,7 +457,14 @@ mod tests {
             .collect();
         assert_eq!(
             open,
-            ["/health", "/livez", "/readyz", "/metrics", "/asyncapi.json"]
+            [
+                "/health",
+                "/livez",
+                "/readyz",
+                "/metrics",
+                "/asyncapi.json",
+                "/openapi.json"
+            ]
         );
         assert!(Scope::Read < Scope::Start && Scope::Start < Scope::Operator);
     }

@@ -60,7 +60,9 @@ async fn create_order(
 ) -> Result<Response, ApiError> {
     let idempotency_key = start::idempotency_key(&headers)?;
     let Value::Object(order) = order else {
-        return Err(ApiError::unprocessable("the order must be a JSON object"));
+        return Err(ApiError::unprocessable(
+            "invalid request: the order must be a JSON object",
+        ));
     };
     // Checked by create_order's input schema and its amount computed, as for
     // `POST /sagas/create_order`: one set of rules for both fronts.
