@@ -1,4 +1,5 @@
-//! Every command the README shows, run as a newcomer would run it: against the system its
+//! Every command the README shows (and docs/api.md, its API examples), run as a newcomer would
+//! run it: against the system its
 //! `cargo run --release` starts (the `saga-system` binary, on a free port and a data folder of
 //! its own), with the README's placeholders (the saga id, the refund's order and payment) filled
 //! in with real ones. A command this file does not know how to run fails the test, so a command
@@ -17,10 +18,24 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The saga id the README's examples use.
 const PLACEHOLDER_ID: &str = "1d31efd3-ef5a-4bfd-a6a9-6074e742fef7";
 
-/// The commands of the README's `sh` blocks, each with its first line number: comment lines
-/// dropped, continuation lines and quotes spanning lines joined.
-fn readme_commands() -> Vec<(usize, String)> {
-    let text = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
+/// The pages whose commands are run: the README, and the API examples it links to.
+const PAGES: [&str; 2] = ["README.md", "docs/api.md"];
+
+/// The commands of the pages' `sh` blocks, each with where it starts (`README.md:31`): comment
+/// lines dropped, continuation lines and quotes spanning lines joined.
+fn readme_commands() -> Vec<(String, String)> {
+    PAGES
+        .iter()
+        .flat_map(|page| {
+            commands_of(page)
+                .into_iter()
+                .map(move |(n, c)| (format!("{page}:{n}"), c))
+        })
+        .collect()
+}
+
+fn commands_of(page: &str) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(Path::new(REPO).join(page)).unwrap();
     let mut commands = Vec::new();
     let mut in_block = false;
     let mut current: Option<(usize, String)> = None;
@@ -226,16 +241,16 @@ async fn every_command_of_the_readme_runs_as_shown() {
         let program = code.split_whitespace().nth(env.len()).unwrap_or_default();
         match program {
             "cargo" if code.ends_with("cargo test") => {
-                skip(*line, code, ".ci/run runs it (this test is part of it)");
+                skip(line, code, ".ci/run runs it (this test is part of it)");
             }
-            "scripts/kafka.sh" => skip(*line, code, ".ci/run runs it before its Apache Kafka run"),
+            "scripts/kafka.sh" => skip(line, code, ".ci/run runs it before its Apache Kafka run"),
             "cargo" if code.contains("cargo run --release") => {
                 if env.is_empty() {
                     // The system this test drives.
                     ran += 1;
                     continue;
                 }
-                run_variant(&client, *line, code, env).await;
+                run_variant(&client, line, code, env).await;
                 ran += 1;
             }
             "kcat" => {
@@ -243,48 +258,43 @@ async fn every_command_of_the_readme_runs_as_shown() {
                     continue;
                 }
                 let (ok, stdout, _, stderr) = run_shell(&fill(command), Path::new(REPO));
-                assert!(ok, "README line {line}: {command}\n{stderr}");
-                assert!(
-                    !stdout.trim().is_empty(),
-                    "README line {line} printed nothing"
-                );
+                assert!(ok, "{line}: {command}\n{stderr}");
+                assert!(!stdout.trim().is_empty(), "{line} printed nothing");
                 if code.contains("-C -t order_commands") {
                     assert!(
                         stdout.contains(followed["saga_id"].as_str().unwrap()),
-                        "README line {line}: the followed saga's commands: {stdout}"
+                        "{line}: the followed saga's commands: {stdout}"
                     );
                 }
                 ran += 1;
             }
             "curl" | "for" | "tail" => {
                 let (ok, stdout, statuses, stderr) = run_shell(&fill(command), Path::new(REPO));
-                assert!(ok, "README line {line}: {command}\n{stderr}");
+                assert!(ok, "{line}: {command}\n{stderr}");
                 assert!(
                     !statuses.is_empty() || program == "tail",
-                    "README line {line}: no request made"
+                    "{line}: no request made"
                 );
                 for status in &statuses {
                     // The README says a retry of a saga that is not FAILED or parked is a 409.
                     let documented = code.ends_with("/retry") && *status == 409;
                     assert!(
                         *status < 400 || documented,
-                        "README line {line} answered {status}: {command}\n{stdout}"
+                        "{line} answered {status}: {command}\n{stdout}"
                     );
                 }
                 if code.contains("refund_order") {
-                    assert_eq!(statuses, [202], "README line {line}: {stdout}");
+                    assert_eq!(statuses, [202], "{line}: {stdout}");
                 }
                 if code.contains("| grep") || code.contains("| jq") {
                     assert!(
                         !stdout.trim().is_empty(),
-                        "README line {line} printed nothing: {command}"
+                        "{line} printed nothing: {command}"
                     );
                 }
                 ran += 1;
             }
-            other => panic!(
-                "README line {line}: this test does not know how to run `{other}`: {command}"
-            ),
+            other => panic!("{line}: this test does not know how to run `{other}`: {command}"),
         }
     }
     assert!(ran >= 20, "{ran} commands run");
@@ -301,15 +311,15 @@ fn kafka_address(log: &Path) -> String {
         .to_string()
 }
 
-fn skip(line: usize, command: &str, why: &str) {
+fn skip(line: &str, command: &str, why: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "README line {line} `{command}`: {why}");
+    let _ = writeln!(std::io::stderr(), "{line} `{command}`: {why}");
 }
 
 /// A `cargo run --release` with settings: started with them, it serves an order to its end.
 async fn run_variant(
     client: &reqwest::Client,
-    line: usize,
+    line: &str,
     command: &str,
     env: Vec<(&str, String)>,
 ) {
@@ -323,7 +333,7 @@ async fn run_variant(
                 // The README's server and options, a database name of this run's own.
                 let name = format!("readme_{}", uuid::Uuid::new_v4().simple());
                 *value = value.replacen("/saga?", &format!("/{name}?"), 1);
-                assert!(value.contains(&name), "README line {line}: {value}");
+                assert!(value.contains(&name), "{line}: {value}");
                 drop_databases = Some((value.clone(), name));
             }
             "KAFKA_BROKERS" => match std::env::var("KAFKA_PLAINTEXT_BROKERS") {
@@ -334,7 +344,7 @@ async fn run_variant(
                 }
             },
             "LOG_FORMAT" => {}
-            other => panic!("README line {line}: a setting this test does not know: {other}"),
+            other => panic!("{line}: a setting this test does not know: {other}"),
         }
     }
     if env.iter().any(|(k, _)| *k == "KAFKA_BROKERS") {
@@ -347,14 +357,14 @@ async fn run_variant(
     let log = data.with_extension("log");
     wait_ready(client, &addr, &log).await;
     let saga = order(client, &addr, "c-variant").await;
-    assert_eq!(saga["status"], "COMPLETED", "README line {line}: {saga}");
+    assert_eq!(saga["status"], "COMPLETED", "{line}: {saga}");
     stop(system);
     let log = std::fs::read_to_string(log).unwrap();
     if env.iter().any(|(k, v)| *k == "LOG_FORMAT" && v == "json") {
         for l in log.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
                 serde_json::from_str::<Value>(l).is_ok(),
-                "README line {line}: not a JSON log line: {l}"
+                "{line}: not a JSON log line: {l}"
             );
         }
     }
@@ -381,7 +391,7 @@ fn kcat() -> Option<&'static str> {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        skip(0, "kcat", "not installed (apt-get install kcat)");
+        skip("-", "kcat", "not installed (apt-get install kcat)");
     }
     found.then_some("kcat")
 }
