@@ -252,7 +252,11 @@ impl Tail {
                 return None;
             }
             if let Some(until) = self.backlog {
-                if let Err(e) = self.read_backlog(until).await {
+                let read = match self.read_backlog(until).await {
+                    Ok(true) => self.push_state().await,
+                    other => other.map(|_| ()),
+                };
+                if let Err(e) = read {
                     tracing::warn!(error = %e, "event stream cannot read the change log");
                     return None;
                 }
@@ -293,49 +297,62 @@ impl Tail {
         }
     }
 
-    /// One page of the changes up to `until` from the database.
-    async fn read_backlog(&mut self, until: Cursor) -> crate::Result<()> {
+    /// One page of the changes up to `until` from the database; whether it held any.
+    async fn read_backlog(&mut self, until: Cursor) -> crate::Result<bool> {
         let page = self
             .store
             .changes_after(self.cursor, Some(until), &self.filter, PAGE)
             .await?;
         let full = page.len() as i64 == PAGE;
         for c in &page {
-            self.queue.push_back(change_event(c));
+            self.push(c);
             self.cursor = c.cursor;
         }
         if !full {
             self.cursor = self.cursor.max(until);
             self.backlog = None;
         }
-        Ok(())
+        Ok(!page.is_empty())
     }
 
     /// What the feed broadcast: first any gap before it from the database, then what this
-    /// stream wants of it.
+    /// stream wants of it. Changes read from the gap count like broadcast ones: a saga's stream
+    /// sends the state they left and ends after the one that ends the saga, however they came.
     async fn take(&mut self, batch: &Batch) -> crate::Result<()> {
+        let mut moved = false;
         if batch.after > self.cursor {
             self.backlog = Some(batch.after);
             while let Some(until) = self.backlog {
-                self.read_backlog(until).await?;
+                moved |= self.read_backlog(until).await?;
             }
         }
-        let mut moved = false;
         for c in &batch.changes {
             if c.cursor <= self.cursor {
                 continue;
             }
             self.cursor = c.cursor;
-            if !self.filter.matches(c) {
-                continue;
-            }
-            self.queue.push_back(change_event(c));
-            moved = true;
-            if self.saga.is_some() && c.status.is_terminal() {
-                self.done = true;
+            if self.filter.matches(c) {
+                self.push(c);
+                moved = true;
             }
         }
-        if let (true, Some(id)) = (moved, self.saga) {
+        if moved {
+            self.push_state().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a change; a saga's stream ends after the change that ends the saga.
+    fn push(&mut self, c: &ChangeRecord) {
+        self.queue.push_back(change_event(c));
+        if self.saga.is_some() && c.status.is_terminal() {
+            self.done = true;
+        }
+    }
+
+    /// After changes of its saga, a saga's stream sends the saga as it is now.
+    async fn push_state(&mut self) -> crate::Result<()> {
+        if let Some(id) = self.saga {
             if let Some(state) = self.store.get(id).await? {
                 self.queue.push_back(saga_event(&SagaView::from(&state)));
             }
