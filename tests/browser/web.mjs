@@ -49,6 +49,12 @@ async function startOrder(customer, behaviour) {
   return page.url().split("/").pop();
 }
 
+/** Opens a saga's page and waits until it is that saga's (not the view before it). */
+async function openSaga(id) {
+  await page.goto(`${base}/#/sagas/${id}`);
+  await page.locator("main p code", { hasText: id }).waitFor();
+}
+
 async function waitStatus(status) {
   await page.locator("h1 .status", { hasText: status }).waitFor({ timeout: 30000 });
 }
@@ -98,14 +104,14 @@ assert.match(await page.locator(".diagram").first().innerText(), /parallel: veri
 step("a completed order cancelled from its page");
 const other = (await api("/orders", { method: "POST", headers: { "content-type": "application/json" },
   body: JSON.stringify({ customer_id: "c-web-cancel", order_details: { foodItems: [{ name: "Tea", price: 2, quantity: 1 }] } }) })).saga_id;
-await page.goto(`${base}/#/sagas/${other}`);
+await openSaga(other);
 await waitStatus("COMPLETED");
 await page.getByRole("button", { name: "Cancel saga" }).click();
 await page.getByRole("button", { name: "Cancel it" }).click();
 await page.locator("#action-result", { hasText: "being cancelled" }).waitFor();
 await waitStatus("CANCELLED");
 assert.equal(await page.locator('[data-compensation="create_order"]').getAttribute("data-state"), "compensated");
-await page.goto(`${base}/#/sagas/${comp}`);
+await openSaga(comp);
 await waitStatus("COMPENSATED");
 await page.getByRole("button", { name: "Cancel saga" }).click();
 await page.getByRole("button", { name: "Cancel it" }).click();
@@ -124,7 +130,9 @@ await until((id) => {
   return rows.length === 1 && rows[0].getAttribute("data-saga") === id;
 }, comp, "the search shows only the noupdate- saga");
 await page.goto(`${base}/#/?status=COMPLETED`);
-await page.locator("tbody tr").first().waitFor();
+await until(() => document.querySelector("#f-status").value === "COMPLETED"
+  && [...document.querySelectorAll("tbody tr .status")].every((e) => e.textContent === "COMPLETED")
+  && document.querySelectorAll("tbody tr .status").length > 0, null, "the COMPLETED sagas are listed");
 const before = await page.locator("tbody tr").count();
 await api("/orders", { method: "POST", headers: { "content-type": "application/json" },
   body: JSON.stringify({ customer_id: "c-web-live", order_details: { foodItems: [{ name: "Tea", price: 2, quantity: 1 }] } }) });
@@ -132,9 +140,15 @@ await until((n) => document.querySelectorAll("tbody tr").length > n, before, "a 
 
 // 6. Usable: every control labelled, keyboard reachable, one column on a phone.
 step("labels, keyboard and a phone's width");
-for (const view of ["#/", "#/start/create_order", "#/start/refund_order"]) {
+// Each view waited for by a form of its own: a hash change re-renders in place, and the view
+// before it would be checked (half removed) otherwise.
+for (const [view, form] of [
+  ["#/", 'form[role="search"]'],
+  ["#/start/create_order", 'form[aria-label="Start create_order"]'],
+  ["#/start/refund_order", 'form[aria-label="Start refund_order"]'],
+]) {
   await page.goto(`${base}/${view}`);
-  await page.locator("main form").first().waitFor();
+  await page.locator(`main ${form}`).waitFor();
   const unlabelled = await page.$$eval("input, select, textarea", (els) =>
     els.filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label")).map((e) => e.id || e.name));
   assert.deepEqual(unlabelled, [], `${view}: controls without a label`);
@@ -152,7 +166,7 @@ for (let i = 0; i < 20; i++) {
 await page.keyboard.press("Enter");
 await page.waitForURL(/#\/sagas\/[0-9a-f-]{36}$/);
 await page.setViewportSize({ width: 390, height: 800 });
-await page.goto(`${base}/#/sagas/${comp}`);
+await openSaga(comp);
 await waitStatus("COMPENSATED");
 const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
 assert.ok(overflow <= 0, `the saga page is ${overflow}px wider than a phone`);
