@@ -12,11 +12,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p saga-system \
         --bin orchestrator --bin order-service --bin user-service --bin payment-service \
-        --bin notification-service --bin healthcheck \
+        --bin notification-service --bin healthcheck --bin sagactl \
     && mkdir /out \
     && cp target/release/orchestrator target/release/order-service target/release/user-service \
           target/release/payment-service target/release/notification-service \
-          target/release/healthcheck /out/
+          target/release/healthcheck target/release/sagactl /out/
 
 FROM debian:bookworm-slim
 # ca-certificates: the CAs a managed Kafka or PostgreSQL presents are checked against these.

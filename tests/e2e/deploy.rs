@@ -271,6 +271,9 @@ fn the_image_runs_unprivileged_with_topics_json_and_a_probe() {
         "dependency builds are cached"
     );
     assert!(dockerfile.contains("--bin healthcheck"));
+    // An operator in a container has the command line (`docker compose exec orchestrator sagactl
+    // list`).
+    assert!(dockerfile.contains("--bin sagactl") && dockerfile.contains("target/release/sagactl"));
     let user = dockerfile
         .lines()
         .rev()
