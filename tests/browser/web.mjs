@@ -86,6 +86,24 @@ for (const c of ["create_order", "authorize_payment"]) {
 assert.equal(await page.locator('.timeline li[data-kind="compensation"]').count(), 2);
 assert.match(await page.locator(".notice.bad").first().innerText(), /update_order_status/);
 
+// The other behaviours, each from the page, each ending where it should.
+step("nocard-, declined- and noorder- orders end as their behaviours say");
+for (const [behaviour, failed, undone, kept] of [
+  ["nocard-", "get_payment_info", ["create_order"], ["authorize_payment"]],
+  ["declined-", "authorize_payment", ["create_order"], []],
+  ["noorder-", "create_order", [], ["create_order"]],
+]) {
+  await startOrder(`b-${tag}`, behaviour);
+  await waitStatus("COMPENSATED");
+  assert.equal(await page.locator(`[data-step="${failed}"]`).getAttribute("data-state"), "failed", behaviour);
+  for (const c of undone) {
+    assert.equal(await page.locator(`[data-compensation="${c}"]`).getAttribute("data-state"), "compensated", `${behaviour} ${c}`);
+  }
+  for (const c of kept) {
+    assert.equal(await page.locator(`[data-compensation="${c}"]`).getAttribute("data-state"), "none", `${behaviour} ${c}`);
+  }
+}
+
 // 3. refund_order from its generated form, for the completed order.
 step("a refund_order from its generated form completes");
 const order = await api(`/sagas/${ok}`);
