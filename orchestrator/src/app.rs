@@ -208,6 +208,7 @@ impl Orchestrator {
             db: db.clone(),
             auth: config.api.auth.clone(),
             feed,
+            openapi: Default::default(),
         }));
         let stop = cancel.clone();
         let health = ops.health.clone();

@@ -76,21 +76,7 @@ async fn stored_changes(app: &TestApp, saga_id: Option<&str>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_stream_sends_its_state_then_every_change_in_order_and_ends_with_it() {
-    let policy = orchestrator::Policy {
-        max_attempts: 40,
-        ..fast_policy()
-    };
-    let mut app = spawn_app_custom(
-        &["notification", "orders", "payments"],
-        policy,
-        Default::default(),
-    )
-    .await;
-    let id = app.start_saga("c-live").await;
-    app.wait_for(&id, Duration::from_secs(10), |s| {
-        s["current_step"] == "get_payment_info"
-    })
-    .await;
+    let (mut app, id) = waiting_on_the_user_service("c-live").await;
     let client = Client::new(&app.url(""), None).unwrap();
     let path = format!("/sagas/{id}/events");
     let stream = client.events(&path, None).await.unwrap();
@@ -350,15 +336,7 @@ async fn streams_are_capped_and_a_quiet_one_gets_heartbeats() {
             .contains("too many event streams"),
         "{body}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.lines().any(|l| l == "saga_event_streams_open 2"),
         "{metrics}"
@@ -469,15 +447,7 @@ async fn a_client_that_stops_reading_is_dropped_not_buffered() {
         !behind || text.contains("event: dropped"),
         "{changes} changes, no notice"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         !behind
             || metrics.lines().any(|l| {

@@ -521,27 +521,6 @@ async fn redeploy(app: &mut TestApp, version: u32, keep_v1: bool) -> tempfile::T
     dir
 }
 
-/// A create-order saga of `customer` waiting on get_payment_info: no user service runs yet.
-/// Short deadlines, and attempts enough to outlast the user service's group join later.
-async fn waiting_on_the_user_service(customer: &str) -> (TestApp, String) {
-    let policy = orchestrator::Policy {
-        max_attempts: 40,
-        ..fast_policy()
-    };
-    let app = spawn_app_custom(
-        &["notification", "orders", "payments"],
-        policy,
-        Default::default(),
-    )
-    .await;
-    let id = app.start_saga(customer).await;
-    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
-        s["current_step"] == "get_payment_info"
-    })
-    .await;
-    (app, id)
-}
-
 /// Removes `version` of create_order from the definitions recorded in the database, as a
 /// database of a release that did not record them would be: a deploy without that version then
 /// has nowhere to learn it from.

@@ -131,6 +131,27 @@ pub fn required_postgres() -> String {
     test_postgres().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// A create-order saga of `customer` waiting on get_payment_info: no user service runs yet.
+/// Short deadlines, and attempts enough to outlast the user service's group join later.
+pub async fn waiting_on_the_user_service(customer: &str) -> (TestApp, String) {
+    let policy = orchestrator::Policy {
+        max_attempts: 40,
+        ..fast_policy()
+    };
+    let app = spawn_app_custom(
+        &["notification", "orders", "payments"],
+        policy,
+        Default::default(),
+    )
+    .await;
+    let id = app.start_saga(customer).await;
+    app.wait_for(&id, std::time::Duration::from_secs(10), |s| {
+        s["current_step"] == "get_payment_info"
+    })
+    .await;
+    (app, id)
+}
+
 /// Starts the orchestrator with `policy` and the named services with `chaos`.
 pub async fn spawn_app_custom(
     services: &[&'static str],
@@ -351,6 +372,12 @@ impl TestApp {
         .await
         .unwrap();
         orchestrator::store::SagaStore::new(db, platform::metrics::Metrics::default())
+    }
+
+    /// The orchestrator's `/metrics` text, as a scraper reads it.
+    pub async fn metrics_text(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
     }
 
     /// `GET path`: the status and the JSON body (`Null` if there is none).

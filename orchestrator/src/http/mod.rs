@@ -112,6 +112,8 @@ pub struct AppParts {
     pub auth: auth::Auth,
     /// What the event streams follow.
     pub feed: crate::live::Feed,
+    /// `/openapi.json`, once built.
+    pub openapi: std::sync::OnceLock<serde_json::Value>,
 }
 
 /// Every route of the API, each with who may call it: among them a start path per saga type

@@ -59,11 +59,16 @@ struct ApiDoc;
     summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub(super) async fn openapi_json(State(app): State<AppState>) -> Json<Value> {
-    Json(document(
-        &app.sagas.registry,
-        super::routes(&app.sagas.registry).declared(),
-        app.auth.is_on(),
-    ))
+    // The same for the instance's life (its definitions and its tokens are fixed at start):
+    // built on first request, not per request.
+    let doc = app.openapi.get_or_init(|| {
+        document(
+            &app.sagas.registry,
+            super::routes(&app.sagas.registry).declared(),
+            app.auth.is_on(),
+        )
+    });
+    Json(doc.clone())
 }
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
