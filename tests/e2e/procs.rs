@@ -170,13 +170,16 @@ impl TestApp {
         {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        if let Some(mut old) = self.procs.0.insert(name, child) {
+        // A restart: the running process goes first, so the new one finds its address free (the
+        // other way round, a new orchestrator raced the old one for LISTEN_ADDR and, losing, exited).
+        if let Some(mut old) = self.procs.0.remove(name) {
             let _ = old.kill();
             let _ = old.wait();
         }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.procs.0.insert(name, child);
     }
 
     /// Prints the end of every process log (to see why a test failed).
@@ -283,7 +286,8 @@ impl TestApp {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "orchestrator never became healthy"
+                "{instance} never became healthy; its log, newest first:\n{}",
+                self.log_tail(instance, 40)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
