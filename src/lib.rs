@@ -67,6 +67,8 @@ pub struct SystemConfig {
     pub ops: platform::Ops,
     /// Bounds and authentication of the orchestrator's HTTP API.
     pub api: orchestrator::http::ApiConfig,
+    /// Emails and alerts from saga outcomes (the notification service).
+    pub delivery: services::delivery::DeliveryArgs,
 }
 
 impl SystemConfig {
@@ -117,16 +119,39 @@ impl SystemConfig {
         })
     }
 
-    pub fn notification(&self, kafka: KafkaSettings) -> NotificationConfig {
-        NotificationConfig {
+    pub fn notification(&self, kafka: KafkaSettings) -> Result<NotificationConfig> {
+        Ok(NotificationConfig {
             log_file: self.data_dir.join("notifications.log"),
             stdout: self.notification_stdout,
             rotation: self.notification_rotation,
             kafka,
             topics: self.topics.clone(),
             ops: self.ops.clone(),
+            delivery: self.delivery.config(
+                saga_fields(&self.sagas),
+                self.database_url("notification")?,
+                self.sqlite_sync,
+                &self.data_dir,
+            ),
+        })
+    }
+}
+
+/// The fields each saga type's data can hold (its input, computed fields, what its steps
+/// receive): what notification templates may name.
+pub fn saga_fields(sagas: &orchestrator::saga::Registry) -> services::delivery::SagaFields {
+    let mut fields = services::delivery::SagaFields::new();
+    for def in sagas.all() {
+        let set = fields.entry(def.saga_type.clone()).or_default();
+        if let Some(props) = def.input_schema["properties"].as_object() {
+            set.extend(props.keys().cloned());
+        }
+        set.extend(def.computed.keys().cloned());
+        for step in &def.steps {
+            set.extend(step.receive.iter().cloned());
         }
     }
+    fields
 }
 
 /// Starts the four stub services against `kafka`.
@@ -137,7 +162,7 @@ pub async fn start_services(
 ) -> Result<Vec<ServiceHandle>> {
     use services::runtime::start;
     Ok(vec![
-        services::notification::start(config.notification(kafka.clone()), cancel.child_token())
+        services::notification::start(config.notification(kafka.clone())?, cancel.child_token())
             .await?,
         start(
             services::order::OrderService,

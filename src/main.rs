@@ -60,6 +60,8 @@ struct Args {
     chaos: services::chaos::Chaos,
     #[command(flatten)]
     api: orchestrator::http::ApiArgs,
+    #[command(flatten)]
+    delivery: services::delivery::DeliveryArgs,
 }
 
 #[tokio::main]
@@ -99,6 +101,7 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
             .api
             .config(args.listen)
             .map_err(saga_system::Error::Config)?,
+        delivery: args.delivery,
     };
     let cancel = platform::shutdown::on_signal();
     let system = match args.kafka_brokers.filter(|b| !b.trim().is_empty()) {
@@ -121,6 +124,7 @@ async fn run(args: Args) -> Result<(), saga_system::Error> {
     tracing::info!(
         api = %format!("http://{}", system.addr()),
         notifications = %config.data_dir.join("notifications.log").display(),
+        mail = %config.data_dir.join("mail").display(),
         "saga system ready; Ctrl-C to stop"
     );
     platform::shutdown::run_bounded(&cancel, system.wait()).await;

@@ -219,6 +219,10 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                             "saga_type": {"type": "string"},
                             "status": {"type": "string"},
                             "error": {"type": ["string", "null"]},
+                            "context": {
+                                "type": "object",
+                                "description": "On the events that end a saga (completed, compensated, cancelled, failed): its input and the fields its steps replied",
+                            },
                         }
                     }), Kind::Sent),
                 }),

@@ -29,6 +29,10 @@ pub struct TopicSpec {
     /// Any further topic-level settings (`cleanup.policy`, `min.insync.replicas`, ...).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// A retry topic: how long a message waits there before it is tried again. Its consumer
+    /// holds back only the partition whose next message is not due yet.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
 }
 
 /// Every topic of the system, by role. A participant added to a deployment brings its roles
@@ -138,6 +142,20 @@ impl Topics {
         }
     }
 
+    /// The retry topics of `role` (roles named `{role}_retry_...` with a `delay_ms`), shortest
+    /// delay first: where a message that failed goes next, tier by tier.
+    pub fn retry_tiers(&self, role: &str) -> Vec<(&str, &TopicSpec)> {
+        let prefix = format!("{role}_retry_");
+        let mut tiers: Vec<(&str, &TopicSpec)> = self
+            .by_role
+            .iter()
+            .filter(|(r, t)| r.starts_with(&prefix) && t.delay_ms.is_some())
+            .map(|(r, t)| (r.as_str(), t))
+            .collect();
+        tiers.sort_by_key(|(_, t)| t.delay_ms);
+        tiers
+    }
+
     /// The topic of a role a component cannot run without; the error names the role, who needs
     /// it, and the roles topics.json has.
     pub fn require(&self, role: &str, needed_by: &str) -> Result<&TopicSpec> {
@@ -165,6 +183,12 @@ impl Topics {
                     t.name
                 )));
             }
+            if t.delay_ms == Some(0) {
+                return Err(Error::TopicsInvalid(format!(
+                    "topic {:?}: delay_ms must be at least 1 (leave it out for a topic that is no retry topic)",
+                    t.name
+                )));
+            }
             if !seen.insert(t.name.as_str()) {
                 return Err(Error::TopicsInvalid(format!(
                     "topic name {:?} is used for two roles",
@@ -187,7 +211,11 @@ mod tests {
             topics.role("order_commands").unwrap().name,
             "order_commands"
         );
-        assert_eq!(topics.all().len(), 8);
+        assert_eq!(topics.all().len(), 16);
+        let tiers: Vec<u64> = topics.retry_tiers("mail").iter().filter_map(|(_, t)| t.delay_ms).collect();
+        assert_eq!(tiers, [10_000, 60_000, 600_000]);
+        assert_eq!(topics.retry_tiers("alerts").len(), 3);
+        assert!(topics.retry_tiers("order_commands").is_empty());
         let err = topics
             .require("shipping_commands", "the shipping service")
             .unwrap_err();
@@ -219,7 +247,7 @@ mod tests {
         assert_eq!(topics.role("shipping_commands").unwrap().name, "ship");
         assert_eq!(topics.role("order_events").unwrap().name, "order_events");
         assert!(topics.role("nope").is_none());
-        assert_eq!(topics.all().len(), 9);
+        assert_eq!(topics.all().len(), 17);
     }
 
     #[test]

@@ -11,6 +11,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `notifications.toml`, a template, or a transport setting that cannot work.
+    #[error("{file}: {reason}")]
+    Notifications { file: String, reason: String },
 }
 
 impl Error {

@@ -17,8 +17,10 @@
 //! - [`order`], [`user`], [`payment`]: the business rules of each.
 //! - [`chaos`]: faults injected on purpose (failures, delays, drops, duplicates).
 //! - [`notification`]: logs every message of every topic as a JSON line.
+//! - [`delivery`]: emails and alerts from saga outcomes, with non-blocking retries.
 
 pub mod chaos;
+pub mod delivery;
 mod error;
 pub mod notification;
 pub mod order;

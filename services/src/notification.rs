@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::{Envelope, Ops, Topics, TraceContext};
 
+use crate::delivery::Audience;
 use crate::runtime::ServiceHandle;
 use crate::{Error, Result};
 
@@ -37,6 +38,8 @@ pub struct NotificationConfig {
     pub topics: Topics,
     /// Where metrics and readiness go (shared with the other components of the process).
     pub ops: Ops,
+    /// Emails and alerts from saga outcomes; `None`: only the log.
+    pub delivery: Option<crate::delivery::DeliveryConfig>,
 }
 
 /// The notification log's rotation: past `max_bytes` the file is renamed `<name>.1` (older ones
@@ -80,7 +83,7 @@ impl RotationArgs {
 
 /// The log file, rotated by size. Writes go to the blocking pool: one per batch of messages.
 #[derive(Clone)]
-struct LogFile(Arc<std::sync::Mutex<FileRotate<AppendCount>>>);
+pub(crate) struct LogFile(Arc<std::sync::Mutex<FileRotate<AppendCount>>>);
 
 impl LogFile {
     /// Opens (creating) `path`, failing at once if it cannot be written.
@@ -103,7 +106,7 @@ impl LogFile {
         Ok(LogFile(Arc::new(std::sync::Mutex::new(file))))
     }
 
-    async fn append(&self, text: Arc<String>) -> std::io::Result<()> {
+    pub(crate) async fn append(&self, text: Arc<String>) -> std::io::Result<()> {
         let file = self.0.clone();
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -133,9 +136,24 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
     };
     let file = LogFile::open(&config.log_file, config.rotation).map_err(log_err)?;
     let t = &config.topics;
-    // Every topic: commands, replies, lifecycle events and dead letters.
+    // Every topic: commands, replies, lifecycle events and dead letters; but not the delivery
+    // jobs (whole rendered emails), whose every attempt the deliveries log instead.
+    let jobs: Vec<&str> = [Audience::Customer, Audience::Operators]
+        .iter()
+        .flat_map(|a| {
+            let role = a.channel();
+            t.role(role)
+                .into_iter()
+                .chain(t.retry_tiers(role).into_iter().map(|(_, spec)| spec))
+        })
+        .map(|spec| spec.name.as_str())
+        .collect();
     let topics = t.all();
-    let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = topics
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !jobs.contains(n))
+        .collect();
     let consumer = config.kafka.consumer(NAME, &names, &config.ops)?;
     let producer = config.kafka.producer()?;
     // A message the notifier cannot read is still logged; dead-lettering happens only if the log
@@ -152,6 +170,20 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
         producer,
         cancel.clone(),
     );
+    let deliveries = match config.delivery {
+        Some(delivery) => Some(
+            crate::delivery::start(
+                delivery,
+                &config.kafka,
+                t,
+                &config.ops,
+                file.clone(),
+                cancel.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let notifier = Notifier {
         file,
         path,
@@ -163,7 +195,12 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
     let join: JoinHandle<()> = tokio::spawn(async move {
         tokio::join!(
             platform::kafka::run_consumer(consumer, notifier, dead_letters, token),
-            broker_check
+            broker_check,
+            async {
+                if let Some(d) = deliveries {
+                    d.await
+                }
+            }
         );
         tracing::info!(service = NAME, "stopped");
     });

@@ -113,6 +113,31 @@ impl CommandService for UserService {
     }
 }
 
+/// A customer's contact, from the user service's data. The stub has no address book: the
+/// address is made from the customer id (characters an address cannot hold become `-`), on the
+/// reserved `.example` domain. Test behaviours live in the mailbox, not here: `bounce-…`
+/// addresses are rejected for good, `slowmail-…` ones refuse the first deliveries.
+pub fn contact(customer_id: &str) -> crate::delivery::Contact {
+    let local: String = customer_id
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let local = local.trim_matches('.');
+    let local = if local.is_empty() { "customer" } else { local };
+    crate::delivery::Contact {
+        id: customer_id.to_string(),
+        email: format!("{local}@customers.example"),
+        name: customer_id.to_string(),
+    }
+}
+
 /// Whether the customer may have a refund: a read, with nothing to undo. Test behaviour: a
 /// `norefund-` customer may not.
 fn refund_eligibility(customer: &str) -> Outcome {

@@ -186,7 +186,7 @@ pub async fn spawn_app_over(
     let mut pg_databases = Vec::new();
     let postgres_url = postgres.clone().map(|base| {
         let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        pg_databases = ["orchestrator", "orders", "users", "payments"]
+        pg_databases = ["orchestrator", "orders", "users", "payments", "notification"]
             .iter()
             .map(|c| platform::db::with_database_name(&base, &format!("{name}_{c}")))
             .collect();
@@ -211,6 +211,7 @@ pub async fn spawn_app_over(
         chaos,
         ops: platform::Ops::default(),
         api: Default::default(),
+        delivery: Default::default(),
     };
     let (kafka, topics) = match broker {
         None => crate::broker::TestKafka::start(config.topics.clone()).await,
@@ -319,7 +320,7 @@ impl TestApp {
         let token = self.cancel.child_token();
         let handle = match name {
             "notification" => {
-                services::notification::start(self.config.notification(kafka), token).await
+                services::notification::start(self.config.notification(kafka).unwrap(), token).await
             }
             "orders" => {
                 let c = self.config.service("orders", kafka).unwrap();

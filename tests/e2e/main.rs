@@ -12,6 +12,7 @@ mod cli;
 mod deadlines;
 mod delivery;
 mod deploy;
+mod emails;
 mod events;
 mod faults;
 mod generic;

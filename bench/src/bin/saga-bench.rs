@@ -121,6 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             chaos: Default::default(),
             ops: platform::Ops::default(),
             api: Default::default(),
+            delivery: Default::default(),
         };
         if let Some(brokers) = &args.kafka_brokers {
             if args.instances > 0 {

@@ -976,11 +976,19 @@ impl Machine<'_> {
                 correlation_id: state.saga_id,
                 causation_id: None,
                 timestamp: platform::time::rfc3339(self.now),
-                payload: json!({
-                    "saga_type": state.saga_type,
-                    "status": state.status.as_str(),
-                    "error": state.compensation_error.as_ref().or(state.error.as_ref()),
-                }),
+                payload: {
+                    let mut payload = json!({
+                        "saga_type": state.saga_type,
+                        "status": state.status.as_str(),
+                        "error": state.compensation_error.as_ref().or(state.error.as_ref()),
+                    });
+                    // The end of a saga carries its data (the input and what the steps
+                    // replied): what a notification of the outcome tells the people behind it.
+                    if state.status.is_terminal() {
+                        payload["context"] = Value::Object(state.context.clone());
+                    }
+                    payload
+                },
             },
             trace: TraceContext::default(),
         });

@@ -235,6 +235,30 @@ impl KafkaSettings {
         Ok(consumer)
     }
 
+    /// [`Self::consumer`] for work where a tenth of a second does not matter (notifications): on
+    /// the embedded mock, whose fetches never wake on new data, it polls every 100 ms instead of
+    /// every 2, so an idle one costs next to no CPU. A real broker answers a fetch when data
+    /// arrives either way.
+    pub fn unhurried_consumer(
+        &self,
+        group: &str,
+        topics: &[&str],
+        ops: &Ops,
+    ) -> Result<KafkaConsumer> {
+        let context = Observer::new(group, ops);
+        let mut config = self.consumer_config(&self.group_id(group));
+        if self.embedded {
+            config.set("fetch.wait.max.ms", "100");
+        }
+        let consumer: KafkaConsumer = config
+            .create_with_context(context)
+            .map_err(|e| invalid_settings(&format!("the consumer of group {group}"), e))?;
+        consumer
+            .subscribe(topics)
+            .map_err(Error::kafka(format!("subscribing to {topics:?}")))?;
+        Ok(consumer)
+    }
+
     /// The settings of a consumer in `group` (already prefixed), overrides applied.
     pub(super) fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.config();

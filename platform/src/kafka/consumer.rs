@@ -147,8 +147,10 @@ pub mod dead_letter {
     pub const REJECTED: &str = "rejected";
     /// Handling failed with a non-transient error, `MAX_DELIVERY_ATTEMPTS` times.
     pub const FAILED: &str = "failed";
+    /// A notification its transport refused for good, or after its last retry.
+    pub const UNDELIVERABLE: &str = "undeliverable";
     /// Every reason, as `dlq.reason` carries it.
-    pub const ALL: [&str; 4] = [UNREADABLE, UNKNOWN_SAGA, REJECTED, FAILED];
+    pub const ALL: [&str; 5] = [UNREADABLE, UNKNOWN_SAGA, REJECTED, FAILED, UNDELIVERABLE];
 }
 
 impl Disposition {
@@ -401,7 +403,7 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 /// waiting on a queue nobody serves): on a runtime worker that froze the whole process, timers
 /// included. A close that does not finish is left behind; the group moves the partitions after
 /// the session timeout, and offsets not committed mean redelivery, which the inbox absorbs.
-async fn close(consumer: KafkaConsumer) {
+pub(super) async fn close(consumer: KafkaConsumer) {
     let (done, closed) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("consumer-close".into())

@@ -6,16 +6,19 @@
 //! - A message that cannot be handled goes to the dead-letter topic with headers saying where it
 //!   came from and why, and the partition moves on.
 //!
-//! [`config`]: settings; [`admin`]: the cluster (probe, topics); [`consumer`]: the consume loop.
+//! [`config`]: settings; [`admin`]: the cluster (probe, topics); [`consumer`]: the consume loop;
+//! [`delayed`]: the consume loop of a retry topic.
 
 mod admin;
 mod config;
 mod consumer;
+mod delayed;
 
 pub use crate::dead_letters::DeadLetters;
 pub use admin::reachable;
 pub use config::*;
 pub use consumer::*;
+pub use delayed::{due_ms, run_delayed, DUE_HEADER};
 
 #[cfg(test)]
 mod tests {

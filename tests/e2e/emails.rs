@@ -1,0 +1,188 @@
+//! Notifications that reach people: saga outcomes become emails (here through the file
+//! transport `cargo run` uses, one `.eml` per delivery) and operator alerts, with retries on
+//! retry topics that hold back nothing else.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The `.eml` files written so far, by file name.
+fn emails(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Parsed by Python's `email` package, as a mail client reads it: the headers, the plain text
+/// and the HTML part.
+fn parse_eml(path: &Path) -> Value {
+    let script = r#"
+import email, json, sys
+from email import policy
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=policy.default)
+text = m.get_body(preferencelist=('plain',))
+html = m.get_body(preferencelist=('html',))
+print(json.dumps({
+    'from': str(m['From']), 'to': str(m['To']), 'subject': str(m['Subject']),
+    'message_id': str(m['Message-ID']), 'multipart': m.get_content_type(),
+    'text': text.get_content() if text else None, 'html': html.get_content() if html else None,
+    'defects': [str(d) for d in m.defects],
+}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the mail folder holds an email to `customer` with `subject`.
+async fn wait_for_email(dir: &Path, customer: &str, subject: &str, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        for path in emails(dir) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains(&format!("To: {customer}@")) && text.contains(subject) {
+                return parse_eml(&path);
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "no email to {customer} within {within:?}; there are {:?}",
+            emails(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The notification log's delivery lines.
+fn delivery_lines(app: &TestApp) -> Vec<Value> {
+    std::fs::read_to_string(app.config.data_dir.join("notifications.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"].as_str().is_some_and(|t| t.starts_with("delivery.")))
+        .collect()
+}
+
+/// Every outcome of the create-order saga tells its customer once, in words that fit: a
+/// confirmation for a good order, "not placed" with the reason and "payment released" for each
+/// failure path, "cancelled" after the confirmation of an order then cancelled. Each email is a well-formed message (Python's parser
+/// finds no defect) with text and HTML parts and the delivery's Message-ID. A `bounce-` address
+/// is refused for good: no email, no retry, a dead letter naming the refusal. A `slowmail-`
+/// mailbox refuses twice: the email goes out on the third try, from the retry topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_order_outcome_emails_its_customer_once() {
+    let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
+    // Retry delays a test can wait out: 1 s, 2 s, 3 s.
+    for (role, delay) in [("mail_retry_10s", 1_000), ("mail_retry_1m", 2_000), ("mail_retry_10m", 3_000)] {
+        app.config.topics.by_role.get_mut(role).unwrap().delay_ms = Some(delay);
+    }
+    app.start_all().await;
+    let mail = app.config.data_dir.join("mail");
+
+    let good = app.start_saga("c-mail").await;
+    let mut failed = Vec::new();
+    for customer in ["nocard-mail", "declined-mail", "noupdate-mail", "noorder-mail"] {
+        failed.push((customer, app.start_saga(customer).await));
+    }
+    let bounce = app.start_saga("bounce-mail").await;
+    let slow = app.start_saga("slowmail-mail").await;
+    assert_eq!(app.wait_terminal(&good).await["status"], "COMPLETED");
+
+    let confirmed = wait_for_email(&mail, "c-mail", "Your order is confirmed", Duration::from_secs(20)).await;
+    assert_eq!(confirmed["subject"], "Your order is confirmed");
+    assert_eq!(confirmed["from"], "Campus Orders <orders@campus.example>");
+    assert_eq!(confirmed["multipart"], "multipart/alternative");
+    assert_eq!(confirmed["defects"], serde_json::json!([]));
+    let (_, saga) = app.get_saga(&good).await;
+    let order_id = saga["context"]["order_id"].as_str().unwrap().to_string();
+    let text = confirmed["text"].as_str().unwrap();
+    assert!(text.contains(&order_id) && text.contains("2 x Burger"), "{text}");
+    assert!(confirmed["html"].as_str().unwrap().contains(&order_id));
+    assert!(confirmed["message_id"].as_str().unwrap().ends_with("@saga-orchestrator>"));
+
+    for (customer, id) in &failed {
+        assert_eq!(app.wait_terminal(id).await["status"], "COMPENSATED");
+        let email = wait_for_email(&mail, customer, "Your order could not be placed", Duration::from_secs(20)).await;
+        assert_eq!(email["subject"], "Your order could not be placed", "{customer}");
+        let text = email["text"].as_str().unwrap();
+        let (_, saga) = app.get_saga(id).await;
+        let reason = saga["error"].as_str().unwrap();
+        assert!(text.contains(reason) && text.contains("released"), "{customer}: {text} / {reason}");
+    }
+
+    // A cancel tells the customer the order was cancelled.
+    let cancelled = app.start_saga("c-cancel-mail").await;
+    assert_eq!(app.wait_terminal(&cancelled).await["status"], "COMPLETED");
+    let r = app
+        .client
+        .post(app.url(&format!("/sagas/{cancelled}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    app.wait_for(&cancelled, Duration::from_secs(20), |s| s["status"] == "CANCELLED")
+        .await;
+    wait_for_email(&mail, "c-cancel-mail", "Your order is confirmed", Duration::from_secs(20)).await;
+    let email = wait_for_email(&mail, "c-cancel-mail", "Your order was cancelled", Duration::from_secs(20)).await;
+    assert!(email["text"].as_str().unwrap().contains("cancelled, as asked"));
+
+    // The slow mailbox takes the email on the third try, after the 1 s and 2 s retries.
+    app.wait_terminal(&slow).await;
+    let email = wait_for_email(&mail, "slowmail-mail", "Your order is confirmed", Duration::from_secs(30)).await;
+    assert_eq!(email["to"], "slowmail-mail@customers.example");
+    app.wait_terminal(&bounce).await;
+
+    // Each delivery once, however the outcome consumer and the retries went.
+    let lines = delivery_lines(&app);
+    let attempts = |customer: &str, what: &str| {
+        lines
+            .iter()
+            .filter(|l| l["to"].as_str().is_some_and(|t| t.starts_with(&format!("{customer}@"))) && l["type"] == what)
+            .count()
+    };
+    assert_eq!(attempts("slowmail-mail", "delivery.retrying"), 2, "{lines:#?}");
+    assert_eq!(attempts("slowmail-mail", "delivery.sent"), 1);
+    let db = app.db("notification").await;
+    let dead = count_dead_letters_of(&app, &bounce).await;
+    assert_eq!(attempts("bounce-mail", "delivery.dead_lettered"), 1, "{lines:#?}");
+    assert_eq!(attempts("bounce-mail", "delivery.retrying"), 0, "a refusal for good is not retried");
+    assert!(dead.contains("550"), "the dead letter says why: {dead}");
+    let recorded = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1", &bounce).await;
+    assert_eq!(recorded.as_deref(), Some("dead_lettered"));
+    let sent = count(&db, "SELECT COUNT(*) FROM deliveries WHERE status = $1", "sent").await;
+    assert_eq!(sent, 8, "one email per outcome: good, 4 failures, the cancelled order's two, slowmail");
+    assert_eq!(emails(&mail).len(), 8, "{:?}", emails(&mail));
+    app.stop().await;
+}
+
+/// The dead-letter error of the delivery of saga `id`, as the dead-letter topic's reader (the
+/// notification log) recorded it.
+async fn count_dead_letters_of(app: &TestApp, id: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(app.config.data_dir.join("notifications.log"))
+            .unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["saga_id"] == id && l["dead_letter"].is_object())
+        {
+            return line["dead_letter"]["error"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no dead letter for {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
