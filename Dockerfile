@@ -31,6 +31,7 @@ COPY topics.json /etc/saga/topics.json
 COPY sagas /etc/saga/sagas
 COPY messages.toml /etc/saga/messages.toml
 ENV TOPICS_FILE=/etc/saga/topics.json SAGAS_DIR=/etc/saga/sagas MESSAGES_FILE=/etc/saga/messages.toml \
+    NOTIFICATIONS_DIR=/etc/saga/sagas/notifications \
     RUST_LOG=info,rdkafka=warn,sqlx=warn
 USER 10001:10001
 WORKDIR /data

@@ -281,6 +281,14 @@ pub fn document(registry: &Registry, contract: &Contract, topics: &Topics) -> Va
                 headers.join(", ")
             ));
         }
+        if let Some(delay) = topic.delay_ms {
+            channel["description"] = json!(format!(
+                "{role}: {} partitions, retention {} ms. A retry topic of the notification \
+                 deliveries: a job that failed waits here {delay} ms (its retry.due_ms header \
+                 says until when), then is tried again",
+                topic.partitions, topic.retention_ms
+            ));
+        }
         if let Some(m) = channel_messages.remove(role) {
             channel["messages"] = Value::Object(m);
         }

@@ -186,3 +186,118 @@ async fn count_dead_letters_of(app: &TestApp, id: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What the test webhook receiver saw: each request's headers and body, and how many it was
+/// told to refuse first.
+#[derive(Default)]
+struct Hook {
+    refuse: std::sync::atomic::AtomicUsize,
+    seen: std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>,
+}
+
+/// A FAILED saga alerts the operators through the webhook, apart from customer mail: the
+/// receiver refuses the first request (503), the alert comes again from the retry topic, and the
+/// one it accepts carries an HMAC-SHA256 signature over the timestamp and the body that the
+/// secret verifies (as Python's `hmac` computes it). Meanwhile, with the alert waiting for its
+/// retry, a customer's confirmation goes out at once: an alert's trouble holds up no email.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_saga_alerts_the_operators_by_a_signed_webhook_retried_apart_from_mail() {
+    use axum::routing::post;
+    use std::sync::atomic::Ordering;
+    let hook = std::sync::Arc::new(Hook::default());
+    hook.refuse.store(1, Ordering::SeqCst);
+    let state = hook.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                state.seen.lock().unwrap().push((headers, body));
+                if state.refuse.load(Ordering::SeqCst) > 0 {
+                    state.refuse.fetch_sub(1, Ordering::SeqCst);
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let secret = "whsec-test-secret-0123456789";
+    let mut app = spawn_app_custom(&[NO_IN_PROCESS], fast_policy(), Default::default()).await;
+    app.config.chaos = services::chaos::Chaos {
+        failure_rate: 1.0,
+        commands: vec!["cancel_order".into()],
+        ..Default::default()
+    };
+    app.config.delivery.alert_webhook_url = Some(format!("http://{hook_addr}/hook"));
+    app.config.delivery.alert_webhook_secret = Some(secret.into());
+    app.config.topics.by_role.get_mut("alerts_retry_10s").unwrap().delay_ms = Some(3_000);
+    app.start_all().await;
+
+    let failed = app.start_saga("nocard-alert").await;
+    assert_eq!(app.wait_terminal(&failed).await["status"], "FAILED");
+    // The first request comes and is refused; the alert now waits 3 s on its retry topic.
+    let start = Instant::now();
+    while hook.seen.lock().unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no alert came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused_at = Instant::now();
+    let good = app.start_saga("c-while-alert-waits").await;
+    assert_eq!(app.wait_terminal(&good).await["status"], "COMPLETED");
+    let mail = app.config.data_dir.join("mail");
+    wait_for_email(&mail, "c-while-alert-waits", "Your order is confirmed", Duration::from_secs(20)).await;
+    let mail_took = refused_at.elapsed();
+    assert_eq!(hook.seen.lock().unwrap().len(), 1, "the email went out before the alert's retry");
+
+    let start = Instant::now();
+    while hook.seen.lock().unwrap().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the alert was not retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let retried_after = refused_at.elapsed();
+    eprintln!("email while the alert waited: {mail_took:?}; alert retried after {retried_after:?}");
+    assert!(retried_after >= Duration::from_millis(2_500), "the retry waited its delay: {retried_after:?}");
+    let (headers, body) = hook.seen.lock().unwrap()[1].clone();
+    let alert: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(alert["saga_id"], failed.as_str());
+    assert_eq!(alert["status"], "FAILED");
+    assert!(alert["reason"].as_str().unwrap().contains("cancel_order failed"), "{alert}");
+    assert!(alert["subject"].as_str().unwrap().starts_with("[saga FAILED] create_order"));
+
+    // The signature, checked as a receiver in another language would.
+    let signature = headers["x-saga-signature"].to_str().unwrap();
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|s| s.split_once(",v1="))
+        .unwrap_or_else(|| panic!("{signature}"));
+    let check = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode() + b'.' + sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
+            secret,
+            t,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.as_ref().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), v1);
+    let age = platform::time::now_ms() / 1000 - t.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "a fresh timestamp: {age} s");
+
+    // Once: no third request, and the delivery is recorded sent after 2 attempts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(hook.seen.lock().unwrap().len(), 2);
+    let db = app.db("notification").await;
+    let row = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1 AND channel = 'alerts'", &failed).await;
+    assert_eq!(row.as_deref(), Some("sent"));
+    app.stop().await;
+}
