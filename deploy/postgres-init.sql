@@ -3,3 +3,4 @@ CREATE DATABASE orchestrator;
 CREATE DATABASE orders;
 CREATE DATABASE users;
 CREATE DATABASE payments;
+CREATE DATABASE notifications;

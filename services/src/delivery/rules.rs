@@ -163,15 +163,26 @@ impl Rules {
                 let mut sets = fields.values();
                 let first = sets.next().cloned().unwrap_or_default();
                 sets.fold(first, |acc, s| acc.intersection(s).cloned().collect())
+            } else if let Some(known) = fields.get(&r.saga) {
+                known.clone()
             } else {
-                fields.get(&r.saga).cloned().ok_or_else(|| {
-                    bad(format!(
-                        "saga {:?} is no saga type here (there are: {})",
-                        r.saga,
-                        fields.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ))
-                })?
+                // A deployment that runs other sagas (SAGAS_DIR) keeps the shipped rules: the
+                // rules of a type not deployed here never fire, and are said so once.
+                tracing::warn!(
+                    file = %path.display(),
+                    rule = %r.name,
+                    saga = %r.saga,
+                    deployed = %fields.keys().cloned().collect::<Vec<_>>().join(", "),
+                    "a notification rule for a saga type not deployed here is left out"
+                );
+                continue;
             };
+            if r.to == Audience::Customer && !known.contains("customer_id") {
+                return Err(bad(format!(
+                    "to = \"customer\" needs a customer_id in the saga's data, which {} has not",
+                    r.saga
+                )));
+            }
             let mut parts = vec!["subject.txt", "txt"];
             if r.to == Audience::Customer {
                 parts.push("html");
@@ -391,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rule_for_an_unknown_saga_or_event_is_refused() {
+    fn a_rule_that_cannot_work_is_refused_and_one_of_another_deployment_left_out() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("templates")).unwrap();
         let write = |rule: &str| {
@@ -402,8 +413,12 @@ mod tests {
             .unwrap()
         };
         write("name = \"x\"\nsaga = \"ship\"\non = [\"saga.completed\"]\nto = \"customer\"\ntemplate = \"x\"");
-        let err = Rules::load(dir.path(), &fields()).unwrap_err().to_string();
-        assert!(err.contains("\"ship\" is no saga type"), "{err}");
+        let rules = Rules::load(dir.path(), &fields()).unwrap();
+        assert!(rules.rules.is_empty(), "a rule of a type not deployed is left out");
+        let mut no_customer = fields();
+        no_customer.insert("ship".into(), BTreeSet::from(["parcel_id".to_string()]));
+        let err = Rules::load(dir.path(), &no_customer).unwrap_err().to_string();
+        assert!(err.contains("needs a customer_id"), "{err}");
         write("name = \"x\"\nsaga = \"create_order\"\non = [\"saga.started\"]\nto = \"customer\"\ntemplate = \"x\"");
         let err = Rules::load(dir.path(), &fields()).unwrap_err().to_string();
         assert!(err.contains("saga.started"), "{err}");
