@@ -485,9 +485,13 @@ async fn every_message_of_a_saga_carries_the_trace_of_the_request_that_started_i
         .to_string();
     let saga = app.wait_terminal(&id).await;
     assert_eq!(saga["trace_id"], CLIENT_TRACE);
-    // 4 commands, 4 replies, saga.started and saga.completed.
-    let messages = messages_of(&app, &id, 10);
-    assert_eq!(messages.len(), 10, "{messages:?}");
+    // 4 commands, 4 replies, saga.started and saga.completed, and the confirmation email's
+    // delivery job (on the trace of the event that set it off).
+    let messages = messages_of(&app, &id, 11);
+    assert_eq!(messages.len(), 11, "{messages:?}");
+    let job = messages.iter().find(|m| m.message_type == "delivery.mail").expect("the email's job");
+    let completed = messages.iter().find(|m| m.message_type == "saga.completed").unwrap();
+    assert_eq!(job.span_id, completed.span_id, "{messages:?}");
     assert!(
         messages.iter().all(|m| m.trace_id == CLIENT_TRACE),
         "{messages:?}"

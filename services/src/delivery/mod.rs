@@ -41,7 +41,7 @@ use uuid::Uuid;
 
 use platform::db::{Db, Migrations, SqliteSync};
 use platform::kafka::{dead_letter, DeadLetters, Disposition, KafkaSettings, MessageHandler};
-use platform::{Envelope, Ops, Topics};
+use platform::{Envelope, Ops, Topics, TraceContext};
 
 use crate::notification::LogFile;
 use crate::{Error, Result};
@@ -440,7 +440,8 @@ impl MessageHandler for Outcomes {
                 timestamp: platform::time::rfc3339(platform::time::now_ms()),
                 payload: serde_json::to_value(&job).unwrap_or_default(),
             };
-            if !publish(&self.producer, topic, &job_envelope, None, &self.cancel).await {
+            let trace = TraceContext::from_kafka(message.headers());
+            if !publish(&self.producer, topic, &job_envelope, None, &trace, &self.cancel).await {
                 return Disposition::Abandoned;
             }
         }
@@ -448,13 +449,15 @@ impl MessageHandler for Outcomes {
     }
 }
 
-/// Publishes `envelope` to `topic` (with a due time for a retry topic), retrying until the
+/// Publishes `envelope` to `topic` (with a due time for a retry topic, and the saga's trace),
+/// retrying until the
 /// broker has it or shutdown begins; `false` when it did not go.
 async fn publish(
     producer: &FutureProducer,
     topic: &str,
     envelope: &Envelope,
     due_ms: Option<i64>,
+    trace: &TraceContext,
     cancel: &CancellationToken,
 ) -> bool {
     let key = envelope.key();
@@ -465,7 +468,8 @@ async fn publish(
         "publishing a notification job",
         |_| true,
         || async {
-            let mut headers = OwnedHeaders::new();
+            // The saga's trace goes on with its notifications.
+            let mut headers = trace.add_to(OwnedHeaders::new());
             if let Some(due) = &due {
                 headers = headers.insert(Header {
                     key: platform::kafka::DUE_HEADER,
@@ -588,7 +592,15 @@ impl Worker {
                     ..envelope.clone()
                 };
                 if !self.record(&saga_id, &job, "retrying", Some(&error)).await
-                    || !publish(&self.producer, topic, &retry, Some(due), &self.cancel).await
+                    || !publish(
+                        &self.producer,
+                        topic,
+                        &retry,
+                        Some(due),
+                        &TraceContext::from_kafka(message.headers()),
+                        &self.cancel,
+                    )
+                    .await
                 {
                     return Disposition::Abandoned;
                 }
