@@ -301,3 +301,225 @@ async fn a_failed_saga_alerts_the_operators_by_a_signed_webhook_retried_apart_fr
     assert_eq!(row.as_deref(), Some("sent"));
     app.stop().await;
 }
+
+/// The test SMTP server (tests/smtp/server.py, on aiosmtpd) as a process.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    outbox: PathBuf,
+}
+
+impl SmtpServer {
+    /// The Python that has aiosmtpd: `SMTP_TEST_PYTHON` (what .ci/run installs), else
+    /// `python3`; `None` when neither has it, unless `REQUIRE_SMTP_SERVER` makes that a failure.
+    fn python() -> Option<String> {
+        let python = std::env::var("SMTP_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let has = std::process::Command::new(&python)
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if has {
+            return Some(python);
+        }
+        assert!(
+            std::env::var("REQUIRE_SMTP_SERVER").is_err(),
+            "{python} has no aiosmtpd (pip install aiosmtpd)"
+        );
+        eprintln!("skipped: {python} has no aiosmtpd (pip install aiosmtpd; .ci/run does)");
+        None
+    }
+
+    /// Starts it on `port` (0: a free one), writing what it accepts to `outbox`.
+    fn start(python: &str, port: u16, outbox: &Path) -> Self {
+        use std::io::BufRead;
+        let port = if port == 0 {
+            crate::procs::free_addr().port()
+        } else {
+            port
+        };
+        let mut child = std::process::Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py"))
+            .arg(port.to_string())
+            .arg(outbox)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the SMTP server starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP server did not start");
+        SmtpServer {
+            child,
+            port,
+            outbox: outbox.to_path_buf(),
+        }
+    }
+
+    /// Goes away at once, as a crashed server does.
+    fn kill(mut self) -> (u16, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.port, self.outbox.clone())
+    }
+
+    /// The messages it accepted, as files.
+    fn received(outbox: &Path) -> Vec<String> {
+        emails(outbox)
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `n` create-order sagas of customers `{tag}-{i}` at once; their ids.
+async fn start_orders(app: &TestApp, tag: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
+        let starts = chunk.iter().map(|i| {
+            let customer = format!("{tag}-{i}");
+            async move { app.start_saga(&customer).await }
+        });
+        ids.extend(futures_util::future::join_all(starts).await);
+    }
+    ids
+}
+
+/// Waits until the accepted messages number `n`.
+async fn wait_received(outbox: &Path, n: usize, within: Duration) {
+    let start = Instant::now();
+    while SmtpServer::received(outbox).len() < n {
+        assert!(
+            start.elapsed() < within,
+            "{} of {n} emails within {within:?}",
+            SmtpServer::received(outbox).len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The proof of "non-blocking", against a real SMTP server. With the server up, orders and
+/// their confirmations flow. With it gone (killed), the sagas still end and the notification
+/// log still records them, at the speed they had, while every email waits on the retry topics:
+/// nothing is accepted meanwhile. When the server is back, the waiting emails go out, each
+/// exactly once (one message per customer, as many sent in the deliveries table). The rates up and
+/// down are printed for the closing note; they are measured, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_once_it_is_back() {
+    let Some(python) = SmtpServer::python() else {
+        return;
+    };
+    let outbox = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(&python, 0, outbox.path());
+    let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
+    app.config.delivery.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
+    for (role, delay) in [("mail_retry_10s", 2_000), ("mail_retry_1m", 4_000), ("mail_retry_10m", 8_000)] {
+        app.config.topics.by_role.get_mut(role).unwrap().delay_ms = Some(delay);
+    }
+    app.start_all().await;
+    const N: usize = 40;
+    // Warm: every consumer has joined and every connection is open before anything is timed.
+    const W: usize = 10;
+    for id in start_orders(&app, "c-warm", W).await {
+        app.wait_terminal(&id).await;
+    }
+    wait_received(outbox.path(), W, Duration::from_secs(30)).await;
+
+    let t = Instant::now();
+    let up = start_orders(&app, "c-up", N).await;
+    for id in &up {
+        assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    }
+    let sagas_up = t.elapsed();
+    wait_received(outbox.path(), W + N, Duration::from_secs(30)).await;
+    let emails_up = t.elapsed();
+
+    let (port, _) = smtp.kill();
+    let t = Instant::now();
+    let down = start_orders(&app, "c-down", N).await;
+    for id in &down {
+        assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    }
+    let sagas_down = t.elapsed();
+    // The log has every one of them too.
+    let log = app.config.data_dir.join("notifications.log");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let logged = down
+            .iter()
+            .filter(|id| text.contains(&format!("\"type\":\"saga.completed\",\"saga_id\":\"{id}\"")))
+            .count();
+        if logged == N {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{logged} of {N} logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged_down = t.elapsed();
+    assert_eq!(
+        SmtpServer::received(outbox.path()).len(),
+        W + N,
+        "nothing is accepted while the server is away"
+    );
+    // Each email's first try fails and it moves to a retry topic.
+    let start = Instant::now();
+    let retrying = loop {
+        let lines = delivery_lines(&app);
+        let retrying = lines.iter().filter(|l| l["type"] == "delivery.retrying").count();
+        if retrying >= N {
+            break retrying;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{retrying} of {N} emails moved to a retry topic: {:#?}",
+            lines.last()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        SmtpServer::received(outbox.path()).len(),
+        W + N,
+        "nothing is accepted while the server is away"
+    );
+
+    let back = Instant::now();
+    let _smtp = SmtpServer::start(&python, port, outbox.path());
+    wait_received(outbox.path(), W + 2 * N, Duration::from_secs(40)).await;
+    let caught_up = back.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = SmtpServer::received(outbox.path());
+    assert_eq!(received.len(), W + 2 * N, "no email twice");
+    for i in 0..N {
+        let to = format!("To: c-down-{i}@customers.example");
+        assert_eq!(received.iter().filter(|m| m.contains(&to)).count(), 1, "{to}");
+    }
+    let ids: std::collections::HashSet<&str> = received
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID:")))
+        .collect();
+    assert_eq!(ids.len(), W + 2 * N);
+    let db = app.db("notification").await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM deliveries WHERE status = $1", "sent").await,
+        (W + 2 * N) as i64
+    );
+    let rate = |d: Duration| N as f64 / d.as_secs_f64();
+    eprintln!(
+        "mail server up: {N} sagas in {sagas_up:?} ({:.0}/s), their emails by {emails_up:?}; \
+         down: {N} sagas in {sagas_down:?} ({:.0}/s), logged by {logged_down:?} ({:.0}/s), \
+         {retrying} retries; back: the {N} waiting emails out {caught_up:?} after",
+        rate(sagas_up),
+        rate(sagas_down),
+        rate(logged_down),
+    );
+    app.stop().await;
+}
