@@ -165,6 +165,62 @@ async fn each_order_outcome_emails_its_customer_once() {
     let sent = count(&db, "SELECT COUNT(*) FROM deliveries WHERE status = $1", "sent").await;
     assert_eq!(sent, 8, "one email per outcome: good, 4 failures, the cancelled order's two, slowmail");
     assert_eq!(emails(&mail).len(), 8, "{:?}", emails(&mail));
+
+    // A job that comes again (a redelivery, a crash before its offset was committed) finds its
+    // delivery recorded and sends nothing.
+    let delivery_id = scalar(&db, "SELECT delivery_id FROM deliveries WHERE saga_id = $1", &good)
+        .await
+        .unwrap();
+    let again = serde_json::json!({
+        "message_id": uuid::Uuid::new_v4(),
+        "type": "delivery.mail",
+        "correlation_id": good,
+        "timestamp": "2026-12-06T00:00:00Z",
+        "payload": {
+            "delivery_id": delivery_id, "rule": "order_confirmed", "channel": "mail",
+            "to": "c-mail@customers.example", "attempt": 1,
+            "content": {"subject": "Your order is confirmed", "text": "again", "html": null},
+        },
+    });
+    let producer: rdkafka::producer::FutureProducer = app.kafka.client().create().unwrap();
+    let topic = app.config.topics.role("mail").unwrap().name.clone();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key(&good)
+                .payload(&again.to_string()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while !delivery_lines(&app)
+        .iter()
+        .any(|l| l["type"] == "delivery.duplicate" && l["delivery_id"] == delivery_id.as_str())
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "the job read again was not seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(emails(&mail).len(), 8, "nothing sent twice");
+
+    // What /metrics says of it.
+    let metrics = app.metrics_text().await;
+    let deliveries = |outcome: &str| {
+        crate::observability::sample(
+            &metrics,
+            "notification_deliveries_total",
+            &[("channel", "mail"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(deliveries("sent"), Some(8.0), "{metrics}");
+    assert_eq!(deliveries("retried"), Some(2.0));
+    assert_eq!(deliveries("dead_lettered"), Some(1.0));
+    assert_eq!(deliveries("duplicate"), Some(1.0));
+    assert!(
+        crate::observability::sample(&metrics, "notification_retry_oldest_due_age_seconds", &[("channel", "mail")])
+            .is_some(),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

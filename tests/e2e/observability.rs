@@ -16,7 +16,7 @@ use crate::helpers::*;
 use crate::procs::*;
 
 /// The value of the sample of `name` whose labels include all of `labels`, from a scrape.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
