@@ -387,6 +387,11 @@ impl SmtpServer {
 
     /// Starts it on `port` (0: a free one), writing what it accepts to `outbox`.
     fn start(python: &str, port: u16, outbox: &Path) -> Self {
+        Self::start_with(python, port, outbox, &[])
+    }
+
+    /// [`Self::start`] with more of the server's arguments (`--delay-ms`).
+    fn start_with(python: &str, port: u16, outbox: &Path, args: &[&str]) -> Self {
         use std::io::BufRead;
         let port = if port == 0 {
             crate::procs::free_addr().port()
@@ -397,6 +402,7 @@ impl SmtpServer {
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py"))
             .arg(port.to_string())
             .arg(outbox)
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -577,5 +583,39 @@ async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_onc
         rate(sagas_down),
         rate(logged_down),
     );
+    app.stop().await;
+}
+
+/// Shutdown in the middle of a send (a slow server holds the email's DATA for 1.5 s): the
+/// service finishes that delivery, records it and stores its offset before it stops, so the
+/// service started again sends nothing more. One email, recorded sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_send_finishes_it_and_the_next_start_sends_nothing_more() {
+    let Some(python) = SmtpServer::python() else {
+        return;
+    };
+    let outbox = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start_with(&python, 0, outbox.path(), &["--delay-ms", "1500"]);
+    let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
+    app.config.delivery.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
+    app.start_all().await;
+    let id = app.start_saga("c-shutdown").await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+    // The job reaches the mail consumer, whose send now waits on the slow DATA.
+    let db = app.db("notification").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(SmtpServer::received(outbox.path()).is_empty(), "the send is still in progress");
+
+    let stopping = Instant::now();
+    app.services.remove("notification").unwrap().stop().await;
+    let stopped_in = stopping.elapsed();
+    assert_eq!(SmtpServer::received(outbox.path()).len(), 1, "the send in progress finished");
+    let status = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1", &id).await;
+    assert_eq!(status.as_deref(), Some("sent"));
+
+    app.start_service("notification").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(SmtpServer::received(outbox.path()).len(), 1, "nothing sent again");
+    eprintln!("stopped during a send in {stopped_in:?}");
     app.stop().await;
 }
