@@ -119,8 +119,11 @@ async fn each_order_outcome_emails_its_customer_once() {
         assert_eq!(email["subject"], "Your order could not be placed", "{customer}");
         let text = email["text"].as_str().unwrap();
         let (_, saga) = app.get_saga(id).await;
-        let reason = saga["error"].as_str().unwrap();
-        assert!(text.contains(reason) && text.contains("released"), "{customer}: {text} / {reason}");
+        // The participant's words, without the step's name.
+        let error = saga["error"].as_str().unwrap();
+        let (_, reason) = error.split_once(" failed: ").unwrap();
+        assert!(text.contains(&format!("your order: {reason}.")), "{customer}: {text} / {error}");
+        assert!(text.contains("released") && !text.contains(" failed: "), "{customer}: {text}");
     }
 
     // A cancel tells the customer the order was cancelled.

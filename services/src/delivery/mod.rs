@@ -388,13 +388,13 @@ impl MessageHandler for Outcomes {
                 (Audience::Operators, _) => "operators".to_string(),
             };
             let facts = rules::Facts {
-                saga: rules::SagaFacts {
-                    id: envelope.correlation_id.to_string(),
-                    saga_type: saga_type.to_string(),
-                    status: p["status"].as_str().unwrap_or_default().to_string(),
-                    event: event.to_string(),
-                    reason: p["error"].as_str().unwrap_or_default().to_string(),
-                },
+                saga: rules::SagaFacts::new(
+                    envelope.correlation_id.to_string(),
+                    saga_type.to_string(),
+                    p["status"].as_str().unwrap_or_default().to_string(),
+                    event.to_string(),
+                    p["error"].as_str().unwrap_or_default().to_string(),
+                ),
                 customer,
                 context: context.clone(),
             };
@@ -413,7 +413,7 @@ impl MessageHandler for Outcomes {
                     "saga_id": envelope.correlation_id,
                     "saga_type": saga_type,
                     "status": facts.saga.status,
-                    "reason": facts.saga.reason,
+                    "reason": facts.saga.error,
                     "subject": content.subject,
                     "text": content.text,
                     "time": envelope.timestamp,

@@ -101,8 +101,31 @@ pub struct SagaFacts {
     pub status: String,
     /// The lifecycle event (`saga.completed`).
     pub event: String,
-    /// Why it did not complete, as the step that failed said it (empty when it completed).
+    /// Why it did not complete, in the participant's words (`card declined`); empty when it
+    /// completed.
     pub reason: String,
+    /// The saga's error as stored, with the step (`authorize_payment failed: card declined`):
+    /// for operators.
+    pub error: String,
+}
+
+impl SagaFacts {
+    /// The facts of an ended saga; `error` is the saga's error as the orchestrator stored it.
+    pub fn new(id: String, saga_type: String, status: String, event: String, error: String) -> Self {
+        // "<step> failed: <reason>": the customer is told the reason, not the step's name.
+        let reason = match error.split_once(" failed: ") {
+            Some((step, reason)) if !step.contains(' ') => reason.to_string(),
+            _ => error.clone(),
+        };
+        SagaFacts {
+            id,
+            saga_type,
+            status,
+            event,
+            reason,
+            error,
+        }
+    }
 }
 
 /// A customer's address, from the user service's data.
@@ -114,7 +137,7 @@ pub struct Contact {
 }
 
 /// The fields a template may name under `saga` and `customer`.
-const SAGA_FIELDS: [&str; 5] = ["id", "type", "status", "event", "reason"];
+const SAGA_FIELDS: [&str; 6] = ["id", "type", "status", "event", "reason", "error"];
 const CUSTOMER_FIELDS: [&str; 3] = ["id", "email", "name"];
 
 /// The lifecycle events a rule may answer: the ones that end a saga.
@@ -309,15 +332,15 @@ mod tests {
         ])
     }
 
-    fn facts(status: &str, event: &str, reason: &str) -> Facts {
+    fn facts(status: &str, event: &str, error: &str) -> Facts {
         Facts {
-            saga: SagaFacts {
-                id: "s-1".into(),
-                saga_type: "create_order".into(),
-                status: status.into(),
-                event: event.into(),
-                reason: reason.into(),
-            },
+            saga: SagaFacts::new(
+                "s-1".into(),
+                "create_order".into(),
+                status.into(),
+                event.into(),
+                error.into(),
+            ),
             customer: Some(Contact {
                 id: "c-1".into(),
                 email: "c-1@customers.example".into(),
@@ -356,10 +379,14 @@ mod tests {
         assert!(html.contains("Burger &lt;XL&gt;"), "HTML is escaped: {html}");
 
         let not_placed = rules.matching("create_order", "saga.compensated").next().unwrap();
-        let reason = "authorize_payment failed: the payment was declined";
-        let r = rules.render(not_placed, &facts("COMPENSATED", "saga.compensated", reason)).unwrap();
+        let error = "authorize_payment failed: the payment was declined";
+        let r = rules.render(not_placed, &facts("COMPENSATED", "saga.compensated", error)).unwrap();
         assert_eq!(r.subject, "Your order could not be placed");
-        assert!(r.text.contains(reason) && r.text.contains("released"), "{}", r.text);
+        assert!(
+            r.text.contains("your order: the payment was declined.") && r.text.contains("released"),
+            "the reason in the participant's words, not the step's name: {}",
+            r.text
+        );
         let r = rules.render(not_placed, &facts("CANCELLED", "saga.cancelled", "")).unwrap();
         assert_eq!(r.subject, "Your order was cancelled");
     }
