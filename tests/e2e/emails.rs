@@ -622,3 +622,67 @@ async fn a_shutdown_during_a_send_finishes_it_and_the_next_start_sends_nothing_m
     eprintln!("stopped during a send in {stopped_in:?}");
     app.stop().await;
 }
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with openssl in `dir`: the paths of
+/// the CA, the server's certificate and its key.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+  -days 2 -subj /CN=saga-test-ca -addext basicConstraints=critical,CA:TRUE \
+  -addext keyUsage=critical,keyCertSign 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+  -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext 2>/dev/null
+"#;
+    let ok = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl made no certificates");
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// SMTP as deployments have it: STARTTLS (port 587 style) and implicit TLS (465 style), each
+/// with AUTH required before MAIL, and the server's certificate checked against a private CA
+/// (SMTP_CA_FILE). The server refuses anything before TLS and AUTH, so an email it accepts went
+/// through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_go_out_over_starttls_and_implicit_tls_with_auth() {
+    let Some(python) = SmtpServer::python() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    for implicit in [false, true] {
+        let outbox = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(),
+            "--user", "saga", "--password", "s3cret p@ss",
+        ];
+        if implicit {
+            args.push("--implicit-tls");
+        }
+        let smtp = SmtpServer::start_with(&python, 0, outbox.path(), &args);
+        let url = if implicit {
+            format!("smtps://saga:s3cret%20p%40ss@127.0.0.1:{}", smtp.port)
+        } else {
+            format!("smtp://saga:s3cret%20p%40ss@127.0.0.1:{}?tls=required", smtp.port)
+        };
+        let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
+        app.config.delivery.smtp_url = Some(url);
+        app.config.delivery.smtp_ca_file = Some(ca.clone());
+        app.start_all().await;
+        let id = app.start_saga("c-tls").await;
+        assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
+        wait_received(outbox.path(), 1, Duration::from_secs(20)).await;
+        let received = SmtpServer::received(outbox.path());
+        assert!(received[0].contains("To: c-tls@customers.example"), "implicit {implicit}");
+        let db = app.db("notification").await;
+        let status = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1", &id).await;
+        assert_eq!(status.as_deref(), Some("sent"), "implicit {implicit}");
+        app.stop().await;
+    }
+}

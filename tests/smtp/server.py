@@ -1,12 +1,16 @@
 """An SMTP server for the tests (aiosmtpd), with the stub customers' mailboxes.
 
-    python server.py PORT OUTBOX [--delay-ms N]
+    python server.py PORT OUTBOX [--delay-ms N] [--cert PEM --key PEM [--implicit-tls]]
+                                 [--user U --password P]
 
 Listens on 127.0.0.1:PORT. Each message it accepts is written to OUTBOX as <n>.eml, whole (a
 temporary name, then renamed). The mailboxes behave as the stub's test customers need:
 
 - bounce-...   rejected for good at RCPT: 550 5.1.1
 - slowmail-... refused for now at RCPT (451 4.2.0) the first SLOWMAIL_FAILURES times, then taken
+
+--cert/--key: STARTTLS, required before anything else (--implicit-tls: TLS from the first
+byte, as on port 465). --user/--password: AUTH (PLAIN, LOGIN) required before MAIL.
 
 --delay-ms holds each DATA that long before answering (a slow server). The test stops the
 server by killing the process ("the server went away") and starts it again on the same port.
@@ -17,8 +21,10 @@ import argparse
 import asyncio
 import os
 import signal
+import ssl
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 SLOWMAIL_FAILURES = 2
 
@@ -59,10 +65,38 @@ def main():
     parser.add_argument("port", type=int)
     parser.add_argument("outbox")
     parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--implicit-tls", action="store_true")
+    parser.add_argument("--user")
+    parser.add_argument("--password")
     args = parser.parse_args()
     os.makedirs(args.outbox, exist_ok=True)
+    options = {}
+    if args.cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        if args.implicit_tls:
+            options["ssl_context"] = context
+        else:
+            options["tls_context"] = context
+            options["require_starttls"] = True
+    if args.user:
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            ok = (
+                auth_data.login == args.user.encode()
+                and auth_data.password == args.password.encode()
+            )
+            return AuthResult(success=ok)
+
+        options["authenticator"] = authenticator
+        options["auth_required"] = True
+        options["auth_require_tls"] = not args.implicit_tls
     controller = Controller(
-        Mailboxes(args.outbox, args.delay_ms), hostname="127.0.0.1", port=args.port
+        Mailboxes(args.outbox, args.delay_ms),
+        hostname="127.0.0.1",
+        port=args.port,
+        **options,
     )
     controller.start()
     print("ready", flush=True)

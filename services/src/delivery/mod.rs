@@ -65,6 +65,8 @@ pub struct DeliveryConfig {
     pub sqlite_sync: SqliteSync,
     /// `None`: emails are written as `.eml` files to `mail_dir`.
     pub smtp_url: Option<String>,
+    /// A private CA (PEM) the SMTP server's certificate may chain to.
+    pub smtp_ca_file: Option<PathBuf>,
     pub mail_dir: PathBuf,
     /// `None`: alerts are written as `.json` files to `alerts_dir`.
     pub webhook_url: Option<String>,
@@ -98,6 +100,10 @@ pub struct DeliveryArgs {
     /// `.eml` file under the data folder's `mail/`.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+    /// A CA certificate (PEM) the SMTP server's certificate is checked against, besides the
+    /// public roots: a company's own CA.
+    #[arg(long, env = "SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
     /// POST operator alerts here (JSON, signed with ALERT_WEBHOOK_SECRET). Unset: each alert is
     /// written as a `.json` file under the data folder's `alerts/`.
     #[arg(long, env = "ALERT_WEBHOOK_URL")]
@@ -134,6 +140,7 @@ impl DeliveryArgs {
             database_url,
             sqlite_sync,
             smtp_url: self.smtp_url.clone().filter(|u| !u.is_empty()),
+            smtp_ca_file: self.smtp_ca_file.clone(),
             mail_dir: data_dir.join("mail"),
             webhook_url: self.alert_webhook_url.clone().filter(|u| !u.is_empty()),
             webhook_secret: self.alert_webhook_secret.clone(),
@@ -217,7 +224,14 @@ pub(crate) async fn start(
     cancel: CancellationToken,
 ) -> Result<impl std::future::Future<Output = ()>> {
     let rules = Arc::new(Rules::load(&config.dir, &config.fields)?);
-    let mailer = Mailer::new(config.smtp_url.as_deref(), config.mail_dir.clone())?;
+    let ca = match &config.smtp_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| Error::Notifications {
+            file: format!("SMTP_CA_FILE {}", path.display()),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    let mailer = Mailer::new(config.smtp_url.as_deref(), ca.as_deref(), config.mail_dir.clone())?;
     let alerter = Alerter::new(
         config.webhook_url.as_deref(),
         config.webhook_secret.as_deref(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 use sha2::Sha256;
@@ -62,19 +63,50 @@ pub enum Mailer {
 
 impl Mailer {
     /// SMTP when `smtp_url` is given (`smtp://host:25`, `smtp://user:pass@host:587?tls=required`
-    /// for STARTTLS, `smtps://user:pass@host:465` for implicit TLS), else files in `dir`.
-    pub fn new(smtp_url: Option<&str>, dir: PathBuf) -> Result<Self> {
+    /// for STARTTLS, `smtps://user:pass@host:465` for implicit TLS), else files in `dir`. The
+    /// server's certificate is checked against the public roots, and `ca_pem` (a private CA)
+    /// when given.
+    pub fn new(smtp_url: Option<&str>, ca_pem: Option<&[u8]>, dir: PathBuf) -> Result<Self> {
+        let setting = |name: &str, reason: String| Error::Notifications {
+            file: name.into(),
+            reason,
+        };
         match smtp_url {
             Some(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| Error::Notifications {
-                        file: "SMTP_URL".into(),
-                        // The URL may hold a password: only the error's kind is said.
-                        reason: format!("not a usable SMTP URL ({})", smtp_kind(&e)),
+                // The URL may hold a password: errors say only their kind.
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| {
+                        setting("SMTP_URL", format!("not a usable SMTP URL ({})", smtp_kind(&e)))
                     })?
-                    .timeout(Some(SEND_TIMEOUT))
-                    .build();
-                Ok(Mailer::Smtp(transport))
+                    .timeout(Some(SEND_TIMEOUT));
+                if let Some(pem) = ca_pem {
+                    let parsed = reqwest::Url::parse(url)
+                        .map_err(|_| setting("SMTP_URL", "not a URL".into()))?;
+                    let host = parsed.host_str().unwrap_or_default().to_string();
+                    let tls = |e: lettre::transport::smtp::Error| {
+                        setting("SMTP_CA_FILE", format!("not a usable CA certificate ({})", smtp_kind(&e)))
+                    };
+                    let parameters = TlsParameters::builder(host)
+                        .add_root_certificate(Certificate::from_pem(pem).map_err(tls)?)
+                        .build()
+                        .map_err(tls)?;
+                    let mode = parsed
+                        .query_pairs()
+                        .find(|(k, _)| k == "tls")
+                        .map(|(_, v)| v.into_owned());
+                    builder = match (parsed.scheme(), mode.as_deref()) {
+                        ("smtps", _) => builder.tls(Tls::Wrapper(parameters)),
+                        (_, Some("required")) => builder.tls(Tls::Required(parameters)),
+                        (_, Some("opportunistic")) => builder.tls(Tls::Opportunistic(parameters)),
+                        _ => {
+                            return Err(setting(
+                                "SMTP_CA_FILE",
+                                "set, but SMTP_URL uses no TLS (smtps://, or ?tls=required)".into(),
+                            ))
+                        }
+                    };
+                }
+                Ok(Mailer::Smtp(builder.build()))
             }
             None => {
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Notifications {
@@ -320,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn the_file_transport_writes_a_message_and_keeps_the_test_mailboxes() {
         let dir = tempfile::tempdir().unwrap();
-        let mailer = Mailer::new(None, dir.path().join("mail")).unwrap();
+        let mailer = Mailer::new(None, None, dir.path().join("mail")).unwrap();
         let c = content();
         let email = |to, attempt| Email {
             id: "d-1",
