@@ -548,7 +548,7 @@ impl MessageHandler for Shared {
 }
 
 impl Worker {
-    /// Tries one job. Already sent (or given up): nothing. Sent now: recorded, then the offset
+    /// Tries one job. Already sent: nothing. Sent now: recorded, then the offset
     /// stored. So against SMTP delivery is at-least-once, and exactly once but for one window: a
     /// crash after the server accepted the email and before the record commits sends it again
     /// on redelivery, with the same Message-ID, which mail clients use to show it once.
@@ -563,7 +563,8 @@ impl Worker {
         };
         let saga_id = envelope.correlation_id.to_string();
         match self.recorded(&job.delivery_id).await {
-            Ok(Some(status)) if status != "retrying" => {
+            // Sent already. A job given up on is tried again: only an operator sends one back.
+            Ok(Some(status)) if status == "sent" => {
                 self.count("duplicate");
                 self.log_line(&saga_id, &job, "delivery.duplicate", None, None).await;
                 return Disposition::Done;
