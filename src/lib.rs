@@ -19,6 +19,7 @@ use platform::embedded::EmbeddedKafka;
 use platform::kafka::KafkaSettings;
 use platform::Topics;
 use services::notification::NotificationConfig;
+pub use services::delivery::DeliveryArgs;
 use services::{ServiceConfig, ServiceHandle};
 
 /// Errors of starting the system; each names the component that failed.

@@ -54,17 +54,36 @@ impl Tail {
             .map_or(time, |(_, t)| t.trim_end_matches('Z'));
         let kind = line["type"].as_str().unwrap_or("(unreadable)");
         let saga = line["saga_id"].as_str().unwrap_or("-");
+        // A delivery attempt has no payload: who it went to, which try, and why it failed.
+        let delivery = || {
+            line.get("to").map(|to| {
+                let mut s = format!(
+                    "{} (try {})",
+                    to.as_str().unwrap_or(""),
+                    line["attempt"].as_u64().unwrap_or(0)
+                );
+                if let Some(e) = line["error"].as_str() {
+                    s.push_str(": ");
+                    s.push_str(e);
+                }
+                s
+            })
+        };
         let mut payload = line
             .get("payload")
             .map(|p| p.to_string())
             .or_else(|| line.get("unreadable").map(|u| u.to_string()))
+            .or_else(delivery)
             .unwrap_or_default();
         if payload.chars().count() > 120 {
             payload = payload.chars().take(119).collect::<String>() + "…";
         }
         // Padded before painting: escape codes have no width on screen.
         let padded = format!("{kind:<32}");
-        let kind_shown = if kind.ends_with("failed") {
+        let kind_shown = if kind.ends_with("failed")
+            || kind == "delivery.retrying"
+            || kind == "delivery.dead_lettered"
+        {
             padded.replace(kind, &paint.failure(kind))
         } else {
             padded
@@ -72,7 +91,10 @@ impl Tail {
         format!(
             "{}  {:<22}  {}  {}  {}",
             paint.dim(time),
-            line["topic"].as_str().unwrap_or(""),
+            line["topic"]
+                .as_str()
+                .or_else(|| line["channel"].as_str())
+                .unwrap_or(""),
             kind_shown,
             saga,
             paint.dim(&payload)
@@ -250,6 +272,24 @@ mod tests {
         assert!(
             coloured.contains("\u{1b}[31morder.creation_failed"),
             "{coloured:?}"
+        );
+    }
+
+    #[test]
+    fn a_delivery_attempt_shows_its_channel_recipient_try_and_error() {
+        let line = json!({
+            "time": "2026-12-06T08:00:00.000Z", "type": "delivery.retrying", "saga_id": "s-1",
+            "channel": "mail", "to": "c-1@customers.example", "attempt": 2, "error": "451 busy"
+        });
+        let mut t = tail(None, Some("delivery.*"));
+        assert!(t.matches(&line));
+        t.pretty = Some(Paint { enabled: false });
+        assert_eq!(
+            t.format("", &line),
+            format!(
+                "08:00:00.000  {:<22}  {:<32}  s-1  c-1@customers.example (try 2): 451 busy",
+                "mail", "delivery.retrying"
+            )
         );
     }
 

@@ -121,7 +121,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             chaos: Default::default(),
             ops: platform::Ops::default(),
             api: Default::default(),
-            delivery: Default::default(),
+            // Sagas alone, as every earlier measurement (an email per saga is another workload).
+            delivery: saga_system::DeliveryArgs::off(),
         };
         if let Some(brokers) = &args.kafka_brokers {
             if args.instances > 0 {

@@ -92,7 +92,7 @@ impl std::fmt::Debug for DeliveryConfig {
 #[derive(Clone, Default, clap::Args)]
 pub struct DeliveryArgs {
     /// The folder of notifications.toml and its templates. Default: `./sagas/notifications`
-    /// when there is one; without it nothing is delivered.
+    /// when there is one; without it, or set empty, nothing is delivered.
     #[arg(long, env = "NOTIFICATIONS_DIR")]
     pub notifications_dir: Option<PathBuf>,
     /// Send email through this SMTP server: `smtp://host:25`, `smtp://user:pass@host:587?tls=required`
@@ -149,12 +149,24 @@ impl DeliveryArgs {
         })
     }
 
-    /// The folder of the rules, if deliveries are on.
+    /// The folder of the rules, if deliveries are on (an empty NOTIFICATIONS_DIR turns them off).
     pub fn dir(&self) -> Option<PathBuf> {
-        self.notifications_dir.clone().or_else(|| {
-            let default = PathBuf::from("sagas/notifications");
-            default.is_dir().then_some(default)
-        })
+        match &self.notifications_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => {
+                let default = PathBuf::from("sagas/notifications");
+                default.is_dir().then_some(default)
+            }
+        }
+    }
+
+    /// No deliveries, whatever folder there is.
+    pub fn off() -> Self {
+        DeliveryArgs {
+            notifications_dir: Some(PathBuf::new()),
+            ..Default::default()
+        }
     }
 }
 
