@@ -223,16 +223,7 @@ impl KafkaSettings {
     /// An at-least-once consumer in `group`, subscribed to `topics`, reporting its lag and
     /// assignment to `ops` (see [`Observer`]).
     pub fn consumer(&self, group: &str, topics: &[&str], ops: &Ops) -> Result<KafkaConsumer> {
-        // Readiness checks and metrics name the group as the code does, whatever the prefix.
-        let context = Observer::new(group, ops);
-        let consumer: KafkaConsumer = self
-            .consumer_config(&self.group_id(group))
-            .create_with_context(context)
-            .map_err(|e| invalid_settings(&format!("the consumer of group {group}"), e))?;
-        consumer
-            .subscribe(topics)
-            .map_err(Error::kafka(format!("subscribing to {topics:?}")))?;
-        Ok(consumer)
+        self.subscribed(group, topics, ops, self.consumer_config(&self.group_id(group)))
     }
 
     /// [`Self::consumer`] for work where a tenth of a second does not matter (notifications): on
@@ -245,11 +236,23 @@ impl KafkaSettings {
         topics: &[&str],
         ops: &Ops,
     ) -> Result<KafkaConsumer> {
-        let context = Observer::new(group, ops);
         let mut config = self.consumer_config(&self.group_id(group));
         if self.embedded {
             config.set("fetch.wait.max.ms", "100");
         }
+        self.subscribed(group, topics, ops, config)
+    }
+
+    /// A consumer of `config`, reporting as `group`, subscribed to `topics`.
+    fn subscribed(
+        &self,
+        group: &str,
+        topics: &[&str],
+        ops: &Ops,
+        config: ClientConfig,
+    ) -> Result<KafkaConsumer> {
+        // Readiness checks and metrics name the group as the code does, whatever the prefix.
+        let context = Observer::new(group, ops);
         let consumer: KafkaConsumer = config
             .create_with_context(context)
             .map_err(|e| invalid_settings(&format!("the consumer of group {group}"), e))?;
