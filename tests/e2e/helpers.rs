@@ -550,7 +550,8 @@ impl TestApp {
         );
     }
 
-    /// Lines of the notification log that mention `saga_id`, once at least `min` are there.
+    /// The notification log's lines of `saga_id`'s messages (not its delivery attempts, which
+    /// have no topic), once at least `min` are there.
     pub async fn notifications(&self, saga_id: &str, min: usize) -> Vec<Value> {
         let path = self.config.data_dir.join("notifications.log");
         let start = Instant::now();
@@ -559,7 +560,7 @@ impl TestApp {
             let lines: Vec<Value> = text
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v["saga_id"] == saga_id)
+                .filter(|v| v["saga_id"] == saga_id && v["topic"].is_string())
                 .collect();
             if lines.len() >= min || start.elapsed() > Duration::from_secs(20) {
                 return lines;
