@@ -816,7 +816,7 @@ async fn alerted_series_exist_at_zero_and_the_on_call_gauges_are_exported() {
         "payment-service",
         "notification-service",
     ] {
-        for reason in ["unreadable", "unknown_saga", "rejected", "failed"] {
+        for reason in ["unreadable", "unknown_saga", "rejected", "failed", "undeliverable"] {
             assert_eq!(
                 sample(
                     &text,
@@ -827,6 +827,25 @@ async fn alerted_series_exist_at_zero_and_the_on_call_gauges_are_exported() {
                 "{component} {reason}"
             );
         }
+    }
+    // What the notification alerts read.
+    for channel in ["mail", "alerts"] {
+        for outcome in ["sent", "retried", "dead_lettered", "duplicate"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    "notification_deliveries_total",
+                    &[("channel", channel), ("outcome", outcome)]
+                ),
+                Some(0.0),
+                "{channel} {outcome}"
+            );
+        }
+        assert_eq!(
+            sample(&text, "notification_retry_oldest_due_age_seconds", &[("channel", channel)]),
+            Some(0.0),
+            "{channel}"
+        );
     }
     assert_eq!(sample(&text, "saga_in_flight", &[]), Some(0.0), "{text}");
     let id = app.start_saga("c-gauges").await;

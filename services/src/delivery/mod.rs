@@ -170,6 +170,9 @@ impl DeliveryArgs {
     }
 }
 
+/// What became of a delivery attempt: the `outcome` label.
+const OUTCOMES: [&str; 4] = ["sent", "retried", "dead_lettered", "duplicate"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
     channel: String,
@@ -261,6 +264,18 @@ pub(crate) async fn start(
     .await?;
     ops.metrics.watch_pool("notification", &db);
     let metrics = metrics(ops);
+    // Every series at zero from the start, so increase() sees the first retry of a channel.
+    for audience in [Audience::Customer, Audience::Operators] {
+        for outcome in OUTCOMES {
+            let _ = metrics.deliveries.get_or_create_owned(&DeliveryLabels {
+                channel: audience.channel().to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
+        let _ = metrics.lateness.get_or_create_owned(&ChannelLabels {
+            channel: audience.channel().to_string(),
+        });
+    }
     let producer = kafka.producer()?;
     let dead_letters = DeadLetters::new(
         producer.clone(),
