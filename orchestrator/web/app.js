@@ -87,10 +87,11 @@ async function api(path, opts = {}) {
 }
 
 /**
- * Follows an event stream, reconnecting after the last event id it saw, until `stop` aborts or
- * the server ends it for good (204, or the end of a saga's stream).
+ * Follows an event stream, reconnecting after the last event id it saw, until `stop` aborts, the
+ * server ends it for good (204), or `finished()` says there is nothing more to follow (a saga that
+ * has ended: its stream closes after the end, which is no reason to say "reconnecting").
  */
-async function follow(path, onEvent, stop, { reconnect = true } = {}) {
+async function follow(path, onEvent, stop, { reconnect = true, finished = () => false } = {}) {
   let lastId = "";
   while (!stop.aborted) {
     try {
@@ -127,7 +128,7 @@ async function follow(path, onEvent, stop, { reconnect = true } = {}) {
           if (data) onEvent(event, JSON.parse(data));
         }
       }
-      if (!reconnect) return;
+      if (!reconnect || finished()) return;
     } catch (e) {
       if (stop.aborted) return;
     }
@@ -364,7 +365,7 @@ async function sagaView(id) {
         saga = data;
         render();
       }
-    }, stop, { reconnect: true }).finally(async () => {
+    }, stop, { reconnect: true, finished: () => TERMINAL.includes(saga.status) }).finally(async () => {
       streaming = null;
       if (stop.aborted) return;
       // The stream has ended with the saga: show the state as stored, whatever the last event was.
