@@ -108,13 +108,7 @@ impl Mailer {
                 }
                 Ok(Mailer::Smtp(builder.build()))
             }
-            None => {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::Notifications {
-                    file: dir.display().to_string(),
-                    reason: format!("cannot create the mail folder: {e}"),
-                })?;
-                Ok(Mailer::Files(dir))
-            }
+            None => Ok(Mailer::Files(folder(dir, "mail")?)),
         }
     }
 
@@ -212,6 +206,15 @@ fn smtp_kind(e: &lettre::transport::smtp::Error) -> &'static str {
     }
 }
 
+/// `dir`, created if missing: where the file transports write (`what`: mail, alerts).
+fn folder(dir: PathBuf, what: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Notifications {
+        file: dir.display().to_string(),
+        reason: format!("cannot create the {what} folder: {e}"),
+    })?;
+    Ok(dir)
+}
+
 /// Writes `bytes` to `path` whole or not at all (a reader never sees half a file).
 async fn write_atomically(path: PathBuf, bytes: Vec<u8>) -> Result<(), SendError> {
     let tmp = path.with_extension("part");
@@ -269,13 +272,7 @@ impl Alerter {
                     secret: secret.to_string(),
                 })
             }
-            None => {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::Notifications {
-                    file: dir.display().to_string(),
-                    reason: format!("cannot create the alerts folder: {e}"),
-                })?;
-                Ok(Alerter::Files(dir))
-            }
+            None => Ok(Alerter::Files(folder(dir, "alerts")?)),
         }
     }
 
