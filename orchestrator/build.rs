@@ -5,7 +5,10 @@
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas");
+    // Read when the script runs, not when it was compiled: cargo may run one compiled script for
+    // a copy of the crate elsewhere (scripts/previous-release.sh builds one in a temporary folder).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest).join("../sagas");
     println!("cargo:rerun-if-changed={}", dir.display());
     // `sqlx::migrate!` embeds the migration files, but a new one alone would not rebuild it.
     println!("cargo:rerun-if-changed=migrations");

@@ -26,6 +26,10 @@ fn previous_release() -> Option<PathBuf> {
     dir
 }
 
+/// The newest orchestrator migration of the previous release (the commit in
+/// `.ci/previous-release`).
+const PREVIOUS_SCHEMA: i64 = 9;
+
 /// A rolling deploy from the previous release to this one: an instance of the previous release
 /// runs sagas, an instance of this release joins it on the same PostgreSQL database (migrating
 /// it) and Kafka group, both take orders and each other's replies and deadlines, then the old
@@ -63,7 +67,7 @@ async fn the_previous_release_and_this_one_run_side_by_side_on_one_database() {
         }
     };
     let newest = "SELECT MAX(version) FROM _sqlx_migrations";
-    assert_eq!(schema(newest).await, 7, "the previous release's schema");
+    assert_eq!(schema(newest).await, PREVIOUS_SCHEMA, "the previous release's schema");
     let mut ids = app.post_many_to(&["orchestrator"], 80, "old").await;
     assert_eq!(ids.len(), 80, "the previous release takes orders");
 
@@ -71,7 +75,7 @@ async fn the_previous_release_and_this_one_run_side_by_side_on_one_database() {
     app.instance_addrs.insert("orchestrator-2", free_addr());
     app.spawn_proc("orchestrator-2");
     app.wait_healthy_at("orchestrator-2").await;
-    assert!(schema(newest).await > 7, "migrated by this release");
+    assert!(schema(newest).await > PREVIOUS_SCHEMA, "migrated by this release");
     ids.extend(app.post_many_to(&INSTANCES[..2], 80, "both").await);
     // The old instance keeps serving on the migrated schema, reading what the new one wrote.
     let (status, created) = app.post_order("c-old-after-migration").await;
