@@ -18,8 +18,8 @@ use platform::db::{self, SqliteSync};
 use platform::embedded::EmbeddedKafka;
 use platform::kafka::KafkaSettings;
 use platform::Topics;
-use services::notification::NotificationConfig;
 pub use services::delivery::DeliveryArgs;
+use services::notification::NotificationConfig;
 use services::{ServiceConfig, ServiceHandle};
 
 /// Errors of starting the system; each names the component that failed.

@@ -212,7 +212,11 @@ mod tests {
             "order_commands"
         );
         assert_eq!(topics.all().len(), 16);
-        let tiers: Vec<u64> = topics.retry_tiers("mail").iter().filter_map(|(_, t)| t.delay_ms).collect();
+        let tiers: Vec<u64> = topics
+            .retry_tiers("mail")
+            .iter()
+            .filter_map(|(_, t)| t.delay_ms)
+            .collect();
         assert_eq!(tiers, [10_000, 60_000, 600_000]);
         assert_eq!(topics.retry_tiers("alerts").len(), 3);
         assert!(topics.retry_tiers("order_commands").is_empty());

@@ -66,10 +66,13 @@ async fn run(args: Args) -> Result<(), services::Error> {
     let delivery = match args.delivery.dir() {
         None => None,
         Some(_) => {
-            let sagas = args.sagas.load(&topics).map_err(|e| services::Error::Notifications {
-                file: "SAGAS_DIR".into(),
-                reason: e.to_string(),
-            })?;
+            let sagas = args
+                .sagas
+                .load(&topics)
+                .map_err(|e| services::Error::Notifications {
+                    file: "SAGAS_DIR".into(),
+                    reason: e.to_string(),
+                })?;
             let database_url = match args.database_url.filter(|u| !u.is_empty()) {
                 Some(url) => url,
                 None => platform::db::sqlite_url(&data_dir.join("notification.db"))?,

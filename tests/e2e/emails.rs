@@ -43,7 +43,11 @@ print(json.dumps({
         .arg(path)
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -72,7 +76,11 @@ fn delivery_lines(app: &TestApp) -> Vec<Value> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["type"].as_str().is_some_and(|t| t.starts_with("delivery.")))
+        .filter(|l| {
+            l["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("delivery."))
+        })
         .collect()
 }
 
@@ -86,7 +94,11 @@ fn delivery_lines(app: &TestApp) -> Vec<Value> {
 async fn each_order_outcome_emails_its_customer_once() {
     let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
     // Retry delays a test can wait out: 1 s, 2 s, 3 s.
-    for (role, delay) in [("mail_retry_10s", 1_000), ("mail_retry_1m", 2_000), ("mail_retry_10m", 3_000)] {
+    for (role, delay) in [
+        ("mail_retry_10s", 1_000),
+        ("mail_retry_1m", 2_000),
+        ("mail_retry_10m", 3_000),
+    ] {
         app.config.topics.by_role.get_mut(role).unwrap().delay_ms = Some(delay);
     }
     app.start_all().await;
@@ -94,14 +106,25 @@ async fn each_order_outcome_emails_its_customer_once() {
 
     let good = app.start_saga("c-mail").await;
     let mut failed = Vec::new();
-    for customer in ["nocard-mail", "declined-mail", "noupdate-mail", "noorder-mail"] {
+    for customer in [
+        "nocard-mail",
+        "declined-mail",
+        "noupdate-mail",
+        "noorder-mail",
+    ] {
         failed.push((customer, app.start_saga(customer).await));
     }
     let bounce = app.start_saga("bounce-mail").await;
     let slow = app.start_saga("slowmail-mail").await;
     assert_eq!(app.wait_terminal(&good).await["status"], "COMPLETED");
 
-    let confirmed = wait_for_email(&mail, "c-mail", "Your order is confirmed", Duration::from_secs(20)).await;
+    let confirmed = wait_for_email(
+        &mail,
+        "c-mail",
+        "Your order is confirmed",
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(confirmed["subject"], "Your order is confirmed");
     assert_eq!(confirmed["from"], "Campus Orders <orders@campus.example>");
     assert_eq!(confirmed["multipart"], "multipart/alternative");
@@ -109,21 +132,42 @@ async fn each_order_outcome_emails_its_customer_once() {
     let (_, saga) = app.get_saga(&good).await;
     let order_id = saga["context"]["order_id"].as_str().unwrap().to_string();
     let text = confirmed["text"].as_str().unwrap();
-    assert!(text.contains(&order_id) && text.contains("2 x Burger"), "{text}");
+    assert!(
+        text.contains(&order_id) && text.contains("2 x Burger"),
+        "{text}"
+    );
     assert!(confirmed["html"].as_str().unwrap().contains(&order_id));
-    assert!(confirmed["message_id"].as_str().unwrap().ends_with("@saga-orchestrator>"));
+    assert!(confirmed["message_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("@saga-orchestrator>"));
 
     for (customer, id) in &failed {
         assert_eq!(app.wait_terminal(id).await["status"], "COMPENSATED");
-        let email = wait_for_email(&mail, customer, "Your order could not be placed", Duration::from_secs(20)).await;
-        assert_eq!(email["subject"], "Your order could not be placed", "{customer}");
+        let email = wait_for_email(
+            &mail,
+            customer,
+            "Your order could not be placed",
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(
+            email["subject"], "Your order could not be placed",
+            "{customer}"
+        );
         let text = email["text"].as_str().unwrap();
         let (_, saga) = app.get_saga(id).await;
         // The participant's words, without the step's name.
         let error = saga["error"].as_str().unwrap();
         let (_, reason) = error.split_once(" failed: ").unwrap();
-        assert!(text.contains(&format!("your order: {reason}.")), "{customer}: {text} / {error}");
-        assert!(text.contains("released") && !text.contains(" failed: "), "{customer}: {text}");
+        assert!(
+            text.contains(&format!("your order: {reason}.")),
+            "{customer}: {text} / {error}"
+        );
+        assert!(
+            text.contains("released") && !text.contains(" failed: "),
+            "{customer}: {text}"
+        );
     }
 
     // A cancel tells the customer the order was cancelled.
@@ -136,15 +180,38 @@ async fn each_order_outcome_emails_its_customer_once() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    app.wait_for(&cancelled, Duration::from_secs(20), |s| s["status"] == "CANCELLED")
-        .await;
-    wait_for_email(&mail, "c-cancel-mail", "Your order is confirmed", Duration::from_secs(20)).await;
-    let email = wait_for_email(&mail, "c-cancel-mail", "Your order was cancelled", Duration::from_secs(20)).await;
-    assert!(email["text"].as_str().unwrap().contains("cancelled, as asked"));
+    app.wait_for(&cancelled, Duration::from_secs(20), |s| {
+        s["status"] == "CANCELLED"
+    })
+    .await;
+    wait_for_email(
+        &mail,
+        "c-cancel-mail",
+        "Your order is confirmed",
+        Duration::from_secs(20),
+    )
+    .await;
+    let email = wait_for_email(
+        &mail,
+        "c-cancel-mail",
+        "Your order was cancelled",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(email["text"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled, as asked"));
 
     // The slow mailbox takes the email on the third try, after the 1 s and 2 s retries.
     app.wait_terminal(&slow).await;
-    let email = wait_for_email(&mail, "slowmail-mail", "Your order is confirmed", Duration::from_secs(30)).await;
+    let email = wait_for_email(
+        &mail,
+        "slowmail-mail",
+        "Your order is confirmed",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(email["to"], "slowmail-mail@customers.example");
     app.wait_terminal(&bounce).await;
 
@@ -153,27 +220,61 @@ async fn each_order_outcome_emails_its_customer_once() {
     let attempts = |customer: &str, what: &str| {
         lines
             .iter()
-            .filter(|l| l["to"].as_str().is_some_and(|t| t.starts_with(&format!("{customer}@"))) && l["type"] == what)
+            .filter(|l| {
+                l["to"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(&format!("{customer}@")))
+                    && l["type"] == what
+            })
             .count()
     };
-    assert_eq!(attempts("slowmail-mail", "delivery.retrying"), 2, "{lines:#?}");
+    assert_eq!(
+        attempts("slowmail-mail", "delivery.retrying"),
+        2,
+        "{lines:#?}"
+    );
     assert_eq!(attempts("slowmail-mail", "delivery.sent"), 1);
     let db = app.db("notification").await;
     let dead = count_dead_letters_of(&app, &bounce).await;
-    assert_eq!(attempts("bounce-mail", "delivery.dead_lettered"), 1, "{lines:#?}");
-    assert_eq!(attempts("bounce-mail", "delivery.retrying"), 0, "a refusal for good is not retried");
+    assert_eq!(
+        attempts("bounce-mail", "delivery.dead_lettered"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        attempts("bounce-mail", "delivery.retrying"),
+        0,
+        "a refusal for good is not retried"
+    );
     assert!(dead.contains("550"), "the dead letter says why: {dead}");
-    let recorded = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1", &bounce).await;
+    let recorded = scalar(
+        &db,
+        "SELECT status FROM deliveries WHERE saga_id = $1",
+        &bounce,
+    )
+    .await;
     assert_eq!(recorded.as_deref(), Some("dead_lettered"));
-    let sent = count(&db, "SELECT COUNT(*) FROM deliveries WHERE status = $1", "sent").await;
-    assert_eq!(sent, 8, "one email per outcome: good, 4 failures, the cancelled order's two, slowmail");
+    let sent = count(
+        &db,
+        "SELECT COUNT(*) FROM deliveries WHERE status = $1",
+        "sent",
+    )
+    .await;
+    assert_eq!(
+        sent, 8,
+        "one email per outcome: good, 4 failures, the cancelled order's two, slowmail"
+    );
     assert_eq!(emails(&mail).len(), 8, "{:?}", emails(&mail));
 
     // A job that comes again (a redelivery, a crash before its offset was committed) finds its
     // delivery recorded and sends nothing.
-    let delivery_id = scalar(&db, "SELECT delivery_id FROM deliveries WHERE saga_id = $1", &good)
-        .await
-        .unwrap();
+    let delivery_id = scalar(
+        &db,
+        "SELECT delivery_id FROM deliveries WHERE saga_id = $1",
+        &good,
+    )
+    .await
+    .unwrap();
     let again = serde_json::json!({
         "message_id": uuid::Uuid::new_v4(),
         "type": "delivery.mail",
@@ -201,7 +302,10 @@ async fn each_order_outcome_emails_its_customer_once() {
         .iter()
         .any(|l| l["type"] == "delivery.duplicate" && l["delivery_id"] == delivery_id.as_str())
     {
-        assert!(start.elapsed() < Duration::from_secs(20), "the job read again was not seen");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the job read again was not seen"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(emails(&mail).len(), 8, "nothing sent twice");
@@ -220,8 +324,12 @@ async fn each_order_outcome_emails_its_customer_once() {
     assert_eq!(deliveries("dead_lettered"), Some(1.0));
     assert_eq!(deliveries("duplicate"), Some(1.0));
     assert!(
-        crate::observability::sample(&metrics, "notification_retry_oldest_due_age_seconds", &[("channel", "mail")])
-            .is_some(),
+        crate::observability::sample(
+            &metrics,
+            "notification_retry_oldest_due_age_seconds",
+            &[("channel", "mail")]
+        )
+        .is_some(),
         "{metrics}"
     );
     app.stop().await;
@@ -239,9 +347,15 @@ async fn count_dead_letters_of(app: &TestApp, id: &str) -> String {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|l| l["saga_id"] == id && l["dead_letter"].is_object())
         {
-            return line["dead_letter"]["error"].as_str().unwrap_or_default().to_string();
+            return line["dead_letter"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "no dead letter for {id}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no dead letter for {id}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -294,7 +408,12 @@ async fn a_failed_saga_alerts_the_operators_by_a_signed_webhook_retried_apart_fr
     };
     app.config.delivery.alert_webhook_url = Some(format!("http://{hook_addr}/hook"));
     app.config.delivery.alert_webhook_secret = Some(secret.into());
-    app.config.topics.by_role.get_mut("alerts_retry_10s").unwrap().delay_ms = Some(3_000);
+    app.config
+        .topics
+        .by_role
+        .get_mut("alerts_retry_10s")
+        .unwrap()
+        .delay_ms = Some(3_000);
     app.start_all().await;
 
     let failed = app.start_saga("nocard-alert").await;
@@ -309,24 +428,49 @@ async fn a_failed_saga_alerts_the_operators_by_a_signed_webhook_retried_apart_fr
     let good = app.start_saga("c-while-alert-waits").await;
     assert_eq!(app.wait_terminal(&good).await["status"], "COMPLETED");
     let mail = app.config.data_dir.join("mail");
-    wait_for_email(&mail, "c-while-alert-waits", "Your order is confirmed", Duration::from_secs(20)).await;
+    wait_for_email(
+        &mail,
+        "c-while-alert-waits",
+        "Your order is confirmed",
+        Duration::from_secs(20),
+    )
+    .await;
     let mail_took = refused_at.elapsed();
-    assert_eq!(hook.seen.lock().unwrap().len(), 1, "the email went out before the alert's retry");
+    assert_eq!(
+        hook.seen.lock().unwrap().len(),
+        1,
+        "the email went out before the alert's retry"
+    );
 
     let start = Instant::now();
     while hook.seen.lock().unwrap().len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(20), "the alert was not retried");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the alert was not retried"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let retried_after = refused_at.elapsed();
     eprintln!("email while the alert waited: {mail_took:?}; alert retried after {retried_after:?}");
-    assert!(retried_after >= Duration::from_millis(2_500), "the retry waited its delay: {retried_after:?}");
+    assert!(
+        retried_after >= Duration::from_millis(2_500),
+        "the retry waited its delay: {retried_after:?}"
+    );
     let (headers, body) = hook.seen.lock().unwrap()[1].clone();
     let alert: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(alert["saga_id"], failed.as_str());
     assert_eq!(alert["status"], "FAILED");
-    assert!(alert["reason"].as_str().unwrap().contains("cancel_order failed"), "{alert}");
-    assert!(alert["subject"].as_str().unwrap().starts_with("[saga FAILED] create_order"));
+    assert!(
+        alert["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cancel_order failed"),
+        "{alert}"
+    );
+    assert!(alert["subject"]
+        .as_str()
+        .unwrap()
+        .starts_with("[saga FAILED] create_order"));
 
     // The signature, checked as a receiver in another language would.
     let signature = headers["x-saga-signature"].to_str().unwrap();
@@ -346,7 +490,12 @@ async fn a_failed_saga_alerts_the_operators_by_a_signed_webhook_retried_apart_fr
         .spawn()
         .unwrap();
     use std::io::Write;
-    check.stdin.as_ref().unwrap().write_all(body.as_bytes()).unwrap();
+    check
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = check.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), v1);
     let age = platform::time::now_ms() / 1000 - t.parse::<i64>().unwrap();
@@ -356,7 +505,12 @@ async fn a_failed_saga_alerts_the_operators_by_a_signed_webhook_retried_apart_fr
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(hook.seen.lock().unwrap().len(), 2);
     let db = app.db("notification").await;
-    let row = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1 AND channel = 'alerts'", &failed).await;
+    let row = scalar(
+        &db,
+        "SELECT status FROM deliveries WHERE saga_id = $1 AND channel = 'alerts'",
+        &failed,
+    )
+    .await;
     assert_eq!(row.as_deref(), Some("sent"));
     app.stop().await;
 }
@@ -486,7 +640,11 @@ async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_onc
     let smtp = SmtpServer::start(&python, 0, outbox.path());
     let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
     app.config.delivery.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
-    for (role, delay) in [("mail_retry_10s", 2_000), ("mail_retry_1m", 4_000), ("mail_retry_10m", 8_000)] {
+    for (role, delay) in [
+        ("mail_retry_10s", 2_000),
+        ("mail_retry_1m", 4_000),
+        ("mail_retry_10m", 8_000),
+    ] {
         app.config.topics.by_role.get_mut(role).unwrap().delay_ms = Some(delay);
     }
     app.start_all().await;
@@ -521,12 +679,17 @@ async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_onc
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let logged = down
             .iter()
-            .filter(|id| text.contains(&format!("\"type\":\"saga.completed\",\"saga_id\":\"{id}\"")))
+            .filter(|id| {
+                text.contains(&format!("\"type\":\"saga.completed\",\"saga_id\":\"{id}\""))
+            })
             .count();
         if logged == N {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{logged} of {N} logged");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{logged} of {N} logged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let logged_down = t.elapsed();
@@ -539,7 +702,10 @@ async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_onc
     let start = Instant::now();
     let retrying = loop {
         let lines = delivery_lines(&app);
-        let retrying = lines.iter().filter(|l| l["type"] == "delivery.retrying").count();
+        let retrying = lines
+            .iter()
+            .filter(|l| l["type"] == "delivery.retrying")
+            .count();
         if retrying >= N {
             break retrying;
         }
@@ -565,7 +731,11 @@ async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_onc
     assert_eq!(received.len(), W + 2 * N, "no email twice");
     for i in 0..N {
         let to = format!("To: c-down-{i}@customers.example");
-        assert_eq!(received.iter().filter(|m| m.contains(&to)).count(), 1, "{to}");
+        assert_eq!(
+            received.iter().filter(|m| m.contains(&to)).count(),
+            1,
+            "{to}"
+        );
     }
     let ids: std::collections::HashSet<&str> = received
         .iter()
@@ -574,7 +744,12 @@ async fn a_mail_server_that_goes_away_holds_up_no_saga_and_its_emails_go_out_onc
     assert_eq!(ids.len(), W + 2 * N);
     let db = app.db("notification").await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM deliveries WHERE status = $1", "sent").await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM deliveries WHERE status = $1",
+            "sent"
+        )
+        .await,
         (W + 2 * N) as i64
     );
     let rate = |d: Duration| N as f64 / d.as_secs_f64();
@@ -607,18 +782,29 @@ async fn a_shutdown_during_a_send_finishes_it_and_the_next_start_sends_nothing_m
     // The job reaches the mail consumer, whose send now waits on the slow DATA.
     let db = app.db("notification").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(SmtpServer::received(outbox.path()).is_empty(), "the send is still in progress");
+    assert!(
+        SmtpServer::received(outbox.path()).is_empty(),
+        "the send is still in progress"
+    );
 
     let stopping = Instant::now();
     app.services.remove("notification").unwrap().stop().await;
     let stopped_in = stopping.elapsed();
-    assert_eq!(SmtpServer::received(outbox.path()).len(), 1, "the send in progress finished");
+    assert_eq!(
+        SmtpServer::received(outbox.path()).len(),
+        1,
+        "the send in progress finished"
+    );
     let status = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1", &id).await;
     assert_eq!(status.as_deref(), Some("sent"));
 
     app.start_service("notification").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(SmtpServer::received(outbox.path()).len(), 1, "nothing sent again");
+    assert_eq!(
+        SmtpServer::received(outbox.path()).len(),
+        1,
+        "nothing sent again"
+    );
     eprintln!("stopped during a send in {stopped_in:?}");
     app.stop().await;
 }
@@ -642,7 +828,11 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s
         .unwrap()
         .success();
     assert!(ok, "openssl made no certificates");
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 /// SMTP as deployments have it: STARTTLS (port 587 style) and implicit TLS (465 style), each
@@ -659,8 +849,14 @@ async fn emails_go_out_over_starttls_and_implicit_tls_with_auth() {
     for implicit in [false, true] {
         let outbox = tempfile::tempdir().unwrap();
         let mut args = vec![
-            "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(),
-            "--user", "saga", "--password", "s3cret p@ss",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--user",
+            "saga",
+            "--password",
+            "s3cret p@ss",
         ];
         if implicit {
             args.push("--implicit-tls");
@@ -669,7 +865,10 @@ async fn emails_go_out_over_starttls_and_implicit_tls_with_auth() {
         let url = if implicit {
             format!("smtps://saga:s3cret%20p%40ss@127.0.0.1:{}", smtp.port)
         } else {
-            format!("smtp://saga:s3cret%20p%40ss@127.0.0.1:{}?tls=required", smtp.port)
+            format!(
+                "smtp://saga:s3cret%20p%40ss@127.0.0.1:{}?tls=required",
+                smtp.port
+            )
         };
         let mut app = spawn_app_with(&[NO_IN_PROCESS]).await;
         app.config.delivery.smtp_url = Some(url);
@@ -679,7 +878,10 @@ async fn emails_go_out_over_starttls_and_implicit_tls_with_auth() {
         assert_eq!(app.wait_terminal(&id).await["status"], "COMPLETED");
         wait_received(outbox.path(), 1, Duration::from_secs(20)).await;
         let received = SmtpServer::received(outbox.path());
-        assert!(received[0].contains("To: c-tls@customers.example"), "implicit {implicit}");
+        assert!(
+            received[0].contains("To: c-tls@customers.example"),
+            "implicit {implicit}"
+        );
         let db = app.db("notification").await;
         let status = scalar(&db, "SELECT status FROM deliveries WHERE saga_id = $1", &id).await;
         assert_eq!(status.as_deref(), Some("sent"), "implicit {implicit}");

@@ -186,10 +186,16 @@ pub async fn spawn_app_over(
     let mut pg_databases = Vec::new();
     let postgres_url = postgres.clone().map(|base| {
         let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        pg_databases = ["orchestrator", "orders", "users", "payments", "notification"]
-            .iter()
-            .map(|c| platform::db::with_database_name(&base, &format!("{name}_{c}")))
-            .collect();
+        pg_databases = [
+            "orchestrator",
+            "orders",
+            "users",
+            "payments",
+            "notification",
+        ]
+        .iter()
+        .map(|c| platform::db::with_database_name(&base, &format!("{name}_{c}")))
+        .collect();
         platform::db::with_database_name(&base, &name)
     });
     let config = SystemConfig {

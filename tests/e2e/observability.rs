@@ -489,8 +489,14 @@ async fn every_message_of_a_saga_carries_the_trace_of_the_request_that_started_i
     // delivery job (on the trace of the event that set it off).
     let messages = messages_of(&app, &id, 11);
     assert_eq!(messages.len(), 11, "{messages:?}");
-    let job = messages.iter().find(|m| m.message_type == "delivery.mail").expect("the email's job");
-    let completed = messages.iter().find(|m| m.message_type == "saga.completed").unwrap();
+    let job = messages
+        .iter()
+        .find(|m| m.message_type == "delivery.mail")
+        .expect("the email's job");
+    let completed = messages
+        .iter()
+        .find(|m| m.message_type == "saga.completed")
+        .unwrap();
     assert_eq!(job.span_id, completed.span_id, "{messages:?}");
     assert!(
         messages.iter().all(|m| m.trace_id == CLIENT_TRACE),
@@ -816,7 +822,13 @@ async fn alerted_series_exist_at_zero_and_the_on_call_gauges_are_exported() {
         "payment-service",
         "notification-service",
     ] {
-        for reason in ["unreadable", "unknown_saga", "rejected", "failed", "undeliverable"] {
+        for reason in [
+            "unreadable",
+            "unknown_saga",
+            "rejected",
+            "failed",
+            "undeliverable",
+        ] {
             assert_eq!(
                 sample(
                     &text,
@@ -842,7 +854,11 @@ async fn alerted_series_exist_at_zero_and_the_on_call_gauges_are_exported() {
             );
         }
         assert_eq!(
-            sample(&text, "notification_retry_oldest_due_age_seconds", &[("channel", channel)]),
+            sample(
+                &text,
+                "notification_retry_oldest_due_age_seconds",
+                &[("channel", channel)]
+            ),
             Some(0.0),
             "{channel}"
         );

@@ -67,7 +67,11 @@ async fn the_previous_release_and_this_one_run_side_by_side_on_one_database() {
         }
     };
     let newest = "SELECT MAX(version) FROM _sqlx_migrations";
-    assert_eq!(schema(newest).await, PREVIOUS_SCHEMA, "the previous release's schema");
+    assert_eq!(
+        schema(newest).await,
+        PREVIOUS_SCHEMA,
+        "the previous release's schema"
+    );
     let mut ids = app.post_many_to(&["orchestrator"], 80, "old").await;
     assert_eq!(ids.len(), 80, "the previous release takes orders");
 
@@ -75,7 +79,10 @@ async fn the_previous_release_and_this_one_run_side_by_side_on_one_database() {
     app.instance_addrs.insert("orchestrator-2", free_addr());
     app.spawn_proc("orchestrator-2");
     app.wait_healthy_at("orchestrator-2").await;
-    assert!(schema(newest).await > PREVIOUS_SCHEMA, "migrated by this release");
+    assert!(
+        schema(newest).await > PREVIOUS_SCHEMA,
+        "migrated by this release"
+    );
     ids.extend(app.post_many_to(&INSTANCES[..2], 80, "both").await);
     // The old instance keeps serving on the migrated schema, reading what the new one wrote.
     let (status, created) = app.post_order("c-old-after-migration").await;

@@ -223,7 +223,12 @@ impl KafkaSettings {
     /// An at-least-once consumer in `group`, subscribed to `topics`, reporting its lag and
     /// assignment to `ops` (see [`Observer`]).
     pub fn consumer(&self, group: &str, topics: &[&str], ops: &Ops) -> Result<KafkaConsumer> {
-        self.subscribed(group, topics, ops, self.consumer_config(&self.group_id(group)))
+        self.subscribed(
+            group,
+            topics,
+            ops,
+            self.consumer_config(&self.group_id(group)),
+        )
     }
 
     /// [`Self::consumer`] for work where a tenth of a second does not matter (notifications): on

@@ -118,7 +118,8 @@ pub async fn run_delayed<H: MessageHandler>(
             // Stopping: the message is read again after the restart.
             break;
         }
-        if let Err(e) = consumer.store_offset(message.topic(), message.partition(), message.offset())
+        if let Err(e) =
+            consumer.store_offset(message.topic(), message.partition(), message.offset())
         {
             tracing::warn!(error = %e, "cannot store offset");
         }
@@ -133,7 +134,12 @@ fn hold(consumer: &KafkaConsumer, message: &BorrowedMessage<'_>) {
     if let Err(e) = consumer.pause(&tpl) {
         tracing::warn!(error = %e, topic = message.topic(), "cannot pause a partition");
     }
-    seek(consumer, message.topic(), message.partition(), message.offset());
+    seek(
+        consumer,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+    );
 }
 
 /// Puts the position of every partition now due back on its held message and resumes it.

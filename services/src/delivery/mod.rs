@@ -246,7 +246,11 @@ pub(crate) async fn start(
         })?),
         None => None,
     };
-    let mailer = Mailer::new(config.smtp_url.as_deref(), ca.as_deref(), config.mail_dir.clone())?;
+    let mailer = Mailer::new(
+        config.smtp_url.as_deref(),
+        ca.as_deref(),
+        config.mail_dir.clone(),
+    )?;
     let alerter = Alerter::new(
         config.webhook_url.as_deref(),
         config.webhook_secret.as_deref(),
@@ -287,7 +291,10 @@ pub(crate) async fn start(
     let mut channels = Vec::new();
     for audience in [Audience::Customer, Audience::Operators] {
         let role = audience.channel();
-        let topic = topics.require(role, "the notification deliveries")?.name.clone();
+        let topic = topics
+            .require(role, "the notification deliveries")?
+            .name
+            .clone();
         let tiers: Vec<Tier> = topics
             .retry_tiers(role)
             .into_iter()
@@ -312,10 +319,7 @@ pub(crate) async fn start(
     let outcomes = Outcomes {
         rules: rules.clone(),
         producer: producer.clone(),
-        channel_topics: channels
-            .iter()
-            .map(|(a, t, _)| (*a, t.clone()))
-            .collect(),
+        channel_topics: channels.iter().map(|(a, t, _)| (*a, t.clone())).collect(),
         directory: config.directory,
         cancel: cancel.clone(),
     };
@@ -482,7 +486,16 @@ impl MessageHandler for Outcomes {
                 payload: serde_json::to_value(&job).unwrap_or_default(),
             };
             let trace = TraceContext::from_kafka(message.headers());
-            if !publish(&self.producer, topic, &job_envelope, None, &trace, &self.cancel).await {
+            if !publish(
+                &self.producer,
+                topic,
+                &job_envelope,
+                None,
+                &trace,
+                &self.cancel,
+            )
+            .await
+            {
                 return Disposition::Abandoned;
             }
         }
@@ -568,7 +581,9 @@ impl MessageHandler for Shared {
     async fn handle_batch<'a>(&'a self, messages: &'a [BorrowedMessage<'a>]) -> Vec<Disposition> {
         let mut out = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(CONCURRENT_SENDS) {
-            out.extend(futures_util::future::join_all(chunk.iter().map(|m| self.0.handle(m))).await);
+            out.extend(
+                futures_util::future::join_all(chunk.iter().map(|m| self.0.handle(m))).await,
+            );
         }
         out
     }
@@ -593,7 +608,8 @@ impl Worker {
             // Sent already. A job given up on is tried again: only an operator sends one back.
             Ok(Some(status)) if status == "sent" => {
                 self.count("duplicate");
-                self.log_line(&saga_id, &job, "delivery.duplicate", None, None).await;
+                self.log_line(&saga_id, &job, "delivery.duplicate", None, None)
+                    .await;
                 return Disposition::Done;
             }
             Ok(_) => {}
@@ -625,11 +641,13 @@ impl Worker {
                     return Disposition::Abandoned;
                 }
                 self.count("sent");
-                self.log_line(&saga_id, &job, "delivery.sent", None, None).await;
+                self.log_line(&saga_id, &job, "delivery.sent", None, None)
+                    .await;
                 Disposition::Done
             }
             Err(SendError::Permanent(error)) => {
-                self.give_up(&saga_id, &job, &error, "refused for good").await
+                self.give_up(&saga_id, &job, &error, "refused for good")
+                    .await
             }
             Err(SendError::Transient(error)) => {
                 let Some(tier) = self.tiers.get((job.attempt as usize).saturating_sub(1)) else {
@@ -678,7 +696,10 @@ impl Worker {
     }
 
     async fn give_up(&self, saga_id: &str, job: &Job, error: &str, why: &str) -> Disposition {
-        if !self.record(saga_id, job, "dead_lettered", Some(error)).await {
+        if !self
+            .record(saga_id, job, "dead_lettered", Some(error))
+            .await
+        {
             return Disposition::Abandoned;
         }
         self.count("dead_lettered");

@@ -111,7 +111,13 @@ pub struct SagaFacts {
 
 impl SagaFacts {
     /// The facts of an ended saga; `error` is the saga's error as the orchestrator stored it.
-    pub fn new(id: String, saga_type: String, status: String, event: String, error: String) -> Self {
+    pub fn new(
+        id: String,
+        saga_type: String,
+        status: String,
+        event: String,
+        error: String,
+    ) -> Self {
         // "<step> failed: <reason>": the customer is told the reason, not the step's name.
         let reason = match error.split_once(" failed: ") {
             Some((step, reason)) if !step.contains(' ') => reason.to_string(),
@@ -240,10 +246,14 @@ impl Rules {
     }
 
     /// The rules a saga type's event sets off.
-    pub fn matching<'a>(&'a self, saga_type: &'a str, event: &'a str) -> impl Iterator<Item = &'a Rule> {
-        self.rules
-            .iter()
-            .filter(move |r| (r.saga == "*" || r.saga == saga_type) && r.on.iter().any(|e| e == event))
+    pub fn matching<'a>(
+        &'a self,
+        saga_type: &'a str,
+        event: &'a str,
+    ) -> impl Iterator<Item = &'a Rule> {
+        self.rules.iter().filter(move |r| {
+            (r.saga == "*" || r.saga == saga_type) && r.on.iter().any(|e| e == event)
+        })
     }
 
     /// Renders `rule`'s templates with `facts`.
@@ -323,11 +333,24 @@ mod tests {
         SagaFields::from([
             (
                 "create_order".to_string(),
-                set(&["customer_id", "order_details", "amount_cents", "order_id", "payment_method_id", "payment_id"]),
+                set(&[
+                    "customer_id",
+                    "order_details",
+                    "amount_cents",
+                    "order_id",
+                    "payment_method_id",
+                    "payment_id",
+                ]),
             ),
             (
                 "refund_order".to_string(),
-                set(&["order_id", "payment_id", "customer_id", "reason", "amount_cents"]),
+                set(&[
+                    "order_id",
+                    "payment_id",
+                    "customer_id",
+                    "reason",
+                    "amount_cents",
+                ]),
             ),
         ])
     }
@@ -365,29 +388,50 @@ mod tests {
             rules.matching(t, e).map(|r| r.name.clone()).collect()
         };
         assert_eq!(names("create_order", "saga.completed"), ["order_confirmed"]);
-        assert_eq!(names("create_order", "saga.cancelled"), ["order_not_placed"]);
-        assert_eq!(names("refund_order", "saga.compensated"), ["refund_not_possible"]);
+        assert_eq!(
+            names("create_order", "saga.cancelled"),
+            ["order_not_placed"]
+        );
+        assert_eq!(
+            names("refund_order", "saga.compensated"),
+            ["refund_not_possible"]
+        );
         assert_eq!(names("refund_order", "saga.failed"), ["saga_failed"]);
         assert!(names("create_order", "saga.started").is_empty());
 
-        let confirmed = rules.matching("create_order", "saga.completed").next().unwrap();
-        let r = rules.render(confirmed, &facts("COMPLETED", "saga.completed", "")).unwrap();
+        let confirmed = rules
+            .matching("create_order", "saga.completed")
+            .next()
+            .unwrap();
+        let r = rules
+            .render(confirmed, &facts("COMPLETED", "saga.completed", ""))
+            .unwrap();
         assert_eq!(r.subject, "Your order is confirmed");
         assert!(r.text.contains("2 x Burger <XL>  12.50"), "{}", r.text);
         assert!(r.text.contains("Total  28.00"), "{}", r.text);
         let html = r.html.unwrap();
-        assert!(html.contains("Burger &lt;XL&gt;"), "HTML is escaped: {html}");
+        assert!(
+            html.contains("Burger &lt;XL&gt;"),
+            "HTML is escaped: {html}"
+        );
 
-        let not_placed = rules.matching("create_order", "saga.compensated").next().unwrap();
+        let not_placed = rules
+            .matching("create_order", "saga.compensated")
+            .next()
+            .unwrap();
         let error = "authorize_payment failed: the payment was declined";
-        let r = rules.render(not_placed, &facts("COMPENSATED", "saga.compensated", error)).unwrap();
+        let r = rules
+            .render(not_placed, &facts("COMPENSATED", "saga.compensated", error))
+            .unwrap();
         assert_eq!(r.subject, "Your order could not be placed");
         assert!(
             r.text.contains("your order: the payment was declined.") && r.text.contains("released"),
             "the reason in the participant's words, not the step's name: {}",
             r.text
         );
-        let r = rules.render(not_placed, &facts("CANCELLED", "saga.cancelled", "")).unwrap();
+        let r = rules
+            .render(not_placed, &facts("CANCELLED", "saga.cancelled", ""))
+            .unwrap();
         assert_eq!(r.subject, "Your order was cancelled");
     }
 
@@ -435,16 +479,23 @@ mod tests {
         let write = |rule: &str| {
             std::fs::write(
                 dir.path().join("notifications.toml"),
-                format!("from = \"a@b.example\"\nevents = \"notification_events\"\n[[rule]]\n{rule}"),
+                format!(
+                    "from = \"a@b.example\"\nevents = \"notification_events\"\n[[rule]]\n{rule}"
+                ),
             )
             .unwrap()
         };
         write("name = \"x\"\nsaga = \"ship\"\non = [\"saga.completed\"]\nto = \"customer\"\ntemplate = \"x\"");
         let rules = Rules::load(dir.path(), &fields()).unwrap();
-        assert!(rules.rules.is_empty(), "a rule of a type not deployed is left out");
+        assert!(
+            rules.rules.is_empty(),
+            "a rule of a type not deployed is left out"
+        );
         let mut no_customer = fields();
         no_customer.insert("ship".into(), BTreeSet::from(["parcel_id".to_string()]));
-        let err = Rules::load(dir.path(), &no_customer).unwrap_err().to_string();
+        let err = Rules::load(dir.path(), &no_customer)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs a customer_id"), "{err}");
         write("name = \"x\"\nsaga = \"create_order\"\non = [\"saga.started\"]\nto = \"customer\"\ntemplate = \"x\"");
         let err = Rules::load(dir.path(), &fields()).unwrap_err().to_string();

@@ -76,7 +76,10 @@ impl Mailer {
                 // The URL may hold a password: errors say only their kind.
                 let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .map_err(|e| {
-                        setting("SMTP_URL", format!("not a usable SMTP URL ({})", smtp_kind(&e)))
+                        setting(
+                            "SMTP_URL",
+                            format!("not a usable SMTP URL ({})", smtp_kind(&e)),
+                        )
                     })?
                     .timeout(Some(SEND_TIMEOUT));
                 if let Some(pem) = ca_pem {
@@ -84,7 +87,10 @@ impl Mailer {
                         .map_err(|_| setting("SMTP_URL", "not a URL".into()))?;
                     let host = parsed.host_str().unwrap_or_default().to_string();
                     let tls = |e: lettre::transport::smtp::Error| {
-                        setting("SMTP_CA_FILE", format!("not a usable CA certificate ({})", smtp_kind(&e)))
+                        setting(
+                            "SMTP_CA_FILE",
+                            format!("not a usable CA certificate ({})", smtp_kind(&e)),
+                        )
                     };
                     let parameters = TlsParameters::builder(host)
                         .add_root_certificate(Certificate::from_pem(pem).map_err(tls)?)
@@ -141,8 +147,14 @@ impl Mailer {
 /// a copy sent again after a crash is recognisably the same message).
 fn build(email: &Email<'_>) -> Result<Message, SendError> {
     let bad = |what: &str, e: &dyn std::fmt::Display| SendError::Permanent(format!("{what}: {e}"));
-    let from: Mailbox = email.from.parse().map_err(|e| bad("the From address", &e))?;
-    let to: Mailbox = email.to.parse().map_err(|e| bad("the recipient's address", &e))?;
+    let from: Mailbox = email
+        .from
+        .parse()
+        .map_err(|e| bad("the From address", &e))?;
+    let to: Mailbox = email
+        .to
+        .parse()
+        .map_err(|e| bad("the recipient's address", &e))?;
     let builder = Message::builder()
         .from(from)
         .to(to)
@@ -279,7 +291,9 @@ impl Alerter {
     pub fn describe(&self) -> String {
         match self {
             Alerter::Files(dir) => format!("files in {}", dir.display()),
-            Alerter::Webhook { url, .. } => format!("webhook {}", url.origin().ascii_serialization()),
+            Alerter::Webhook { url, .. } => {
+                format!("webhook {}", url.origin().ascii_serialization())
+            }
         }
     }
 
@@ -358,7 +372,10 @@ mod tests {
             content: &c,
             attempt,
         };
-        mailer.send(&email("c-1@customers.example", 1)).await.unwrap();
+        mailer
+            .send(&email("c-1@customers.example", 1))
+            .await
+            .unwrap();
         let eml = std::fs::read_to_string(dir.path().join("mail/d-1.eml")).unwrap();
         assert!(eml.contains("Message-ID: <d-1@saga-orchestrator>"), "{eml}");
         assert!(eml.contains("To: c-1@customers.example"), "{eml}");
@@ -372,7 +389,10 @@ mod tests {
             Err(SendError::Transient(e)) if e.starts_with("451")
         ));
         mailer
-            .send(&email("slowmail-1@customers.example", SLOWMAIL_FAILURES + 1))
+            .send(&email(
+                "slowmail-1@customers.example",
+                SLOWMAIL_FAILURES + 1,
+            ))
             .await
             .unwrap();
     }
