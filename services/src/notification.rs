@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use platform::kafka::{DeadLetters, Disposition, KafkaSettings, MessageHandler};
 use platform::{Envelope, Ops, Topics, TraceContext};
 
-use crate::delivery::Audience;
 use crate::runtime::ServiceHandle;
 use crate::{Error, Result};
 
@@ -138,16 +137,7 @@ pub async fn start(config: NotificationConfig, cancel: CancellationToken) -> Res
     let t = &config.topics;
     // Every topic: commands, replies, lifecycle events and dead letters; but not the delivery
     // jobs (whole rendered emails), whose every attempt the deliveries log instead.
-    let jobs: Vec<&str> = [Audience::Customer, Audience::Operators]
-        .iter()
-        .flat_map(|a| {
-            let role = a.channel();
-            t.role(role)
-                .into_iter()
-                .chain(t.retry_tiers(role).into_iter().map(|(_, spec)| spec))
-        })
-        .map(|spec| spec.name.as_str())
-        .collect();
+    let jobs = crate::delivery::job_topics(t);
     let topics = t.all();
     let names: Vec<&str> = topics
         .iter()

@@ -269,7 +269,7 @@ pub(crate) async fn start(
     ops.metrics.watch_pool("notification", &db);
     let metrics = metrics(ops);
     // Every series at zero from the start, so increase() sees the first retry of a channel.
-    for audience in [Audience::Customer, Audience::Operators] {
+    for audience in Audience::ALL {
         for outcome in OUTCOMES {
             let _ = metrics.deliveries.get_or_create_owned(&DeliveryLabels {
                 channel: audience.channel().to_string(),
@@ -289,7 +289,7 @@ pub(crate) async fn start(
     );
     let events = topics.require(&rules.events, "the notification deliveries")?;
     let mut channels = Vec::new();
-    for audience in [Audience::Customer, Audience::Operators] {
+    for audience in Audience::ALL {
         let role = audience.channel();
         let topic = topics
             .require(role, "the notification deliveries")?
@@ -332,7 +332,6 @@ pub(crate) async fn start(
     )));
     for (audience, topic, tiers) in channels {
         let worker = Arc::new(Worker {
-            channel: audience.channel(),
             audience,
             tiers: tiers.clone(),
             mailer: mailer.clone(),
@@ -379,6 +378,21 @@ pub(crate) async fn start(
         drain.await;
         db.close().await;
     })
+}
+
+/// Every topic delivery jobs travel on: each channel's topic and its retry topics.
+pub(crate) fn job_topics(topics: &Topics) -> Vec<&str> {
+    Audience::ALL
+        .iter()
+        .flat_map(|a| {
+            let role = a.channel();
+            topics
+                .role(role)
+                .into_iter()
+                .chain(topics.retry_tiers(role).into_iter().map(|(_, spec)| spec))
+        })
+        .map(|spec| spec.name.as_str())
+        .collect()
 }
 
 /// A retry topic of a channel.
@@ -547,7 +561,6 @@ async fn publish(
 
 /// Tries jobs of one channel, from its topic and its retry topics.
 struct Worker {
-    channel: &'static str,
     audience: Audience,
     /// The retry topics, shortest delay first.
     tiers: Vec<Tier>,
@@ -715,7 +728,7 @@ impl Worker {
         self.metrics
             .deliveries
             .get_or_create(&DeliveryLabels {
-                channel: self.channel.to_string(),
+                channel: self.audience.channel().to_string(),
                 outcome: outcome.to_string(),
             })
             .inc();

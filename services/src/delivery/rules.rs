@@ -33,6 +33,8 @@ pub enum Audience {
 }
 
 impl Audience {
+    pub const ALL: [Audience; 2] = [Audience::Customer, Audience::Operators];
+
     /// The topics.json role of the channel (its retry tiers are `{role}_retry_...`).
     pub fn channel(self) -> &'static str {
         match self {
